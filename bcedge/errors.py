@@ -1,0 +1,44 @@
+"""Errors raised by bcedge.
+
+Every error a user can cause is a :class:`BcedgeError` subclass whose message
+fits on one line and says what was received, what was expected and, where it
+helps, how to fix it. The CLI prints the message and exits with
+:attr:`BcedgeError.exit_code`; tracebacks appear only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+
+class BcedgeError(Exception):
+    """Base class of every user-facing bcedge error."""
+
+    exit_code: int = 2
+
+
+class InputError(BcedgeError):
+    """A path, file or option the user gave cannot be used."""
+
+
+class DicomError(InputError):
+    """A DICOM file is unreadable, or not a mammogram bcedge can handle."""
+
+
+class UnsupportedImageError(DicomError):
+    """The image is valid DICOM but of a kind bcedge does not support (RGB, multi-frame, ...)."""
+
+
+class MissingDependencyError(BcedgeError):
+    """An optional dependency (an extra) is needed for this operation."""
+
+    def __init__(self, what: str, extra: str, package: str | None = None) -> None:
+        pkg = package or extra
+        super().__init__(f"{what} needs the optional dependency '{pkg}': pip install 'bcedge[{extra}]'")
+        self.extra = extra
+
+
+class DatasetError(InputError):
+    """A dataset tree, descriptor CSV or split file is malformed or missing."""
+
+
+class ConfigError(InputError):
+    """A configuration value (preprocessing, CLI option, config file) is invalid."""

@@ -1,0 +1,1 @@
+"""Desktop-side export to TFLite, ONNX and TensorRT. Imports bcedge, never the reverse."""
