@@ -1,0 +1,157 @@
+"""The ``bcedge`` command line: parse, call, map errors to exit codes.
+
+Thin on purpose: every command calls a library function and prints its result.
+A :class:`~bcedge.errors.BcedgeError` becomes one line on stderr and exit code
+2; ``--debug`` shows the traceback instead. Heavy modules are imported inside
+the commands so ``bcedge --help`` stays fast and works without optional extras.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bcedge.errors import BcedgeError
+
+app = typer.Typer(
+    name="bcedge",
+    help="Breast-mass segmentation on mammograms: read, preprocess, segment, benchmark.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+@app.command()
+def inspect(
+    scan: Annotated[Path, typer.Argument(help="MG DICOM (or PNG/PGM/JPEG/TIFF) file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    save_preprocessed: Annotated[
+        Path | None, typer.Option("--save-preprocessed", help="Write the model-input image as PNG.")
+    ] = None,
+    size: Annotated[int | None, typer.Option("--size", min=16, max=4096, help="Model input size (pixels).")] = None,
+    allow_non_mg: Annotated[bool, typer.Option("--allow-non-mg", help="Accept a Modality other than MG.")] = False,
+) -> None:
+    """Show what was read from SCAN and, optionally, save its preprocessed model input."""
+    from bcedge.dicom import read_mammogram
+    from bcedge.preprocess import PreprocessConfig, preprocess
+
+    mammo = read_mammogram(scan, allow_non_mg=allow_non_mg)
+    info = mammo.meta.to_dict()
+    info["pixel_range"] = [float(mammo.pixels.min()), float(mammo.pixels.max())]
+    if save_preprocessed is not None or size is not None:
+        config = PreprocessConfig() if size is None else PreprocessConfig(size=size)
+        tensor, geometry = preprocess(mammo, config)
+        info["preprocess"] = {"config_hash": config.hash(), "geometry": geometry.to_dict()}
+        if save_preprocessed is not None:
+            from bcedge.imageio import write_png
+
+            write_png(save_preprocessed, tensor[0, :, :, 0])
+            info["preprocessed_png"] = str(save_preprocessed)
+    if as_json:
+        typer.echo(json.dumps(info, indent=2, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=str(scan), show_header=False)
+    shown = {
+        "size": f"{mammo.meta.columns} x {mammo.meta.rows} (W x H)",
+        "modality": mammo.meta.modality,
+        "manufacturer": mammo.meta.manufacturer,
+        "laterality": f"{mammo.meta.laterality} ({mammo.meta.laterality_source})" if mammo.meta.laterality else None,
+        "view": mammo.meta.view,
+        "photometric": mammo.meta.photometric,
+        "presentation LUT shape": mammo.meta.presentation_lut_shape,
+        "inverted": mammo.meta.inverted,
+        "presentation intent": mammo.meta.presentation_intent,
+        "pixel spacing (mm)": (
+            f"{mammo.meta.pixel_spacing_mm[0]:.4g} x {mammo.meta.pixel_spacing_mm[1]:.4g} ({mammo.meta.spacing_source})"
+            if mammo.meta.pixel_spacing_mm
+            else None
+        ),
+        "bits stored": mammo.meta.bits_stored,
+        "window": f"{mammo.meta.window_source} {mammo.meta.window or ''} {mammo.meta.voi_function or ''}".strip(),
+        "transfer syntax": mammo.meta.transfer_syntax,
+    }
+    for key, value in shown.items():
+        table.add_row(key, "-" if value is None else str(value))
+    if "preprocessed_png" in info:
+        table.add_row("preprocessed", str(info["preprocessed_png"]))
+    Console().print(table)
+
+
+@app.command()
+def phantom(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write images/, masks/ and phantoms.csv into.")],
+    count: Annotated[int, typer.Option("--count", min=1, help="Number of phantoms.")] = 8,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same files).")] = 0,
+    scale: Annotated[
+        float, typer.Option("--scale", min=0.05, max=1.0, help="Image size relative to full-field (1.0 = up to 3328x2560).")
+    ] = 1.0,
+) -> None:
+    """Write deterministic synthetic MG DICOM phantoms with lesion masks."""
+    from bcedge.phantom import generate
+
+    paths = generate(out_dir, count=count, seed=seed, scale=scale)
+    typer.echo(f"wrote {len(paths)} phantoms to {out_dir}")
+
+
+def _register_subapps() -> None:
+    import importlib.util
+
+    # Sub-apps live in their own modules (bcedge.cli_<name>) to keep this file thin.
+    if importlib.util.find_spec("bcedge.cli_data") is not None:
+        from bcedge.cli_data import app as data_app
+
+        app.add_typer(data_app, name="data", help="Dataset statistics, splits and preprocessed caches.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app; map :class:`BcedgeError` to one line and exit code 2."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        _register_subapps()
+        app(args=args, standalone_mode=False)
+    except BcedgeError as exc:
+        if debug:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        return exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("aborted", err=True)
+        return 130
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.exceptions.Exit):
+            return int(exc.exit_code)
+        if isinstance(exc, click.ClickException):
+            if debug:
+                raise
+            exc.show()
+            return 2
+        if debug:
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        typer.echo(f"error: unexpected {type(exc).__name__}: {first} (rerun with --debug for the traceback)", err=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
