@@ -100,7 +100,7 @@ def phantom(
     count: Annotated[int, typer.Option("--count", min=1, help="Number of phantoms.")] = 8,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same files).")] = 0,
     scale: Annotated[
-        float, typer.Option("--scale", min=0.05, max=1.0, help="Image size relative to full-field (1.0 = up to 3328x2560).")
+        float, typer.Option("--scale", min=0.05, max=1.0, help="Size relative to full field (1.0: up to 3328x2560).")
     ] = 1.0,
 ) -> None:
     """Write deterministic synthetic MG DICOM phantoms with lesion masks."""

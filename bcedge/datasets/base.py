@@ -110,7 +110,7 @@ def read_mask_file(path: Path, shape: tuple[int, int]) -> np.ndarray:
 
         try:
             raw = pydicom.dcmread(path).pixel_array
-        except Exception as exc:  # noqa: BLE001 - any decode failure is a dataset error
+        except Exception as exc:
             raise DatasetError(f"{path}: unreadable DICOM mask ({type(exc).__name__})") from exc
         top = 255 if raw.max() <= 255 else 65535
     else:
