@@ -1,0 +1,37 @@
+# Two entry points for a newcomer (see README):
+#   make demo   set up .venv and run the main job on the bundled example
+#   make test   set up .venv with the test extras and run the test suite
+# Needs python3 (>= 3.10) with venv; on Debian/Ubuntu: apt-get install python3-venv make.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+DEMO   ?= bcedge/examples/phantom_lcc.dcm
+
+.PHONY: demo test lint clean
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { echo "error: Python >= 3.10 needed (found $$($(PYTHON) --version))"; exit 2; }
+	@$(PYTHON) -m venv $(VENV) || { echo "error: '$(PYTHON) -m venv' failed; on Debian/Ubuntu: sudo apt-get install python3-venv"; exit 2; }
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.runtime: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e '.[dicom]'
+	@touch $@
+
+$(VENV)/.dev: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e '.[dicom,seg,dev]'
+	@touch $@ $(VENV)/.runtime
+
+demo: $(VENV)/.runtime
+	$(BIN)/bcedge inspect $(DEMO) --save-preprocessed out/demo_input.png
+	@echo "model input written to out/demo_input.png"
+
+test: $(VENV)/.dev
+	BCEDGE_DATA=$${BCEDGE_DATA:-$(abspath ../shared/data)} $(BIN)/python -m pytest -q
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) out .pytest_cache
