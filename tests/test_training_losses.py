@@ -1,0 +1,68 @@
+"""Keras losses and metrics agree with the NumPy reference in bcedge.metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from bcedge import metrics as ref  # noqa: E402
+from training import losses  # noqa: E402
+
+
+def _batch(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y_true = np.zeros((6, 32, 32, 1), np.float32)
+    y_pred = rng.random((6, 32, 32, 1)).astype(np.float32) * 0.4  # mostly below threshold
+    y_true[0, 5:15, 5:15] = 1
+    y_pred[0, 8:18, 8:18] = 0.9  # partial overlap
+    y_true[1, 10:20, 10:20] = 1  # missed lesion
+    y_pred[2, 3:6, 3:6] = 0.7  # false positive on a normal image
+    # image 3: empty/empty -> scores 1
+    y_true[4, 0:32, 0:16] = 1
+    y_pred[4, 0:32, 0:16] = 0.5  # exact hit at the inclusive threshold
+    y_true[5, 20:30, 20:30] = 1
+    y_pred[5, 22:32, 18:28] = 0.8
+    return y_true, y_pred
+
+
+@pytest.mark.parametrize("metric", ref.METRICS)
+@pytest.mark.parametrize("mode", ["mean", "global"])
+def test_keras_metric_matches_numpy(metric: str, mode: str) -> None:
+    y_true, y_pred = _batch()
+    expected = ref.evaluate(list(y_pred), list(y_true))[mode][metric]
+    m = losses.SegmentationMetric(metric, mode)
+    # Two updates (as over two batches) must accumulate like one.
+    m.update_state(y_true[:3], y_pred[:3])
+    m.update_state(y_true[3:], y_pred[3:])
+    assert float(m.result()) == pytest.approx(expected, abs=1e-6)
+
+
+def test_losses_shapes_and_order() -> None:
+    y_true, _ = _batch()
+    perfect = y_true.copy()
+    for name in losses.LOSSES:
+        fn = losses.get_loss(name)
+        good = np.asarray(fn(y_true, np.clip(perfect, 0.001, 0.999)))
+        bad = np.asarray(fn(y_true, 1.0 - np.clip(perfect, 0.001, 0.999)))
+        assert good.shape == (6,)
+        assert np.all(good < bad), name
+    # Dice loss of an exact prediction is ~0, of the complement ~1 (where a lesion exists).
+    d = np.asarray(losses.dice_loss(y_true, perfect))
+    assert np.allclose(d, 0.0, atol=1e-6)
+
+
+def test_soft_dice_against_numpy() -> None:
+    y_true, y_pred = _batch(1)
+    got = np.asarray(losses.soft_dice(y_true, y_pred))
+    inter = (y_true * y_pred).sum(axis=(1, 2, 3))
+    want = (2 * inter + 1) / (y_true.sum(axis=(1, 2, 3)) + y_pred.sum(axis=(1, 2, 3)) + 1)
+    assert np.allclose(got, want, rtol=1e-5)
+
+
+def test_unknown_loss_is_config_error() -> None:
+    from bcedge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown loss"):
+        losses.get_loss("l2")

@@ -1,0 +1,136 @@
+"""Losses and metrics for training, in ``keras.ops`` only (TensorFlow, JAX, PyTorch backends).
+
+The metrics follow :mod:`bcedge.metrics` exactly (threshold ``p >= 0.5``, an
+image with no lesion and no prediction scores 1, per-image mean or pooled
+"global" counts); ``tests/test_training_losses.py`` checks the agreement.
+
+Losses work on (N, H, W, 1) float tensors: ``y_true`` in {0, 1}, ``y_pred``
+sigmoid probabilities in [0, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+from keras import ops
+
+from bcedge.errors import ConfigError
+from bcedge.metrics import METRICS
+
+_EPS = 1e-7
+_AXES = (1, 2, 3)
+
+
+def soft_dice(y_true, y_pred, smooth: float = 1.0):
+    """Per-image soft Dice, shape (N,); ``smooth`` makes an empty/empty pair score ~1."""
+    y_true = ops.cast(y_true, y_pred.dtype)
+    inter = ops.sum(y_true * y_pred, axis=_AXES)
+    total = ops.sum(y_true, axis=_AXES) + ops.sum(y_pred, axis=_AXES)
+    return (2.0 * inter + smooth) / (total + smooth)
+
+
+def dice_loss(y_true, y_pred):
+    """1 - per-image soft Dice (the quantity the study reports as "loss"), shape (N,)."""
+    return 1.0 - soft_dice(y_true, y_pred)
+
+
+def bce(y_true, y_pred):
+    """Per-image mean binary cross-entropy, shape (N,)."""
+    y_true = ops.cast(y_true, y_pred.dtype)
+    p = ops.clip(y_pred, _EPS, 1.0 - _EPS)
+    return -ops.mean(y_true * ops.log(p) + (1.0 - y_true) * ops.log(1.0 - p), axis=_AXES)
+
+
+def focal(y_true, y_pred, gamma: float = 2.0, alpha: float = 0.25):
+    """Per-image mean binary focal loss (Lin et al. 2017), shape (N,)."""
+    y_true = ops.cast(y_true, y_pred.dtype)
+    p = ops.clip(y_pred, _EPS, 1.0 - _EPS)
+    pt = y_true * p + (1.0 - y_true) * (1.0 - p)
+    at = y_true * alpha + (1.0 - y_true) * (1.0 - alpha)
+    return -ops.mean(at * ops.power(1.0 - pt, gamma) * ops.log(pt), axis=_AXES)
+
+
+def bce_dice(y_true, y_pred):
+    """BCE + Dice loss (the default), shape (N,)."""
+    return bce(y_true, y_pred) + dice_loss(y_true, y_pred)
+
+
+def focal_dice(y_true, y_pred):
+    """Focal + Dice loss, shape (N,)."""
+    return focal(y_true, y_pred) + dice_loss(y_true, y_pred)
+
+
+LOSSES: dict[str, Callable] = {"dice": dice_loss, "bce-dice": bce_dice, "focal-dice": focal_dice}
+
+
+def get_loss(name: str) -> Callable:
+    """Loss function by name (``dice``, ``bce-dice``, ``focal-dice``)."""
+    if name not in LOSSES:
+        raise ConfigError(f"unknown loss {name!r}; expected one of {', '.join(LOSSES)}")
+    return LOSSES[name]
+
+
+def _ratio(num, den):
+    # 1 where the denominator is empty: the convention of bcedge.metrics.
+    safe = ops.where(den > 0, den, ops.ones_like(den))
+    return ops.where(den > 0, num / safe, ops.ones_like(num))
+
+
+def _scores(tp, fp, fn) -> dict:
+    return {
+        "dice": _ratio(2.0 * tp, 2.0 * tp + fp + fn),
+        "iou": _ratio(tp, tp + fp + fn),
+        "precision": _ratio(tp, tp + fp),
+        "recall": _ratio(tp, tp + fn),
+    }
+
+
+@keras.saving.register_keras_serializable(package="bcedge")
+class SegmentationMetric(keras.metrics.Metric):
+    """Dice / IoU / precision / recall at a threshold, per-image mean or pooled ("global").
+
+    Args:
+        metric: one of ``dice``, ``iou``, ``precision``, ``recall``.
+        mode: ``mean`` (per-image scores averaged) or ``global`` (pooled TP/FP/FN).
+        threshold: prediction threshold (``p >= threshold`` is lesion).
+    """
+
+    def __init__(self, metric: str = "dice", mode: str = "mean", threshold: float = 0.5, name: str | None = None, **kw):
+        if metric not in METRICS or mode not in ("mean", "global"):
+            raise ConfigError(f"unknown metric {metric!r}/{mode!r}")
+        super().__init__(name=name or (metric if mode == "mean" else f"{metric}_global"), **kw)
+        self.metric, self.mode, self.threshold = metric, mode, threshold
+        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
+        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+        self.tp = self.add_variable(shape=(), initializer="zeros", name="tp")
+        self.fp = self.add_variable(shape=(), initializer="zeros", name="fp")
+        self.fn = self.add_variable(shape=(), initializer="zeros", name="fn")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        pred = ops.cast(y_pred >= self.threshold, "float32")
+        true = ops.cast(y_true > 0.5, "float32")
+        tp = ops.sum(pred * true, axis=_AXES)
+        fp = ops.sum(pred, axis=_AXES) - tp
+        fn = ops.sum(true, axis=_AXES) - tp
+        per_image = _scores(tp, fp, fn)[self.metric]
+        self.total.assign_add(ops.sum(per_image))
+        self.count.assign_add(ops.cast(ops.shape(per_image)[0], "float32"))
+        self.tp.assign_add(ops.sum(tp))
+        self.fp.assign_add(ops.sum(fp))
+        self.fn.assign_add(ops.sum(fn))
+
+    def result(self):
+        if self.mode == "global":
+            return _scores(self.tp, self.fp, self.fn)[self.metric]
+        return self.total / ops.maximum(self.count, 1.0)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "metric": self.metric, "mode": self.mode, "threshold": self.threshold}
+
+
+def default_metrics(threshold: float = 0.5) -> list[SegmentationMetric]:
+    """The study's table metrics (per-image mean) plus global Dice."""
+    out = [SegmentationMetric(m, "mean", threshold) for m in METRICS]
+    out.append(SegmentationMetric("dice", "global", threshold))
+    return out

@@ -1,0 +1,283 @@
+"""The three segmentation models of the study: UNet, UNet+MobileNetV2, UNet+VGG19.
+
+Every model takes the same input, a (N, S, S, 1) float32 image in [0, 1] from
+:func:`bcedge.preprocess.preprocess`, and returns (N, S, S, 1) float32 sigmoid
+probabilities. Grey-to-RGB replication and the encoder's own input scaling
+(VGG: caffe-style mean subtraction on a 0..255 scale; MobileNetV2: [-1, 1]) are a
+frozen 1x1 convolution *inside* the graph, so every exported artifact carries them
+and the runtime stays model-agnostic.
+
+Only Keras layers and ``keras.ops`` are used, so the models build and train on
+the TensorFlow, JAX and PyTorch backends alike.
+
+Decoder upsampling. ``Conv2DTranspose`` (TRANSPOSE_CONV) is a known INT8
+trouble spot in TFLite and TensorRT and was the slow op of the dynamic-range
+TFLite UNet on this CPU in a first trial. The default here is nearest-neighbour
+``UpSampling2D`` followed by the stage's 3x3 convolutions (RESIZE_NEAREST_NEIGHBOR
+is exact in INT8: it copies quantised values and needs no requantisation); the
+transpose variant stays available (``upsampling="transpose"``) so the export
+stage can measure both.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from bcedge.errors import BcedgeError, ConfigError, MissingDependencyError
+
+MODEL_NAMES = ("unet", "unet-mobilenetv2", "unet-vgg19")
+Upsampling = Literal["nearest", "bilinear", "transpose"]
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """How to build a UNet on a ``keras.applications`` backbone.
+
+    Attributes:
+        application: constructor name in ``keras.applications``.
+        skips: skip-connection layer names, deepest first (stride 16, 8, 4, 2[, 1]).
+        bottleneck: layer feeding the decoder (stride 32).
+        scale, offsets: the input normalisation as ``rgb = x * scale + offsets``
+            for ``x`` in [0, 1] (replaces the application's ``preprocess_input``).
+        weights_file: the file Keras downloads for ``weights="imagenet"``.
+    """
+
+    application: str
+    skips: tuple[str, ...]
+    bottleneck: str
+    scale: float
+    offsets: tuple[float, float, float]
+    weights_file: str
+
+
+#: Skip layers per backbone, as in qubvel/segmentation_models (a data table, not code).
+ENCODERS: dict[str, EncoderSpec] = {
+    "vgg19": EncoderSpec(
+        application="VGG19",
+        skips=("block5_conv4", "block4_conv4", "block3_conv4", "block2_conv2", "block1_conv2"),
+        bottleneck="block5_pool",
+        # caffe mode: RGB->BGR on a 0..255 scale minus the ImageNet BGR mean; grey input
+        # makes the channel order moot, so only the per-channel mean matters.
+        scale=255.0,
+        offsets=(-103.939, -116.779, -123.68),
+        weights_file="vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    ),
+    "mobilenetv2": EncoderSpec(
+        application="MobileNetV2",
+        skips=("block_13_expand_relu", "block_6_expand_relu", "block_3_expand_relu", "block_1_expand_relu"),
+        bottleneck="out_relu",
+        scale=2.0,  # tf mode: [0, 1] -> [-1, 1]
+        offsets=(-1.0, -1.0, -1.0),
+        weights_file="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{size}_no_top.h5",
+    ),
+}
+
+DECODER_FILTERS = (256, 128, 64, 32, 16)
+
+
+def _keras():
+    try:
+        import keras
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise MissingDependencyError("building a model", "train", "keras>=3") from exc
+    return keras
+
+
+def _conv_bn_relu(x, filters: int, name: str, batch_norm: bool = True):
+    keras = _keras()
+    layers = keras.layers
+    x = layers.Conv2D(
+        filters, 3, padding="same", use_bias=not batch_norm, kernel_initializer="he_normal", name=f"{name}_conv"
+    )(x)
+    if batch_norm:
+        x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.Activation("relu", name=f"{name}_relu")(x)
+
+
+def _upsample(x, filters: int, mode: Upsampling, name: str):
+    layers = _keras().layers
+    if mode == "transpose":
+        return layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"{name}_transpose")(x)
+    return layers.UpSampling2D(2, interpolation=mode, name=f"{name}_upsample")(x)
+
+
+def _grey_to_rgb(x, scale: float, offsets: tuple[float, float, float], name: str = "grey_to_rgb"):
+    """Frozen 1x1 conv: (N,H,W,1) in [0,1] -> (N,H,W,3) as the encoder expects."""
+    keras = _keras()
+    import numpy as np
+
+    layer = keras.layers.Conv2D(3, 1, use_bias=True, trainable=False, name=name)
+    y = layer(x)
+    layer.set_weights([np.full((1, 1, 1, 3), scale, np.float32), np.asarray(offsets, np.float32)])
+    return y
+
+
+def _check_size(name: str, input_size: int, multiple: int) -> None:
+    if input_size < multiple or input_size % multiple:
+        raise ConfigError(f"model {name!r} needs an input size that is a multiple of {multiple}, got {input_size}")
+
+
+def build_unet(
+    input_size: int = 256,
+    base_filters: int = 64,
+    depth: int = 4,
+    batch_norm: bool = True,
+    upsampling: Upsampling = "nearest",
+):
+    """Plain UNet after Ronneberger et al. 2015 ('same' padding, optional batch norm).
+
+    Args:
+        input_size: S of the (S, S, 1) input; a multiple of 2**depth.
+        base_filters: filters of the first stage, doubled at every downsampling (64 in the paper).
+        depth: number of downsamplings (4 in the paper).
+        batch_norm: batch normalisation after each convolution.
+        upsampling: decoder upsampling, see the module doc.
+
+    Returns:
+        ``keras.Model`` named ``unet``: (N, S, S, 1) float32 -> (N, S, S, 1) sigmoid.
+    """
+    keras = _keras()
+    layers = keras.layers
+    _check_size("unet", input_size, 2**depth)
+    inputs = keras.Input((input_size, input_size, 1), name="image")
+    x = inputs
+    skips = []
+    for level in range(depth):
+        f = base_filters * 2**level
+        x = _conv_bn_relu(x, f, f"enc{level}_a", batch_norm)
+        x = _conv_bn_relu(x, f, f"enc{level}_b", batch_norm)
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"enc{level}_pool")(x)
+    f = base_filters * 2**depth
+    x = _conv_bn_relu(x, f, "bottleneck_a", batch_norm)
+    x = _conv_bn_relu(x, f, "bottleneck_b", batch_norm)
+    for level in reversed(range(depth)):
+        f = base_filters * 2**level
+        x = _upsample(x, f, upsampling, f"dec{level}")
+        x = layers.Concatenate(name=f"dec{level}_concat")([x, skips[level]])
+        x = _conv_bn_relu(x, f, f"dec{level}_a", batch_norm)
+        x = _conv_bn_relu(x, f, f"dec{level}_b", batch_norm)
+    outputs = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="mask")(x)
+    return keras.Model(inputs, outputs, name="unet")
+
+
+def resolve_encoder_weights(encoder_weights: str | os.PathLike[str] | None) -> str | Path | None:
+    """``imagenet`` | ``none``/None | a path to a weights file -> value for the builder."""
+    if encoder_weights is None or str(encoder_weights).lower() in {"none", ""}:
+        return None
+    if str(encoder_weights).lower() == "imagenet":
+        return "imagenet"
+    path = Path(encoder_weights)
+    if not path.is_file():
+        raise ConfigError(
+            f"--encoder-weights {encoder_weights!r}: expected 'imagenet', 'none' or an existing weights file"
+        )
+    return path
+
+
+def _encoder(spec: EncoderSpec, input_size: int, weights: str | Path | None):
+    keras = _keras()
+    constructor = getattr(keras.applications, spec.application)
+    kwargs = {"include_top": False, "input_shape": (input_size, input_size, 3)}
+    if weights == "imagenet":
+        try:
+            return constructor(weights="imagenet", **kwargs)
+        except Exception as exc:  # network errors surface as many types (URLError, OSError, Exception)
+            cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+            fname = spec.weights_file.format(size=input_size if input_size in (96, 128, 160, 192, 224) else 224)
+            raise BcedgeError(
+                f"downloading ImageNet weights for {spec.application} failed ({type(exc).__name__}); "
+                f"put {fname} into {cache}/ or pass --encoder-weights none|PATH"
+            ) from exc
+    model = constructor(weights=None, **kwargs)
+    if isinstance(weights, Path):
+        try:
+            model.load_weights(str(weights))
+        except Exception as exc:  # wrong file, wrong architecture
+            raise ConfigError(
+                f"--encoder-weights {weights}: cannot load into {spec.application} ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''})"
+            ) from exc
+    return model
+
+
+def build_encoder_unet(
+    backbone: str,
+    input_size: int = 256,
+    encoder_weights: str | os.PathLike[str] | None = None,
+    decoder_filters: tuple[int, ...] = DECODER_FILTERS,
+    upsampling: Upsampling = "nearest",
+    freeze_encoder: bool = False,
+):
+    """UNet decoder on a ``keras.applications`` encoder, in the style of segmentation_models.
+
+    Args:
+        backbone: a key of :data:`ENCODERS` (``vgg19``, ``mobilenetv2``).
+        input_size: S of the (S, S, 1) input; a multiple of 32.
+        encoder_weights: ``imagenet`` (Keras download), ``none``/None, or a weights file path.
+        decoder_filters: filters of the five decoder stages, deepest first.
+        upsampling: decoder upsampling, see the module doc.
+        freeze_encoder: make the encoder non-trainable (for warm-up with ImageNet weights).
+
+    Returns:
+        ``keras.Model`` named ``unet-<backbone>``: (N, S, S, 1) float32 -> (N, S, S, 1) sigmoid.
+    """
+    keras = _keras()
+    layers = keras.layers
+    if backbone not in ENCODERS:
+        raise ConfigError(f"unknown backbone {backbone!r}; expected one of {sorted(ENCODERS)}")
+    spec = ENCODERS[backbone]
+    _check_size(f"unet-{backbone}", input_size, 32)
+    encoder = _encoder(spec, input_size, resolve_encoder_weights(encoder_weights))
+    encoder.trainable = not freeze_encoder
+    # One feature extractor (bottleneck + skips) applied to the in-graph RGB tensor.
+    features = keras.Model(
+        encoder.input,
+        [encoder.get_layer(spec.bottleneck).output] + [encoder.get_layer(n).output for n in spec.skips],
+        name=f"encoder_{backbone}",
+    )
+    inputs = keras.Input((input_size, input_size, 1), name="image")
+    rgb = _grey_to_rgb(inputs, spec.scale, spec.offsets)
+    x, *skips = features(rgb)
+    for stage, filters in enumerate(decoder_filters):
+        name = f"decoder_stage{stage}"
+        x = _upsample(x, filters, upsampling, name)
+        if stage < len(skips):
+            x = layers.Concatenate(name=f"{name}_concat")([x, skips[stage]])
+        x = _conv_bn_relu(x, filters, f"{name}a")
+        x = _conv_bn_relu(x, filters, f"{name}b")
+    outputs = layers.Conv2D(1, 3, padding="same", activation="sigmoid", dtype="float32", name="mask")(x)
+    return keras.Model(inputs, outputs, name=f"unet-{backbone}")
+
+
+def build_model(
+    name: str,
+    input_size: int = 256,
+    encoder_weights: str | os.PathLike[str] | None = None,
+    *,
+    base_filters: int = 64,
+    batch_norm: bool = True,
+    upsampling: Upsampling = "nearest",
+):
+    """Build one of :data:`MODEL_NAMES` for a (input_size, input_size, 1) input in [0, 1].
+
+    Args:
+        name: ``unet``, ``unet-mobilenetv2`` or ``unet-vgg19``.
+        input_size: model input side in pixels.
+        encoder_weights: encoder UNets only: ``imagenet``, ``none``/None or a weights file.
+        base_filters: plain UNet only: filters of the first stage.
+        batch_norm: plain UNet only: batch normalisation.
+        upsampling: ``nearest`` (default), ``bilinear`` or ``transpose``.
+    """
+    if upsampling not in ("nearest", "bilinear", "transpose"):
+        raise ConfigError(f"unknown upsampling {upsampling!r}; expected nearest, bilinear or transpose")
+    if name == "unet":
+        if resolve_encoder_weights(encoder_weights) is not None:
+            raise ConfigError("the plain UNet has no pretrained encoder; use --encoder-weights none")
+        return build_unet(input_size, base_filters=base_filters, batch_norm=batch_norm, upsampling=upsampling)
+    if name.startswith("unet-") and name[5:] in ENCODERS:
+        return build_encoder_unet(name[5:], input_size, encoder_weights, upsampling=upsampling)
+    raise ConfigError(f"unknown model {name!r}; expected one of {', '.join(MODEL_NAMES)}")
