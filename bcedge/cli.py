@@ -47,12 +47,14 @@ def inspect(
 ) -> None:
     """Show what was read from SCAN and, optionally, save its preprocessed model input."""
     from bcedge.dicom import read_mammogram
-    from bcedge.preprocess import PreprocessConfig, preprocess
 
     mammo = read_mammogram(scan, allow_non_mg=allow_non_mg)
     info = mammo.meta.to_dict()
     info["pixel_range"] = [float(mammo.pixels.min()), float(mammo.pixels.max())]
     if save_preprocessed is not None or size is not None:
+        # Imported only when asked for: reading and showing a scan must not depend on preprocessing.
+        from bcedge.preprocess import PreprocessConfig, preprocess
+
         config = PreprocessConfig() if size is None else PreprocessConfig(size=size)
         tensor, geometry = preprocess(mammo, config)
         info["preprocess"] = {"config_hash": config.hash(), "geometry": geometry.to_dict()}
@@ -136,11 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo("aborted", err=True)
         return 130
     except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.exceptions.Exit):
-            return int(exc.exit_code)
-        if isinstance(exc, click.ClickException):
+        # Recent typer vendors click (typer._click) and `import click` may fail: match by duck type.
+        if isinstance(exc, typer.Exit) or type(exc).__name__ == "Exit":
+            return int(getattr(exc, "exit_code", 0))
+        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
             if debug:
                 raise
             exc.show()
