@@ -30,6 +30,7 @@ def soft_dice(y_true, y_pred, smooth: float = 1.0):
     return (2.0 * inter + smooth) / (total + smooth)
 
 
+@keras.saving.register_keras_serializable(package="bcedge")
 def dice_loss(y_true, y_pred):
     """1 - per-image soft Dice (the quantity the study reports as "loss"), shape (N,)."""
     return 1.0 - soft_dice(y_true, y_pred)
@@ -51,11 +52,13 @@ def focal(y_true, y_pred, gamma: float = 2.0, alpha: float = 0.25):
     return -ops.mean(at * ops.power(1.0 - pt, gamma) * ops.log(pt), axis=_AXES)
 
 
+@keras.saving.register_keras_serializable(package="bcedge")
 def bce_dice(y_true, y_pred):
     """BCE + Dice loss (the default), shape (N,)."""
     return bce(y_true, y_pred) + dice_loss(y_true, y_pred)
 
 
+@keras.saving.register_keras_serializable(package="bcedge")
 def focal_dice(y_true, y_pred):
     """Focal + Dice loss, shape (N,)."""
     return focal(y_true, y_pred) + dice_loss(y_true, y_pred)

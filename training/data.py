@@ -1,0 +1,145 @@
+"""Keras data pipeline over preprocessed arrays (from :mod:`bcedge.datasets.cache`).
+
+The arrays come out of the one preprocessing (:func:`bcedge.preprocess.preprocess`),
+so what the model trains on is exactly what the runtime feeds it. This module
+only batches, oversamples lesion-positive images and augments.
+
+Determinism: the order of epoch ``e`` and the augmentation of batch ``i`` are
+drawn from generators seeded with ``(seed, e)`` and ``(seed, e, i)``, so a run
+resumed at epoch ``e`` sees the same batches as an uninterrupted one, whatever
+the number of data-loading workers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+
+from training.augment import AugmentConfig, augment
+
+
+@dataclass(frozen=True)
+class ArraySet:
+    """Preprocessed images and masks of one split.
+
+    Attributes:
+        images: (N, S, S, 1) float32 in [0, 1].
+        masks: (N, S, S, 1) uint8 in {0, 1}.
+        ids: N sample ids.
+        mask_kinds: N of ``pixel``/``circle``/``none``.
+        sources: N dataset names.
+    """
+
+    images: np.ndarray
+    masks: np.ndarray
+    ids: tuple[str, ...]
+    mask_kinds: tuple[str, ...]
+    sources: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def positive(self) -> np.ndarray:
+        """(N,) bool: images whose mask holds a lesion."""
+        return self.masks.reshape(len(self), -1).any(axis=1)
+
+    def subset(self, keep: np.ndarray) -> ArraySet:
+        """The images where ``keep`` (bool (N,) or indices) selects."""
+        idx = np.flatnonzero(keep) if np.asarray(keep).dtype == bool else np.asarray(keep)
+        return ArraySet(
+            self.images[idx],
+            self.masks[idx],
+            tuple(self.ids[i] for i in idx),
+            tuple(self.mask_kinds[i] for i in idx),
+            tuple(self.sources[i] for i in idx),
+        )
+
+
+def epoch_order(n: int, positive: np.ndarray, rng: np.random.Generator, positive_fraction: float | None) -> np.ndarray:
+    """Shuffled indices of one epoch, oversampling positives to ``positive_fraction``.
+
+    Args:
+        n: number of images.
+        positive: (n,) bool, lesion present.
+        rng: seeded generator.
+        positive_fraction: target share of lesion-positive draws per epoch (e.g. 0.5);
+            None keeps the natural share. Positives are repeated, never dropped.
+    """
+    idx = np.arange(n)
+    pos = idx[positive]
+    if positive_fraction and 0 < pos.size < n:
+        neg_count = n - pos.size
+        want = math.ceil(positive_fraction * neg_count / max(1e-9, 1.0 - positive_fraction))
+        if want > pos.size:
+            extra = rng.choice(pos, size=want - pos.size, replace=True)
+            idx = np.concatenate([idx, extra])
+    return rng.permutation(idx)
+
+
+class SegmentationData(keras.utils.PyDataset):
+    """Batches of (image, mask) for ``model.fit``.
+
+    Args:
+        data: the split's arrays.
+        batch_size: images per batch.
+        seed: base seed.
+        augment_config: augmentation ranges, or None for none (validation).
+        positive_fraction: oversampling target (training), or None.
+        shuffle: reshuffle every epoch (training).
+        epoch: first epoch (set when resuming).
+    """
+
+    def __init__(
+        self,
+        data: ArraySet,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        augment_config: AugmentConfig | None = None,
+        positive_fraction: float | None = None,
+        shuffle: bool = False,
+        epoch: int = 0,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        if len(data) == 0:
+            raise ValueError("no images in this split")
+        self.data = data
+        self.batch_size = batch_size
+        self.seed = seed
+        self.augment_config = augment_config
+        self.positive_fraction = positive_fraction
+        self.shuffle = shuffle
+        self.epoch = epoch
+        self._order = self._make_order()
+
+    def order_at(self, epoch: int) -> np.ndarray:
+        """Indices drawn in ``epoch`` (a pure function of seed and epoch)."""
+        if not self.shuffle:
+            return np.arange(len(self.data))
+        rng = np.random.default_rng([self.seed, epoch])
+        return epoch_order(len(self.data), self.data.positive, rng, self.positive_fraction)
+
+    def _make_order(self) -> np.ndarray:
+        return self.order_at(self.epoch)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self._order) / self.batch_size)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        sel = self._order[index * self.batch_size : (index + 1) * self.batch_size]
+        images = self.data.images[sel].astype(np.float32, copy=True)
+        masks = self.data.masks[sel].astype(np.float32, copy=True)
+        if self.augment_config is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            for k in range(len(sel)):
+                images[k], masks[k] = augment(images[k], masks[k], rng, self.augment_config)
+        return images, masks
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+        self._order = self._make_order()

@@ -1,0 +1,296 @@
+"""``bcedge train``: fit one model on preprocessed arrays, checkpointing so it can resume.
+
+Run folder layout (everything written atomically)::
+
+    RUN_DIR/config.json       the run's full configuration (model, data, split, preprocessing
+                              config and hash, hyper-parameters, Keras backend and versions)
+    RUN_DIR/last.keras        model + optimizer state after the last finished epoch (resume)
+    RUN_DIR/state.json        last finished epoch, best validation Dice and its epoch
+    RUN_DIR/best.keras        the model with the best validation Dice (what export uses)
+    RUN_DIR/history.csv/.json per-epoch loss and metrics, training and validation
+
+Resuming: ``bcedge train --out RUN_DIR`` on a folder with ``state.json`` loads
+``last.keras`` and continues at the next epoch with the same seed-derived batch
+order and learning-rate schedule (both are functions of the epoch). The run
+configuration must match the saved one, except ``epochs`` (which may grow).
+Early stopping counts epochs since the best validation Dice from ``state.json``,
+so it survives a resume too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bcedge.errors import ConfigError
+from bcedge.imageio import atomic_write, atomic_write_bytes
+
+RUN_CONFIG = "config.json"
+STATE = "state.json"
+LAST = "last.keras"
+BEST = "best.keras"
+#: Fields that may differ between a run folder and the command that resumes it.
+RESUMABLE_CHANGES = {"epochs", "patience", "workers"}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (saved as ``config.json``)."""
+
+    model: str
+    data: tuple[str, ...]
+    root: str
+    split: str
+    size: int = 256
+    epochs: int = 50
+    batch: int = 8
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    loss: str = "bce-dice"
+    encoder_weights: str = "none"
+    base_filters: int = 64
+    upsampling: str = "nearest"
+    positive_fraction: float | None = 0.5
+    augment: bool = True
+    patience: int = 15
+    seed: int = 0
+    mixed_precision: bool = False
+    workers: int = 1
+    preprocess: dict = field(default_factory=dict)
+    preprocess_hash: str = ""
+
+    def comparable(self) -> dict:
+        """The fields a resume must keep identical."""
+        return {k: v for k, v in asdict(self).items() if k not in RESUMABLE_CHANGES}
+
+
+def write_json(path: Path, obj: object) -> None:
+    """Write JSON atomically (sorted keys, 2-space indent)."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def lr_at(epoch: int, config: TrainConfig) -> float:
+    """Cosine decay from ``lr`` to ``min_lr`` over ``epochs`` (a function of the epoch alone)."""
+    t = min(max(epoch, 0), max(config.epochs - 1, 1)) / max(config.epochs - 1, 1)
+    return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1.0 + math.cos(math.pi * t))
+
+
+def check_resume(run_dir: Path, config: TrainConfig) -> dict | None:
+    """The saved state when ``run_dir`` holds a resumable run with the same configuration.
+
+    Raises:
+        ConfigError: the folder holds a different run.
+    """
+    state_path = run_dir / STATE
+    if not state_path.exists():
+        return None
+    saved = json.loads((run_dir / RUN_CONFIG).read_text())
+    known = {f for f in TrainConfig.__dataclass_fields__}
+    saved_cfg = TrainConfig(**{**{k: v for k, v in saved.items() if k in known}, "data": tuple(saved["data"])})
+    mine, theirs = config.comparable(), saved_cfg.comparable()
+    diff = sorted(k for k in mine if mine[k] != theirs.get(k))
+    if diff:
+        detail = ", ".join(f"{k}: saved {theirs.get(k)!r} vs now {mine[k]!r}" for k in diff[:3])
+        raise ConfigError(f"{run_dir} holds a different run ({detail}); use a new --out folder")
+    return json.loads(state_path.read_text())
+
+
+def machine_info() -> dict:
+    """Backend, versions and devices of this process, for provenance."""
+    import keras
+
+    info = {
+        "keras": keras.__version__,
+        "backend": keras.backend.backend(),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "devices": [],
+    }
+    with contextlib.suppress(Exception):  # device listing is informational only
+        info["devices"] = [str(d) for d in keras.distribution.list_devices()]
+    return info
+
+
+def _distribution_scope(devices: list[str]):
+    """A context for building/compiling on several accelerators, or a null context.
+
+    JAX: Keras' own ``DataParallel`` distribution. TensorFlow: ``MirroredStrategy``.
+    PyTorch: Keras has no multi-device trainer for it; one device is used.
+    """
+    import keras
+
+    backend = keras.backend.backend()
+    if len(devices) < 2:
+        return contextlib.nullcontext(), 1
+    if backend == "jax":
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+        return contextlib.nullcontext(), len(devices)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        kind = "GPU" if any("gpu" in d.lower() for d in devices) else "CPU"
+        names = [d for d in (x.name for x in tf.config.list_logical_devices(kind))]
+        strategy = tf.distribute.MirroredStrategy(names)
+        return strategy.scope(), strategy.num_replicas_in_sync
+    return contextlib.nullcontext(), 1
+
+
+class _RunState:
+    """Keras callback: saves last.keras, state.json, history and best.keras after each epoch."""
+
+    def __new__(cls, *args, **kwargs):  # built lazily so importing this module needs no Keras
+        import keras
+
+        class Callback(keras.callbacks.Callback):
+            def __init__(self, run_dir: Path, config: TrainConfig, state: dict, progress: Callable | None) -> None:
+                super().__init__()
+                self.run_dir, self.config, self.state, self.progress = run_dir, config, state, progress
+                self.t0 = time.time()
+
+            def on_epoch_begin(self, epoch, logs=None):
+                self.model.optimizer.learning_rate.assign(lr_at(epoch, self.config))
+                self.t0 = time.time()
+
+            def on_train_batch_end(self, batch, logs=None):
+                if self.progress:
+                    self.progress("batch", batch, logs or {})
+
+            def on_epoch_end(self, epoch, logs=None):
+                logs = {k: float(v) for k, v in (logs or {}).items()}
+                logs.update(epoch=epoch + 1, lr=lr_at(epoch, self.config), seconds=round(time.time() - self.t0, 2))
+                history = self.state.setdefault("history", [])
+                history.append(logs)
+                score = logs.get("val_dice", logs.get("dice", 0.0))
+                if score > self.state.get("best_val_dice", -1.0):
+                    self.state.update(best_val_dice=score, best_epoch=epoch + 1)
+                    atomic_write(self.run_dir / BEST, lambda p: self.model.save(p))
+                atomic_write(self.run_dir / LAST, lambda p: self.model.save(p))
+                self.state["epoch"] = epoch + 1
+                write_json(self.run_dir / "history.json", history)
+                atomic_write_bytes(self.run_dir / "history.csv", _history_csv(history).encode())
+                write_json(self.run_dir / STATE, self.state)
+                if self.progress:
+                    self.progress("epoch", epoch, logs)
+                if epoch + 1 - self.state.get("best_epoch", 0) >= self.config.patience:
+                    self.model.stop_training = True
+                    self.state["stopped_early"] = True
+                    write_json(self.run_dir / STATE, self.state)
+
+        return Callback(*args, **kwargs)
+
+
+def _history_csv(history: list[dict]) -> str:
+    keys = sorted({k for row in history for k in row}, key=lambda k: (k != "epoch", k))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(history)
+    return buf.getvalue()
+
+
+def compile_model(model, config: TrainConfig) -> None:
+    """Compile with Adam, the configured loss and the table metrics."""
+    import keras
+
+    from training.losses import default_metrics, get_loss
+
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=config.lr),
+        loss=get_loss(config.loss),
+        metrics=default_metrics(),
+    )
+
+
+def train(
+    config: TrainConfig,
+    run_dir: Path,
+    train_set,
+    val_set,
+    *,
+    progress: Callable | None = None,
+) -> dict:
+    """Train (or resume) a run; returns the final ``state.json`` content.
+
+    Args:
+        config: the run configuration.
+        run_dir: the run folder (created; resumed when it holds this run).
+        train_set, val_set: :class:`training.data.ArraySet` of each split.
+        progress: optional ``progress(kind, index, logs)`` callback for the CLI's display.
+    """
+    import keras
+
+    from training.augment import AugmentConfig
+    from training.data import SegmentationData
+    from training.losses import LOSSES, SegmentationMetric
+    from training.models import build_model
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = check_resume(run_dir, config)
+    if config.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.utils.set_random_seed(config.seed)
+    devices = [d for d in keras.distribution.list_devices() if "cpu" not in d.lower()] or ["cpu"]
+    scope, replicas = _distribution_scope(devices)
+    with scope:
+        if state is not None:
+            model = keras.models.load_model(
+                run_dir / LAST, custom_objects={"SegmentationMetric": SegmentationMetric, **LOSSES}, compile=True
+            )
+        else:
+            state = {"epoch": 0, "best_val_dice": -1.0, "best_epoch": 0, "history": []}
+            write_json(run_dir / RUN_CONFIG, {**asdict(config), "machine": machine_info()})
+            model = build_model(
+                config.model,
+                config.size,
+                None if config.model == "unet" else config.encoder_weights,
+                base_filters=config.base_filters,
+                upsampling=config.upsampling,  # type: ignore[arg-type]
+            )
+            compile_model(model, config)
+    state["replicas"] = replicas
+    if state["epoch"] >= config.epochs or state.get("stopped_early"):
+        return state
+    train_data = SegmentationData(
+        train_set,
+        config.batch * replicas,
+        seed=config.seed,
+        augment_config=AugmentConfig() if config.augment else None,
+        positive_fraction=config.positive_fraction,
+        shuffle=True,
+        epoch=state["epoch"],
+        workers=config.workers,
+        use_multiprocessing=False,
+    )
+    val_data = SegmentationData(val_set, config.batch * replicas)
+    train_data_start = state["epoch"]
+    started = time.time()
+    model.fit(
+        train_data,
+        validation_data=val_data,
+        epochs=config.epochs,
+        initial_epoch=state["epoch"],
+        callbacks=[_RunState(run_dir, config, state, progress)],
+        verbose=0,
+    )
+    elapsed = time.time() - started
+    epochs_run = state["epoch"] - train_data_start
+    state["wall_seconds"] = round(state.get("wall_seconds", 0.0) + elapsed, 1)
+    if epochs_run > 0:
+        # Training draws per second over this invocation (validation time included).
+        state["images_per_second"] = round(epochs_run * len(train_data.order_at(train_data_start)) / elapsed, 3)
+    write_json(run_dir / STATE, state)
+    return state
+
+
+def backend_name() -> str:
+    """KERAS_BACKEND as Keras will see it (without importing Keras)."""
+    return os.environ.get("KERAS_BACKEND", "tensorflow")
