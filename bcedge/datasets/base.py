@@ -59,6 +59,15 @@ class Sample:
         """Whether the annotation marks at least one lesion (without reading pixels)."""
         return bool(self.mask_paths or self.circles)
 
+    @property
+    def lesion_unlocated(self) -> bool:
+        """Whether the source reports a lesion without giving its location.
+
+        Such a sample's empty mask is not ground truth: leave it out of anything
+        that scores masks (Dice) or trains on them.
+        """
+        return self.extra.get("lesion_unlocated") == "true"
+
     def load_image(self) -> Mammogram:
         """Read the image; dataset laterality/view override what the file says (or lacks)."""
         mammo = read_mammogram(self.image_path)
