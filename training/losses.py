@@ -124,9 +124,11 @@ class SegmentationMetric(keras.metrics.Metric):
         self.fn.assign_add(ops.sum(fn))
 
     def result(self):
+        # Variables become tensors first: JAX cannot trace ops on Keras variables directly.
+        tp, fp, fn = (ops.convert_to_tensor(v) for v in (self.tp, self.fp, self.fn))
         if self.mode == "global":
-            return _scores(self.tp, self.fp, self.fn)[self.metric]
-        return self.total / ops.maximum(self.count, 1.0)
+            return _scores(tp, fp, fn)[self.metric]
+        return ops.convert_to_tensor(self.total) / ops.maximum(ops.convert_to_tensor(self.count), 1.0)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "metric": self.metric, "mode": self.mode, "threshold": self.threshold}
