@@ -39,7 +39,7 @@ STATE = "state.json"
 LAST = "last.keras"
 BEST = "best.keras"
 #: Fields that may differ between a run folder and the command that resumes it.
-RESUMABLE_CHANGES = {"epochs", "patience", "workers"}
+RESUMABLE_CHANGES = {"epochs", "patience", "workers", "time_budget_s"}
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,7 @@ class TrainConfig:
     seed: int = 0
     mixed_precision: bool = False
     workers: int = 1
+    time_budget_s: float | None = None
     preprocess: dict = field(default_factory=dict)
     preprocess_hash: str = ""
 
@@ -154,7 +155,7 @@ class _RunState:
             def __init__(self, run_dir: Path, config: TrainConfig, state: dict, progress: Callable | None) -> None:
                 super().__init__()
                 self.run_dir, self.config, self.state, self.progress = run_dir, config, state, progress
-                self.t0 = time.time()
+                self.t0 = self.started = time.time()
 
             def on_epoch_begin(self, epoch, logs=None):
                 self.model.optimizer.learning_rate.assign(lr_at(epoch, self.config))
@@ -184,6 +185,10 @@ class _RunState:
                     self.model.stop_training = True
                     self.state["stopped_early"] = True
                     write_json(self.run_dir / STATE, self.state)
+                budget = self.config.time_budget_s
+                if budget is not None and time.time() - self.started >= budget:
+                    # Out of time, not converged: a later call with a budget resumes from here.
+                    self.model.stop_training = True
 
         return Callback(*args, **kwargs)
 

@@ -1,0 +1,133 @@
+"""Reproduce the study's table: train the three models on preprocessed arrays, evaluate on test.
+
+Runs wherever Keras runs (TensorFlow, JAX or PyTorch backend; CPU or GPU): the
+input is an ``.npz`` written by ``bcedge train --export-arrays`` (the committed
+real-data split, preprocessed by ``bcedge.preprocess``), so the machine needs
+neither the source images nor pydicom.
+
+    KERAS_BACKEND=jax python benchmarks/train_reproduction.py --arrays data.npz \\
+        --out runs/gpu --epochs 60 --batch 8 --time-budget-min 3 --results benchmarks/results/train_gpu.json
+
+Each model's run folder is resumable (``training.train``); the results JSON holds
+the per-group table (pixel masks, circle masks, normal images), the history,
+wall time, images/s and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training.data import load_arrays
+from training.evaluate import format_row, predict, table
+from training.train import TrainConfig, machine_info, train, write_json
+
+MODELS = ("unet", "unet-mobilenetv2", "unet-vgg19")
+
+
+def _gpu_name() -> str | None:
+    try:
+        import subprocess
+
+        cmd = ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        return out.stdout.strip() or None
+    except OSError:
+        return None
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arrays", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=Path, help="folder of the run folders")
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--loss", default="bce-dice")
+    ap.add_argument("--base-filters", type=int, default=64)
+    ap.add_argument("--patience", type=int, default=20)
+    ap.add_argument("--time-budget-min", type=float, default=None, help="per model; resumable")
+    ap.add_argument("--mixed-precision", action="store_true")
+    ap.add_argument("--results", type=Path, required=True, help="JSON file to write")
+    args = ap.parse_args()
+
+    import keras
+
+    from training.losses import LOSSES, SegmentationMetric, dice_loss, get_loss
+
+    sets, meta = load_arrays(args.arrays)
+    results: dict = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "arrays": {"file": args.arrays.name, "meta": meta, "counts": {k: len(v) for k, v in sets.items()}},
+        "machine": {**machine_info(), "cpu": _cpu_name(), "gpu": _gpu_name()},
+        "models": {},
+    }
+    for name in args.models.split(","):
+        config = TrainConfig(
+            model=name,
+            data=tuple(meta.get("datasets", ["arrays"])),
+            root="",
+            split=str(meta.get("split", "")),
+            size=int(sets["train"].images.shape[1]),
+            epochs=args.epochs,
+            batch=args.batch,
+            lr=args.lr,
+            loss=args.loss,
+            base_filters=args.base_filters,
+            patience=args.patience,
+            mixed_precision=args.mixed_precision,
+            time_budget_s=None if args.time_budget_min is None else args.time_budget_min * 60,
+            preprocess=meta.get("preprocess", {}),
+            preprocess_hash=str(meta.get("preprocess_hash", "")),
+        )
+        run_dir = args.out / name
+        t0 = time.time()
+        state = train(config, run_dir, sets["train"], sets["val"])
+        best = keras.models.load_model(
+            run_dir / "best.keras", custom_objects={"SegmentationMetric": SegmentationMetric, **LOSSES}, compile=False
+        )
+        test = sets["test"]
+        t1 = time.time()
+        probs = predict(best, test.images)
+        infer_s = time.time() - t1
+        groups = table(
+            probs, test.masks, test.mask_kinds, {"dice": dice_loss, args.loss: get_loss(args.loss)}
+        )
+        results["models"][name] = {
+            "epochs_run": state["epoch"],
+            "best_epoch": state.get("best_epoch"),
+            "best_val_dice": state.get("best_val_dice"),
+            "stopped_early": bool(state.get("stopped_early")),
+            "wall_seconds": round(time.time() - t0, 1),
+            "train_images_per_second": state.get("images_per_second"),
+            "test_inference_images_per_second": round(len(test) / max(infer_s, 1e-9), 2),
+            "params": int(best.count_params()),
+            "test": groups,
+            "rows": {g: format_row(name, r) for g, r in groups.items()},
+            "history": state.get("history", []),
+        }
+        write_json(args.results, results)
+        rows = results["models"][name]["rows"]
+        print(name, json.dumps({g: rows[g] for g in rows}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
