@@ -139,3 +139,58 @@ def split(
     save_split(result, out)
     counts = ", ".join(f"{name} {c['images']} images/{c['patients']} patients" for name, c in result.counts.items())
     typer.echo(f"wrote {out}: {counts}")
+
+
+@app.command()
+def prepare(
+    dataset: DatasetArg,
+    root: RootOpt,
+    out: Annotated[Path, typer.Option("--out", help="Cache folder (shared by configs and datasets).")],
+    size: Annotated[int | None, typer.Option("--size", min=16, max=4096, help="Model input size (pixels).")] = None,
+    config_file: Annotated[
+        Path | None, typer.Option("--config", help="JSON preprocessing config (PreprocessConfig.to_dict()).")
+    ] = None,
+    split: Annotated[Path | None, typer.Option("--split", help="Split file; with --subset, cache one split.")] = None,
+    subset: Annotated[str | None, typer.Option("--subset", help="Split name to cache (train/val/test).")] = None,
+    option: OptionOpt = None,
+) -> None:
+    """Preprocess a dataset into a cache of arrays keyed by config and source-file hashes."""
+    from bcedge.datasets.cache import prepare as prepare_cache
+    from bcedge.errors import ConfigError, InputError
+    from bcedge.preprocess import PreprocessConfig
+
+    if config_file is not None:
+        try:
+            doc = json.loads(config_file.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise InputError(f"{config_file}: config file not found") from exc
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{config_file}: not a JSON preprocessing config ({exc})") from exc
+        config = PreprocessConfig.from_dict(doc.get("config", doc) if isinstance(doc, dict) else doc)
+    else:
+        config = PreprocessConfig()
+    if size is not None:
+        config = PreprocessConfig.from_dict({**config.to_dict(), "size": size})
+    if (split is None) != (subset is None):
+        raise ConfigError("--split and --subset go together (e.g. --split combined.json --subset train)")
+    reader = _open(dataset, root, option)
+    samples = list(reader.samples())
+    if split is not None and subset is not None:
+        from bcedge.datasets.splits import filter_samples, load_split
+
+        samples = filter_samples(samples, load_split(split), subset)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(f"preprocessing {reader.name} ({config.hash()})", total=len(samples))
+        cache = prepare_cache(
+            samples,
+            config,
+            out,
+            dataset=reader.name,
+            progress=lambda done, total, reused: progress.update(task, completed=done),
+        )
+    typer.echo(f"{cache.root}: {len(cache)} samples ({cache.built} built, {cache.reused} reused), size {config.size}")
