@@ -10,39 +10,72 @@ The pixel path follows the DICOM display pipeline (PS3.4 N.2, PS3.3 C.11):
 
 Speed: the three steps depend only on the stored value, so they are evaluated
 once over every possible stored value (at most 2**16) and the image is mapped
-through that table in one pass. A full-field 3328x2560 scan costs one
-``np.take`` instead of a dozen full-resolution float passes.
+through that table in one pass. A full-field 3328x2560 scan costs one table
+lookup instead of a dozen full-resolution float passes, and uncompressed pixel
+data are viewed in place rather than copied.
+
+VOI choice: PS3.3 C.8.11.3.1.5 lets an image carry both a VOI LUT Sequence and
+Window Center/Width as *alternative* views and names no default. bcedge uses the
+first VOI LUT item when there is one (vendors such as GE tabulate the same curve
+they also describe as a SIGMOID window), else the first window.
 
 Inversion: in DX/MG, MONOCHROME1 normally comes with Presentation LUT Shape
 INVERSE. Both say the same thing (low values display white), so the image is
-inverted exactly once when either says so.
+inverted exactly once when either says so. For the two non-conformant
+combinations the reader still inverts: MONOCHROME1 + IDENTITY follows the
+Photometric Interpretation (PS3.3 C.7.6.3.1.2: the minimum value *is* displayed
+white; DX files with wrong shapes exist), MONOCHROME2 + INVERSE follows the
+shape's explicit request. dcmtk lets the shape alone decide, so it differs on
+MONOCHROME1 + IDENTITY (see ``tests/test_dicom_oracle.py``).
 
 FOR PROCESSING images (and any image without a VOI) carry no display window:
 bcedge applies a *robust window*, linear between the 0.5th and 99.5th
-percentiles of the modality values (on a 4x subsampled grid), documented in
-``ImageMeta.window_source == "robust"``.
+percentiles of the modality values (on a subsampled grid of at least ~250k
+pixels), documented in ``ImageMeta.window_source == "robust"``.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import mmap
 import os
+import struct
+import threading
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
-from bcedge.errors import DicomError, InputError, MissingDependencyError, UnsupportedImageError
+from bcedge.errors import ConfigError, DicomError, InputError, MissingDependencyError, UnsupportedImageError
+
+_log = logging.getLogger(__name__)
 
 #: Refuse images above this many pixels before decoding (a corrupt header can claim anything).
 MAX_MEGAPIXELS = 100.0
 #: Percentiles of the robust window used when an image carries no VOI.
 ROBUST_PERCENTILES = (0.5, 99.5)
+#: The robust window's histogram keeps at least this many pixels (fewer: no subsampling).
+ROBUST_MIN_SAMPLES = 1 << 18
 RASTER_SUFFIXES = {".png", ".pgm", ".pnm", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
-#: Transfer syntaxes whose pixel data need a decoder plugin (the `dicom` extra).
 _MONO = ("MONOCHROME1", "MONOCHROME2")
+#: Uncompressed little-endian transfer syntaxes whose Pixel Data can be viewed in place.
+_NATIVE_LE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99"}
+#: Magic numbers of the raster formats, to say what a misnamed file really is.
+_RASTER_MAGIC = {
+    b"\x89PNG": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+    b"P5": "PGM",
+    b"P2": "PGM",
+    b"BM": "BMP",
+}
 
 VoiMode = Literal["auto", "lut", "window", "robust", "none"]
+_VOI_MODES = ("auto", "lut", "window", "robust", "none")
 
 
 @dataclass(frozen=True)
@@ -57,7 +90,9 @@ class ImageMeta:
         laterality_source: the DICOM keyword it came from (``ImageLaterality``,
             ``Laterality``, ``PatientOrientation``) or another provenance
             (``filename``, set by dataset readers).
-        view: ``CC``, ``MLO``, ``ML``, ``LM``, ... or None.
+        view: ``CC``, ``MLO``, ``ML``, ``LM``, ... or None. From View Code Sequence
+            (0054,0220), else View Position (0018,5101); ``FLATFIELD``/``UNKNOWN``
+            are not views and never returned.
         photometric: Photometric Interpretation.
         presentation_intent: ``FOR PRESENTATION`` / ``FOR PROCESSING`` or None.
         presentation_lut_shape: ``IDENTITY`` / ``INVERSE`` or None.
@@ -132,9 +167,19 @@ def _check_path(path: str | os.PathLike[str]) -> Path:
         raise InputError(f"{p}: no such file")
     if p.is_dir():
         raise InputError(f"{p}: is a directory, expected an image file")
+    if not p.is_file():
+        raise InputError(f"{p}: not a regular file, expected an image file")
     if p.stat().st_size == 0:
         raise InputError(f"{p}: empty file (0 bytes)")
     return p
+
+
+def _raster_kind(head: bytes) -> str | None:
+    """``PNG``, ``JPEG``, ... when ``head`` starts like a raster image, else None."""
+    for magic, kind in _RASTER_MAGIC.items():
+        if head.startswith(magic):
+            return kind
+    return None
 
 
 def is_dicom_file(path: str | os.PathLike[str]) -> bool:
@@ -150,13 +195,190 @@ def is_dicom_file(path: str | os.PathLike[str]) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
+def _looks_like_dataset(head: bytes, size: int) -> bool:
+    """True when a file without preamble starts like a raw little-endian DICOM data set.
+
+    Such files (old ACR-NEMA style exports) begin with a group 0002 or 0008 element:
+    tag, then either a two-letter VR (explicit) or a 4-byte length that fits the file
+    (implicit). Anything else is not parsed at all: forcing pydicom through arbitrary
+    bytes wastes time and memory on nonsense lengths.
+    """
+    if len(head) < 8:
+        return False
+    group = struct.unpack("<H", head[:2])[0]
+    if group not in (0x0002, 0x0008):
+        return False
+    vr = head[4:6]
+    if vr.isalpha() and vr.isupper():
+        return True
+    return struct.unpack("<I", head[4:8])[0] <= size
+
+
+class _TrackedReader:
+    """Read-only file object over a memory map that records short reads.
+
+    A memory map never allocates more than the file holds, however large a length a
+    corrupt header claims, and pydicom only ever asks for fewer bytes than remain
+    when the file is truncated: the first such read is kept in ``short_read``
+    as (offset, wanted, got). An 8-byte read that gets nothing is the normal end of
+    the data set.
+    """
+
+    def __init__(self, buf: mmap.mmap, name: str) -> None:
+        self._buf = buf
+        self.name = name
+        self.short_read: tuple[int, int, int] | None = None
+
+    def read(self, size: int | None = -1) -> bytes:
+        pos = self._buf.tell()
+        data = self._buf.read() if size is None or size < 0 else self._buf.read(size)
+        short = size is not None and size > 0 and len(data) < size and not (size == 8 and not data)
+        if short and self.short_read is None:
+            self.short_read = (pos, size, len(data))
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._buf.seek(offset, whence)
+        return self._buf.tell()
+
+    def tell(self) -> int:
+        return self._buf.tell()
+
+
+# --------------------------------------------------------------------------- tag access
+
+
+def _tag_label(keyword: str) -> str:
+    """``Keyword (GGGG,EEEE)`` for messages."""
+    from pydicom.datadict import tag_for_keyword
+
+    tag = tag_for_keyword(keyword)
+    return f"{keyword} ({tag >> 16:04X},{tag & 0xFFFF:04X})" if tag is not None else keyword
+
+
+def _get(ds: Any, keyword: str, default: Any = None) -> Any:
+    """``ds.get(keyword)`` that turns pydicom's lazy value-conversion failures into a DicomError."""
+    try:
+        return ds.get(keyword, default)
+    except Exception as exc:  # pydicom converts raw values on access and can raise almost anything
+        raise DicomError(f"{_tag_label(keyword)} is unreadable ({_first_line(exc)})") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _tag_str(ds: Any, keyword: str) -> str | None:
+    value = _get(ds, keyword)
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _float_tag(ds: Any, keyword: str, default: float) -> float:
+    value = _get(ds, keyword)
+    if value is None or (isinstance(value, (str, bytes)) and not value.strip()):
+        return default
+    try:
+        out = float(value)
+    except (TypeError, ValueError) as exc:
+        raise DicomError(f"{_tag_label(keyword)} is not a number: {value!r}") from exc
+    if not math.isfinite(out):
+        raise DicomError(f"{_tag_label(keyword)} is not a finite number: {value!r}")
+    return out
+
+
+def _int_tag(ds: Any, keyword: str, tag: str | None = None, default: int | None = None) -> int:
+    label = f"{keyword} {tag}" if tag else _tag_label(keyword)
+    value = _get(ds, keyword, default)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if default is not None:
+            return default
+        raise DicomError(f"missing {label}")
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise DicomError(f"{label} is not an integer: {value!r}") from exc
+
+
 # --------------------------------------------------------------------------- LUT steps
 # Small pure functions over arrays of modality values; each takes what it needs from
 # the dataset, so tests can drive them one by one.
 
 
-def modality_lut(values: np.ndarray, ds: object) -> np.ndarray:
-    """Modality LUT: Rescale Slope/Intercept (0028,1053/1052) or Modality LUT Sequence (0028,3000).
+def _is_little_endian(ds: Any) -> bool:
+    meta = getattr(ds, "file_meta", None)
+    ts = meta.get("TransferSyntaxUID") if meta is not None else None
+    if ts is not None:
+        return str(ts) != "1.2.840.10008.1.2.2"  # Explicit VR Big Endian (retired)
+    encoding = getattr(ds, "original_encoding", (None, True))
+    return encoding[1] is not False
+
+
+def lut_from_item(item: Any, ds: Any, sequence: str) -> tuple[np.ndarray, int, int]:
+    """Decode one LUT item (Modality or VOI LUT Sequence) per PS3.3 C.11.1.1 / C.11.2.1.1.
+
+    Args:
+        item: the sequence item holding LUT Descriptor (0028,3002) and LUT Data (0028,3006).
+        ds: the dataset (byte order, Pixel Representation).
+        sequence: the sequence keyword, for messages.
+
+    Returns:
+        (lut, first_mapped, bits): lut is (n,) float64 entries; first_mapped the input
+        value mapped to entry 0 (may be negative); bits the nominal entry depth.
+
+    Raises:
+        DicomError: missing or inconsistent descriptor or data.
+    """
+    where = f"{_tag_label(sequence)} item 1"
+    try:
+        desc = [int(v) for v in item.LUTDescriptor]
+        n, first, bits = desc
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise DicomError(f"{where}: LUT Descriptor (0028,3002) missing or not three integers") from exc
+    n = n or 65536  # PS3.3: 0 means 2**16 entries
+    if not 1 <= bits <= 16:
+        raise DicomError(f"{where}: LUT Descriptor (0028,3002) gives {bits} bits per entry; expected 8 to 16")
+    try:
+        data = item.LUTData
+    except (AttributeError, KeyError) as exc:
+        raise DicomError(f"{where}: no LUT Data (0028,3006)") from exc
+    if data is None:
+        raise DicomError(f"{where}: no LUT Data (0028,3006)")
+    if isinstance(data, (bytes, bytearray)):
+        # OW (or an implicit-VR file, which pydicom reads as OW): 16-bit words in file
+        # byte order; 8-bit entries may also come packed one per byte.
+        if bits <= 8 and len(data) == n:
+            lut = np.frombuffer(data, dtype=np.uint8)
+        else:
+            usable = len(data) - len(data) % 2
+            lut = np.frombuffer(data[:usable], dtype="<u2" if _is_little_endian(ds) else ">u2")
+    else:
+        lut = np.atleast_1d(np.asarray(data)).ravel()
+    if lut.size == 0:
+        raise DicomError(f"{where}: empty LUT Data (0028,3006)")
+    if not np.issubdtype(lut.dtype, np.number):
+        raise DicomError(f"{where}: LUT Data (0028,3006) is not numeric")
+    lut = lut.astype(np.float64)[:n]
+    # First Mapped is US or SS (PS3.3): a negative value read as US wraps past 32767.
+    if first >= 32768 and int(_get(ds, "PixelRepresentation", 0) or 0) == 1:
+        first -= 65536
+    return lut, first, bits
+
+
+def _apply_lut(x: np.ndarray, lut: np.ndarray, first: int) -> np.ndarray:
+    # Below the first mapped value: first entry; beyond the table: last entry (PS3.3 C.11.1.1, C.11.2.1.1).
+    idx = np.clip(np.rint(np.asarray(x, dtype=np.float64) - first), 0, lut.size - 1).astype(np.intp)
+    return lut[idx]
+
+
+def modality_lut(values: np.ndarray, ds: Any) -> np.ndarray:
+    """Modality LUT: Modality LUT Sequence (0028,3000), else Rescale Slope/Intercept (0028,1053/1052).
+
+    The sequence wins when both are present (they are mutually exclusive in
+    PS3.3 C.11.1); a missing slope is 1 and a missing intercept 0.
 
     Args:
         values: stored values, any integer shape.
@@ -165,35 +387,56 @@ def modality_lut(values: np.ndarray, ds: object) -> np.ndarray:
     Returns:
         float64 modality values, same shape.
     """
-    from pydicom.pixels import apply_modality_lut
-
-    if "ModalityLUTSequence" in ds or "RescaleSlope" in ds or "RescaleIntercept" in ds:
-        return np.asarray(apply_modality_lut(values, ds), dtype=np.float64)
-    return values.astype(np.float64)
+    seq = _get(ds, "ModalityLUTSequence")
+    if seq:
+        lut, first, _ = lut_from_item(seq[0], ds, "ModalityLUTSequence")
+        return _apply_lut(values, lut, first)
+    slope = _float_tag(ds, "RescaleSlope", 1.0)
+    intercept = _float_tag(ds, "RescaleIntercept", 0.0)
+    if slope == 0.0:
+        raise DicomError("Rescale Slope (0028,1053) is 0; every pixel would have the same value")
+    out = np.asarray(values, dtype=np.float64)
+    if slope != 1.0 or intercept != 0.0:
+        out = out * slope + intercept
+    return out
 
 
 def window_linear(x: np.ndarray, center: float, width: float) -> np.ndarray:
-    """VOI LUT Function LINEAR (PS3.3 C.11.2.1.2.1) onto [0, 1]. ``width`` >= 1."""
-    if width < 1:
+    """VOI LUT Function LINEAR (PS3.3 C.11.2.1.2.1) onto [0, 1]. ``width`` >= 1.
+
+    ``y = ((x - (c - 0.5)) / (w - 1) + 0.5)`` clipped to 0 for ``x <= c - 0.5 - (w - 1) / 2``
+    and 1 for ``x > c - 0.5 + (w - 1) / 2``; width 1 is a threshold at ``c - 0.5``.
+    """
+    if not width >= 1:
         raise DicomError(f"Window Width (0028,1051) is {width}; LINEAR needs >= 1")
-    y = (x - (center - 0.5)) / (width - 1) + 0.5 if width > 1 else (x > center - 0.5) * 1.0
+    x = np.asarray(x, dtype=np.float64)
+    y = (x - (center - 0.5)) / (width - 1) + 0.5 if width > 1 else np.zeros_like(x)
     y = np.where(x <= center - 0.5 - (width - 1) / 2, 0.0, y)
     y = np.where(x > center - 0.5 + (width - 1) / 2, 1.0, y)
     return np.clip(y, 0.0, 1.0)
 
 
 def window_linear_exact(x: np.ndarray, center: float, width: float) -> np.ndarray:
-    """VOI LUT Function LINEAR_EXACT (PS3.3 C.11.2.1.3.2) onto [0, 1]. ``width`` > 0."""
-    if width <= 0:
+    """VOI LUT Function LINEAR_EXACT (PS3.3 C.11.2.1.3.2) onto [0, 1]. ``width`` > 0.
+
+    ``y = (x - c) / w + 0.5``, 0 for ``x <= c - w / 2``, 1 for ``x > c + w / 2``.
+    """
+    if not width > 0:
         raise DicomError(f"Window Width (0028,1051) is {width}; LINEAR_EXACT needs > 0")
+    x = np.asarray(x, dtype=np.float64)
     return np.clip((x - center) / width + 0.5, 0.0, 1.0)
 
 
 def window_sigmoid(x: np.ndarray, center: float, width: float) -> np.ndarray:
-    """VOI LUT Function SIGMOID (PS3.3 C.11.2.1.3.1) onto (0, 1). ``width`` > 0."""
-    if width <= 0:
+    """VOI LUT Function SIGMOID (PS3.3 C.11.2.1.3.1) onto (0, 1). ``width`` > 0.
+
+    ``y = 1 / (1 + exp(-4 (x - c) / w))``.
+    """
+    if not width > 0:
         raise DicomError(f"Window Width (0028,1051) is {width}; SIGMOID needs > 0")
-    return 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
+    x = np.asarray(x, dtype=np.float64)
+    # exp overflows to inf beyond ~709; clipping the argument changes nothing visible.
+    return 1.0 / (1.0 + np.exp(np.clip(-4.0 * (x - center) / width, -700.0, 700.0)))
 
 
 _WINDOW_FUNCTIONS = {
@@ -203,35 +446,50 @@ _WINDOW_FUNCTIONS = {
 }
 
 
-def first_window(ds: object) -> tuple[float, float] | None:
-    """(center, width) of the first window in Window Center/Width (0028,1050/1051), or None."""
-    if "WindowCenter" not in ds or "WindowWidth" not in ds:
-        return None
+def _first_value(value: Any) -> Any:
     from pydicom.multival import MultiValue
 
-    c, w = ds.WindowCenter, ds.WindowWidth
-    c = c[0] if isinstance(c, (MultiValue, list, tuple)) else c
-    w = w[0] if isinstance(w, (MultiValue, list, tuple)) else w
+    if isinstance(value, (MultiValue, list, tuple)):
+        return value[0] if len(value) else None
+    return value
+
+
+def first_window(ds: Any) -> tuple[float, float] | None:
+    """(center, width) of the first window in Window Center/Width (0028,1050/1051), or None."""
+    c, w = _get(ds, "WindowCenter"), _get(ds, "WindowWidth")
+    if c is None or w is None:
+        return None
+    c, w = _first_value(c), _first_value(w)
+    if c is None or w is None or (isinstance(c, str) and not c.strip()):
+        return None
     try:
-        return float(c), float(w)
+        center, width = float(c), float(w)
     except (TypeError, ValueError) as exc:
         raise DicomError(f"Window Center/Width (0028,1050/1051) unreadable: {c!r}/{w!r}") from exc
+    if not (math.isfinite(center) and math.isfinite(width)):
+        raise DicomError(f"Window Center/Width (0028,1050/1051) not finite: {c!r}/{w!r}")
+    return center, width
 
 
-def apply_window(x: np.ndarray, ds: object) -> np.ndarray:
-    """Window Center/Width with the VOI LUT Function (0028,1056), default LINEAR; onto [0, 1]."""
-    cw = first_window(ds)
-    if cw is None:
-        raise DicomError("no Window Center/Width (0028,1050/1051) to apply")
-    function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+def voi_function(ds: Any) -> str:
+    """VOI LUT Function (0028,1056), upper case; LINEAR when absent. Raises on unknown values."""
+    function = str(_first_value(_get(ds, "VOILUTFunction")) or "LINEAR").strip().upper() or "LINEAR"
     if function not in _WINDOW_FUNCTIONS:
         raise DicomError(
             f"VOI LUT Function (0028,1056) {function!r} unsupported; expected LINEAR, LINEAR_EXACT or SIGMOID"
         )
-    return _WINDOW_FUNCTIONS[function](x, *cw)
+    return function
 
 
-def apply_voi_lut_sequence(x: np.ndarray, ds: object) -> np.ndarray:
+def apply_window(x: np.ndarray, ds: Any) -> np.ndarray:
+    """Window Center/Width with the VOI LUT Function (0028,1056), default LINEAR; onto [0, 1]."""
+    cw = first_window(ds)
+    if cw is None:
+        raise DicomError("no Window Center/Width (0028,1050/1051) to apply")
+    return _WINDOW_FUNCTIONS[voi_function(ds)](x, *cw)
+
+
+def apply_voi_lut_sequence(x: np.ndarray, ds: Any) -> np.ndarray:
     """First item of the VOI LUT Sequence (0028,3010) onto [0, 1].
 
     Values below the first mapped value take the first entry, above the last take
@@ -239,26 +497,12 @@ def apply_voi_lut_sequence(x: np.ndarray, ds: object) -> np.ndarray:
     LUT Descriptor (0028,3002); when the data exceed that (a known vendor quirk)
     the bit depth is taken from the data instead.
     """
-    item = ds.VOILUTSequence[0]
-    try:
-        n, first, bits = (int(v) for v in item.LUTDescriptor)
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise DicomError("VOI LUT Sequence (0028,3010) has no valid LUT Descriptor (0028,3002)") from exc
-    n = n or 65536
-    data = item.LUTData
-    if isinstance(data, (bytes, bytearray)):
-        lut = np.frombuffer(data, dtype="<u2" if bits > 8 or len(data) == 2 * n else "u1")
-    else:
-        lut = np.atleast_1d(np.asarray(data))
-    lut = lut.astype(np.float64)[:n]
-    if lut.size == 0:
-        raise DicomError("VOI LUT Sequence (0028,3010) has empty LUT Data (0028,3006)")
-    # First Mapped is US or SS depending on the pixel representation; undo a wrap-around.
-    if first >= 32768 and int(ds.get("PixelRepresentation", 0)) == 1:
-        first -= 65536
+    seq = _get(ds, "VOILUTSequence")
+    if not seq:
+        raise DicomError("no VOI LUT Sequence (0028,3010) in the file")
+    lut, first, bits = lut_from_item(seq[0], ds, "VOILUTSequence")
     top = max(float(2**bits - 1), float(lut.max()))
-    idx = np.clip(np.rint(x - first), 0, lut.size - 1).astype(np.intp)
-    return lut[idx] / top
+    return _apply_lut(x, lut, first) / top
 
 
 def needs_inversion(photometric: str | None, lut_shape: str | None) -> bool:
@@ -268,42 +512,46 @@ def needs_inversion(photometric: str | None, lut_shape: str | None) -> bool:
     (2050,0020) says the same. They come together in DX/MG files and describe
     one inversion, so the answer is a logical OR, never an XOR.
     """
-    return photometric == "MONOCHROME1" or (lut_shape or "").upper() == "INVERSE"
+    return (photometric or "").strip().upper() == "MONOCHROME1" or (lut_shape or "").strip().upper() == "INVERSE"
 
 
 def robust_window(values: np.ndarray, counts: np.ndarray | None = None) -> tuple[float, float]:
     """(center, width) spanning the 0.5th to 99.5th percentile of ``values``.
 
+    Used with :func:`window_linear_exact`, it maps the low percentile to 0 and the
+    high one to 1. A constant image gets width 1.
+
     Args:
-        values: modality values (1-D), or the support of a histogram.
+        values: modality values (1-D), or the sorted support of a histogram.
         counts: histogram counts for ``values``; None for raw samples.
     """
     lo_q, hi_q = (q / 100.0 for q in ROBUST_PERCENTILES)
+    values = np.asarray(values, dtype=np.float64)
     if counts is None:
         lo, hi = np.quantile(values, [lo_q, hi_q])
     else:
         cdf = np.cumsum(counts, dtype=np.float64)
+        if cdf[-1] <= 0:
+            raise ValueError("robust_window: histogram is empty")
         cdf /= cdf[-1]
-        lo = values[min(np.searchsorted(cdf, lo_q), values.size - 1)]
-        hi = values[min(np.searchsorted(cdf, hi_q), values.size - 1)]
+        lo = values[min(int(np.searchsorted(cdf, lo_q)), values.size - 1)]
+        hi = values[min(int(np.searchsorted(cdf, hi_q)), values.size - 1)]
     lo, hi = float(lo), float(hi)
     if hi <= lo:
         hi = lo + 1.0
     return (lo + hi) / 2.0, hi - lo
 
 
-# --------------------------------------------------------------------------- DICOM
+def _subsample_step(shape: tuple[int, ...]) -> int:
+    """Grid step for the robust window's histogram: keep >= ROBUST_MIN_SAMPLES pixels, step <= 4."""
+    pixels = int(np.prod(shape))
+    return int(max(1, min(4, math.isqrt(max(pixels // ROBUST_MIN_SAMPLES, 1)))))
 
 
-def _tag_str(ds: object, keyword: str) -> str | None:
-    value = ds.get(keyword)
-    if value is None:
-        return None
-    text = str(value).strip()
-    return text or None
+# --------------------------------------------------------------------------- header meaning
 
 
-def _laterality(ds: object) -> tuple[str | None, str | None]:
+def _laterality(ds: Any) -> tuple[str | None, str | None]:
     for keyword in ("ImageLaterality", "Laterality"):
         value = (_tag_str(ds, keyword) or "").upper()
         if value in {"L", "R"}:
@@ -311,17 +559,40 @@ def _laterality(ds: object) -> tuple[str | None, str | None]:
     # Patient Orientation (0020,0020) names the row direction first. Mammograms are
     # stored in the standard hanging orientation (chest wall at the image edge facing
     # the other breast), so rows of a left breast run towards the nipple (A...) and
-    # rows of a right breast towards the chest wall (P...). Other values say nothing.
-    orient = ds.get("PatientOrientation")
+    # rows of a right breast towards the chest wall (P...). The column direction
+    # points medially, i.e. to the other side (R... for a left breast); a column
+    # value naming the same side contradicts the convention, so nothing is inferred.
+    orient = _get(ds, "PatientOrientation")
     if orient is not None and not isinstance(orient, str) and len(orient) == 2:
-        row_dir = str(orient[0]).upper()
-        if row_dir.startswith("A"):
+        row_dir, col_dir = (str(v).upper() for v in orient)
+        if row_dir.startswith("A") and "L" not in col_dir:
             return "L", "PatientOrientation"
-        if row_dir.startswith("P"):
+        if row_dir.startswith("P") and "R" not in col_dir:
             return "R", "PatientOrientation"
     return None, None
 
 
+#: View Code Sequence (0054,0220) codes of CID 4014, SNOMED-RT and SNOMED CT values.
+_VIEW_CODES = {
+    "R-10242": "CC",
+    "399162004": "CC",
+    "R-10226": "MLO",
+    "399368009": "MLO",
+    "R-10224": "ML",
+    "399260004": "ML",
+    "R-10228": "LM",
+    "399352003": "LM",
+    "R-10230": "LMO",
+    "399099002": "LMO",
+    "R-10244": "FB",
+    "399196006": "FB",
+    "R-102D0": "SIO",
+    "399192008": "SIO",
+    "R-1024A": "XCCL",
+    "399101009": "XCCL",
+    "R-1024B": "XCCM",
+    "399188001": "XCCM",
+}
 _VIEW_MEANINGS = {
     "cranio-caudal": "CC",
     "medio-lateral oblique": "MLO",
@@ -333,45 +604,60 @@ _VIEW_MEANINGS = {
     "cranio-caudal exaggerated medially": "XCCM",
     "superolateral to inferomedial oblique": "SIO",
 }
+_KNOWN_VIEWS = set(_VIEW_MEANINGS.values())
+#: View Position values that describe no projection of the breast.
+_NOT_VIEWS = {"FLATFIELD", "FLAT FIELD", "UNKNOWN", "NONE", "NA", "N/A"}
 
 
-def _view(ds: object) -> str | None:
-    value = (_tag_str(ds, "ViewPosition") or "").upper()
-    if value and value not in {"FLATFIELD", "UNKNOWN"}:
-        return value
-    for item in ds.get("ViewCodeSequence", []) or []:
-        meaning = str(item.get("CodeMeaning", "")).strip().lower()
+def _view(ds: Any) -> str | None:
+    """Mammographic view: View Code Sequence (0054,0220) first, then View Position (0018,5101).
+
+    The coded sequence is the Type 1 view attribute of the MG image (PS3.3
+    C.8.11.7); View Position is a DX attribute vendors fill with free values.
+    Hologic flat-field QC images say ``FLATFIELD`` there, which is not a view, and
+    code the gantry's cranio-caudal position in the sequence: the result is ``CC``.
+    """
+    for item in _get(ds, "ViewCodeSequence") or []:
+        code = str(item.get("CodeValue", "") or "").strip().upper()
+        meaning = str(item.get("CodeMeaning", "") or "").strip().lower()
+        if code in _VIEW_CODES:
+            return _VIEW_CODES[code]
         if meaning in _VIEW_MEANINGS:
             return _VIEW_MEANINGS[meaning]
-    return value or None
+    value = (_tag_str(ds, "ViewPosition") or "").upper()
+    if not value or value in _NOT_VIEWS:
+        return None
+    if value not in _KNOWN_VIEWS and value[:1] in {"L", "R"} and value[1:].lstrip("-_ ") in _KNOWN_VIEWS:
+        return value[1:].lstrip("-_ ")  # "LCC", "R-MLO": laterality glued to the view
+    return value
 
 
-def _spacing(ds: object) -> tuple[tuple[float, float] | None, str | None]:
+def _spacing(ds: Any) -> tuple[tuple[float, float] | None, str | None]:
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-        value = ds.get(keyword)
+        try:
+            value = ds.get(keyword)
+        except Exception:  # an unreadable spacing is the same as none
+            continue
         if value is None:
             continue
         try:
             row, col = (float(v) for v in value)
         except (TypeError, ValueError):
             continue
-        if row > 0 and col > 0:
+        if math.isfinite(row) and math.isfinite(col) and row > 0 and col > 0:
             return (row, col), keyword
     return None, None
 
 
-def _int_tag(ds: object, keyword: str, tag: str, default: int | None = None) -> int:
-    value = ds.get(keyword, default)
-    if value is None:
-        raise DicomError(f"missing {keyword} {tag}")
-    try:
-        return int(value)
-    except (TypeError, ValueError) as exc:
-        raise DicomError(f"{keyword} {tag} is not an integer: {value!r}") from exc
+# --------------------------------------------------------------------------- DICOM
 
 
-def _validate(ds: object, path: Path, allow_non_mg: bool) -> tuple[int, int]:
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+def _validate(ds: Any, path: Path, allow_non_mg: bool) -> tuple[int, int]:
+    if "PixelData" not in ds:
+        if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+            raise UnsupportedImageError(
+                f"{path}: Float Pixel Data (7FE0,0008/0009) is not supported; expected integer Pixel Data (7FE0,0010)"
+            )
         raise DicomError(f"{path}: no Pixel Data (7FE0,0010); nothing to segment")
     modality = (_tag_str(ds, "Modality") or "").upper()
     if modality != "MG" and not allow_non_mg:
@@ -407,33 +693,102 @@ def _validate(ds: object, path: Path, allow_non_mg: bool) -> tuple[int, int]:
         raise DicomError(f"{path}: Bits Stored (0028,0101) {stored} exceeds Bits Allocated (0028,0100) {allocated}")
     if allocated not in (8, 16) or stored < 1:
         raise UnsupportedImageError(
-            f"{path}: Bits Allocated (0028,0100) {allocated} / Bits Stored {stored}; expected 8 or 16 allocated"
+            f"{path}: Bits Allocated (0028,0100) {allocated} / Bits Stored (0028,0101) {stored}; "
+            "expected 8 or 16 allocated"
         )
     return rows, cols
 
 
-def _decode(ds: object, path: Path) -> np.ndarray:
-    """Stored values as an integer array; maps decoder failures to one-line errors."""
-    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+def _native_pixels(ds: Any, ts: str, rows: int, cols: int) -> np.ndarray | None:
+    """Uncompressed little-endian Pixel Data as an array viewing the file's bytes, or None.
+
+    Bits above Bits Stored are masked off (unsigned) or sign-extended (signed) the
+    way pydicom does, but only when some pixel uses them, so the common case costs
+    no copy at all. Anything unusual returns None and goes through pydicom.
+    """
+    if ts not in _NATIVE_LE:
+        return None
+    allocated = int(ds.BitsAllocated)
+    stored = int(ds.get("BitsStored", allocated) or allocated)
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    raw = ds.PixelData
+    if not isinstance(raw, (bytes, bytearray)) or ("HighBit" in ds and int(ds.HighBit or 0) != stored - 1):
+        return None
+    nbytes = rows * cols * (allocated // 8)
+    if len(raw) < nbytes:
+        raise DicomError(
+            f"Pixel Data (7FE0,0010) holds {len(raw)} bytes but Rows x Columns x Bits Allocated "
+            f"({rows}x{cols}x{allocated}) need {nbytes}: the file is truncated or its header is wrong"
+        )
+    dtype = {(8, False): np.uint8, (8, True): np.int8, (16, False): "<u2", (16, True): "<i2"}[(allocated, signed)]
+    arr = np.frombuffer(raw, dtype=dtype, count=rows * cols).reshape(rows, cols)
+    if stored < allocated:
+        unsigned = arr.view(np.uint8 if allocated == 8 else np.uint16)
+        if int(unsigned.max()) >= 1 << stored or (signed and int(arr.min()) < 0):
+            if signed:
+                shift = allocated - stored
+                arr = (unsigned << shift).view(arr.dtype) >> shift  # arithmetic shift sign-extends
+            else:
+                arr = unsigned & ((1 << stored) - 1)
+    return arr
+
+
+def _decode(ds: Any, path: Path, rows: int, cols: int) -> np.ndarray:
+    """Stored values as a (rows, cols) integer array; maps decoder failures to one-line errors."""
+    meta = getattr(ds, "file_meta", None)
+    ts = meta.get("TransferSyntaxUID") if meta is not None else None
+    if ts is None:
+        # A data set without file meta (forced read): its encoding is what pydicom found.
+        from pydicom.dataset import FileMetaDataset
+        from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+        implicit = getattr(ds, "original_encoding", (True, True))[0]
+        if meta is None:
+            ds.file_meta = meta = FileMetaDataset()
+        meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit is not False else ExplicitVRLittleEndian
+        ts = meta.TransferSyntaxUID
+    name = getattr(ts, "name", str(ts))
+    try:
+        fast = _native_pixels(ds, str(ts), rows, cols)
+    except DicomError as exc:
+        raise DicomError(f"{path}: {exc}") from None
+    if fast is not None:
+        return fast
+    if getattr(ts, "is_compressed", False):
+        try:
+            from pydicom.pixels import get_decoder
+        except ImportError:  # pydicom < 3: let pixel_array say what is missing
+            get_decoder = None
+        if get_decoder is not None:
+            try:
+                decoder = get_decoder(ts)
+            except NotImplementedError as exc:
+                raise UnsupportedImageError(
+                    f"{path}: Transfer Syntax UID (0002,0010) {name} ({ts}) cannot be decoded by pydicom"
+                ) from exc
+            if not decoder.is_available:
+                raise MissingDependencyError(
+                    f"{path}: decoding Transfer Syntax {name}", "dicom", "pylibjpeg + pylibjpeg-openjpeg/libjpeg"
+                )
     try:
         arr = ds.pixel_array
     except (RuntimeError, NotImplementedError) as exc:
         msg = str(exc).lower()
-        if "handler" in msg or "plugin" in msg or "decoder" in msg or "missing" in msg or "install" in msg:
-            name = getattr(ts, "name", ts)
+        if "missing" in msg or "install" in msg or "plugin" in msg:
             raise MissingDependencyError(
                 f"{path}: decoding Transfer Syntax {name}", "dicom", "pylibjpeg + pylibjpeg-openjpeg/libjpeg"
             ) from exc
-        raise DicomError(f"{path}: Pixel Data (7FE0,0010) cannot be decoded: {exc}") from exc
-    except (ValueError, EOFError, OSError, KeyError, AttributeError, TypeError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DicomError(f"{path}: Pixel Data (7FE0,0010) is truncated or malformed ({first})") from exc
+        raise DicomError(f"{path}: Pixel Data (7FE0,0010) cannot be decoded ({_first_line(exc)})") from exc
+    except Exception as exc:  # decoders raise ValueError, EOFError, struct.error, their own types...
+        raise DicomError(f"{path}: Pixel Data (7FE0,0010) is truncated or malformed ({_first_line(exc)})") from exc
     if arr.ndim != 2:
         raise UnsupportedImageError(f"{path}: decoded pixel array has shape {arr.shape}; expected 2-D greyscale")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise UnsupportedImageError(f"{path}: decoded pixels are {arr.dtype}; expected integers")
     return arr
 
 
-def display_table(ds: object, stored: np.ndarray, voi: VoiMode = "auto") -> tuple[np.ndarray, int, dict[str, object]]:
+def display_table(ds: Any, stored: np.ndarray, voi: VoiMode = "auto") -> tuple[np.ndarray, int, dict[str, object]]:
     """The whole display pipeline as a lookup table over possible stored values.
 
     Args:
@@ -445,50 +800,79 @@ def display_table(ds: object, stored: np.ndarray, voi: VoiMode = "auto") -> tupl
     Returns:
         (table float32 in [0, 1], offset, info) with ``pixels = table[stored - offset]``;
         info has ``window``, ``window_source``, ``voi_function``, ``inverted``.
+        For unsigned data the table starts at stored value 0 (offset 0), so the
+        image can index it directly.
     """
+    if voi not in _VOI_MODES:
+        raise ConfigError(f"unknown VOI mode {voi!r}; expected one of {', '.join(_VOI_MODES)}")
     lo, hi = int(stored.min()), int(stored.max())
-    support = np.arange(lo, hi + 1, dtype=np.int64)
+    start = min(lo, 0)
+    support = np.arange(start, hi + 1, dtype=np.int64)
     values = modality_lut(support, ds)
+    used = values[lo - start :]  # modality values of the stored range actually present
     info: dict[str, object] = {"window": None, "voi_function": None}
 
-    has_lut = "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0
-    has_window = first_window(ds) is not None
+    has_lut = bool(_get(ds, "VOILUTSequence"))
     mode = voi
     if mode == "auto":
-        mode = "lut" if has_lut else "window" if has_window else "robust"
+        mode = "lut" if has_lut else "window" if first_window(ds) is not None else "robust"
     if mode == "lut":
-        if not has_lut:
-            raise DicomError("no VOI LUT Sequence (0028,3010) in the file")
         out = apply_voi_lut_sequence(values, ds)
     elif mode == "window":
         out = apply_window(values, ds)
         info["window"] = first_window(ds)
-        info["voi_function"] = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+        info["voi_function"] = voi_function(ds)
     elif mode == "robust":
-        # Histogram on a 4x subsampled grid: percentiles need no full-resolution pass.
-        counts = np.bincount((stored[::4, ::4].ravel() - lo).astype(np.intp), minlength=support.size)
-        order = np.argsort(values, kind="stable")  # modality LUT may be non-monotonic
+        step = _subsample_step(stored.shape)
+        sample = stored[::step, ::step].ravel()
+        counts = np.bincount((sample.astype(np.int64) - start) if start else sample, minlength=support.size)
+        order = np.argsort(values, kind="stable")  # the modality LUT may be non-monotonic
         center, width = robust_window(values[order], counts[order])
         out = window_linear_exact(values, center, width)
         info["window"] = (center, width)
-    elif mode == "none":
-        span = max(float(values.max() - values.min()), 1.0)
-        out = (values - values.min()) / span
-    else:
-        raise DicomError(f"unknown VOI mode {voi!r}; expected auto, lut, window, robust or none")
+    else:  # "none"
+        vmin = float(used.min())
+        span = max(float(used.max()) - vmin, 1.0)
+        out = (values - vmin) / span
     info["window_source"] = {"lut": "voi_lut_sequence"}.get(mode, mode)
 
-    photometric = _tag_str(ds, "PhotometricInterpretation")
-    inverted = needs_inversion(photometric, _tag_str(ds, "PresentationLUTShape"))
+    inverted = needs_inversion(_tag_str(ds, "PhotometricInterpretation"), _tag_str(ds, "PresentationLUTShape"))
     if inverted:
         out = 1.0 - out
     info["inverted"] = inverted
-    return np.clip(out, 0.0, 1.0).astype(np.float32), lo, info
+    return np.clip(out, 0.0, 1.0).astype(np.float32), start, info
 
 
-def read_dicom(
-    path: str | os.PathLike[str], *, allow_non_mg: bool = False, voi: VoiMode = "auto"
-) -> Mammogram:
+def _parse(p: Path) -> tuple[Any, tuple[int, int, int] | None]:
+    """Parse the header (and Pixel Data bytes) of ``p``; returns (dataset, first short read)."""
+    import pydicom
+
+    size = p.stat().st_size
+    with open(p, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        head = buf[:132]
+        has_preamble = len(head) == 132 and head[128:132] == b"DICM"
+        if not has_preamble and not _looks_like_dataset(head, size):
+            kind = _raster_kind(head)
+            if kind:
+                raise DicomError(
+                    f"{p}: not a DICOM file, it is a {kind} image; give it a .{kind.lower()} suffix to read it"
+                )
+            if size < 132:
+                raise DicomError(f"{p}: not a DICOM file ({size} bytes, too short for the 132-byte DICOM preamble)")
+            raise DicomError(f"{p}: not a DICOM file (no 'DICM' marker at byte 128, no data set at byte 0)")
+        reader = _TrackedReader(buf, str(p))
+        try:
+            ds = pydicom.dcmread(reader, force=not has_preamble)
+        except Exception as exc:  # pydicom raises many types on corrupt headers
+            if reader.short_read is not None:
+                raise DicomError(f"{p}: truncated DICOM file ({size} bytes): header ends mid-element") from exc
+            raise DicomError(f"{p}: DICOM header is malformed ({_first_line(exc)})") from exc
+        if not has_preamble and "SOPClassUID" not in ds and "PixelData" not in ds:
+            raise DicomError(f"{p}: not a DICOM file (no DICM preamble, no SOP Class UID or Pixel Data)")
+    return ds, reader.short_read
+
+
+def read_dicom(path: str | os.PathLike[str], *, allow_non_mg: bool = False, voi: VoiMode = "auto") -> Mammogram:
     """Read a single-frame greyscale mammogram DICOM.
 
     Args:
@@ -500,56 +884,93 @@ def read_dicom(
         A :class:`Mammogram` with float32 pixels in [0, 1], dense tissue bright.
 
     Raises:
-        DicomError: unreadable, not MG, no pixels, bad sizes or bit depths.
+        InputError: missing path, directory, empty file.
+        DicomError: not DICOM, truncated, not MG, no pixels, bad sizes, bit depths or LUT tags.
         UnsupportedImageError: multi-frame, RGB or other photometric interpretations.
         MissingDependencyError: compressed pixel data without a decoder installed.
+        ConfigError: unknown ``voi``.
     """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
+    if voi not in _VOI_MODES:
+        raise ConfigError(f"unknown VOI mode {voi!r}; expected one of {', '.join(_VOI_MODES)}")
     p = _check_path(path)
+    # pydicom warns about every vendor quirk it tolerates; a CLI user should see one
+    # line, so the warnings go to the debug log. catch_warnings swaps process-wide
+    # state and is not thread-safe: only the main thread does it, worker threads
+    # (data loaders) leave warnings alone.
+    if threading.current_thread() is not threading.main_thread():
+        return _read_dicom(p, allow_non_mg, voi)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            return _read_dicom(p, allow_non_mg, voi)
+        finally:
+            for w in caught:
+                _log.debug("%s: %s", p, w.message)
+
+
+def _read_dicom(p: Path, allow_non_mg: bool, voi: VoiMode) -> Mammogram:
+    ds, short_read = _parse(p)
+    truncated = ""
+    if short_read is not None:
+        at, wanted, got = short_read
+        truncated = f"truncated file: an element at byte {at} needs {wanted} bytes, {got} remain"
+    if short_read is not None and "PixelData" not in ds:
+        raise DicomError(f"{p}: {truncated}; no Pixel Data (7FE0,0010) was read")
     try:
-        ds = pydicom.dcmread(p)
-    except InvalidDicomError:
-        try:  # files without preamble: accept only if they parse into something DICOM-like
-            ds = pydicom.dcmread(p, force=True)
-        except Exception as exc:
-            raise DicomError(f"{p}: not a DICOM file ({type(exc).__name__})") from exc
-        if "SOPClassUID" not in ds and "PixelData" not in ds:
-            raise DicomError(f"{p}: not a DICOM file (no DICM preamble, no SOP Class UID or Pixel Data)") from None
-    except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise DicomError(f"{p}: DICOM header is truncated or malformed ({type(exc).__name__})") from exc
-
-    rows, cols = _validate(ds, p, allow_non_mg)
-    stored = _decode(ds, p)
+        rows, cols = _validate(ds, p, allow_non_mg)
+    except DicomError as exc:
+        raise _with_path(exc, p) from exc.__cause__
+    try:
+        stored = _decode(ds, p, rows, cols)
+    except DicomError as exc:
+        if truncated and not isinstance(exc, UnsupportedImageError):
+            raise DicomError(f"{p}: Pixel Data (7FE0,0010) is incomplete, {truncated}") from exc
+        raise
     if stored.shape != (rows, cols):
-        raise DicomError(f"{p}: decoded {stored.shape} pixels but Rows x Columns says {rows}x{cols}")
-    table, offset, info = display_table(ds, stored, voi)
-    index = stored.astype(np.intp, copy=False) - offset if offset else stored
-    pixels = np.take(table, index)
-
-    laterality, lat_source = _laterality(ds)
+        raise DicomError(f"{p}: decoded {stored.shape} pixels but Rows x Columns (0028,0010/0011) says {rows}x{cols}")
+    try:
+        table, offset, info = display_table(ds, stored, voi)
+        laterality, lat_source = _laterality(ds)
+        view = _view(ds)
+        meta_strings = {
+            key: _tag_str(ds, key)
+            for key in (
+                "Modality",
+                "PhotometricInterpretation",
+                "PresentationIntentType",
+                "PresentationLUTShape",
+                "Manufacturer",
+                "StudyInstanceUID",
+                "SeriesInstanceUID",
+                "SOPInstanceUID",
+            )
+        }
+        bits_stored = _int_tag(ds, "BitsStored", "(0028,0101)", _int_tag(ds, "BitsAllocated", "(0028,0100)"))
+    except DicomError as exc:
+        raise _with_path(exc, p) from exc
+    # Fancy indexing by the stored values themselves: faster than np.take, no index copy.
+    pixels = table[stored] if offset == 0 and stored.dtype.kind == "u" else table[stored.astype(np.intp) - offset]
     spacing, spacing_source = _spacing(ds)
-    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    ts = ds.file_meta.get("TransferSyntaxUID") if getattr(ds, "file_meta", None) is not None else None
     meta = ImageMeta(
         source=str(p),
         rows=rows,
         columns=cols,
-        modality=_tag_str(ds, "Modality"),
+        modality=meta_strings["Modality"],
         laterality=laterality,
         laterality_source=lat_source,
-        view=_view(ds),
-        photometric=_tag_str(ds, "PhotometricInterpretation"),
-        presentation_intent=_tag_str(ds, "PresentationIntentType"),
-        presentation_lut_shape=_tag_str(ds, "PresentationLUTShape"),
+        view=view,
+        photometric=meta_strings["PhotometricInterpretation"],
+        presentation_intent=meta_strings["PresentationIntentType"],
+        presentation_lut_shape=meta_strings["PresentationLUTShape"],
         inverted=bool(info["inverted"]),
         pixel_spacing_mm=spacing,
         spacing_source=spacing_source,
-        bits_stored=int(ds.get("BitsStored", ds.get("BitsAllocated", 16))),
-        manufacturer=_tag_str(ds, "Manufacturer"),
-        study_uid=_tag_str(ds, "StudyInstanceUID"),
-        series_uid=_tag_str(ds, "SeriesInstanceUID"),
-        sop_uid=_tag_str(ds, "SOPInstanceUID"),
+        bits_stored=bits_stored,
+        manufacturer=meta_strings["Manufacturer"],
+        study_uid=meta_strings["StudyInstanceUID"],
+        series_uid=meta_strings["SeriesInstanceUID"],
+        sop_uid=meta_strings["SOPInstanceUID"],
         window=info["window"],  # type: ignore[arg-type]
         window_source=str(info["window_source"]),
         voi_function=info["voi_function"],  # type: ignore[arg-type]
@@ -558,16 +979,48 @@ def read_dicom(
     return Mammogram(pixels, meta)
 
 
+def _with_path(exc: DicomError, p: Path) -> DicomError:
+    """The same error type with the file path in front (LUT helpers do not know the path)."""
+    text = str(exc)
+    return exc if text.startswith(str(p)) else type(exc)(f"{p}: {text}")
+
+
 # --------------------------------------------------------------------------- rasters
+
+
+def _pnm_maxval(data: np.ndarray) -> int | None:
+    """Maxval of a binary/ASCII PGM (P5/P2) header, or None for other formats or odd headers."""
+    head = data[:512].tobytes()
+    if head[:2] not in (b"P2", b"P5"):
+        return None
+    tokens: list[bytes] = []
+    for line in head.split(b"\n"):
+        line = line.split(b"#", 1)[0]
+        tokens.extend(line.split())
+        if len(tokens) >= 4:
+            break
+    try:
+        maxval = int(tokens[3])
+    except (IndexError, ValueError):
+        return None
+    return maxval if 0 < maxval < 65536 else None
 
 
 def read_raster(path: str | os.PathLike[str]) -> Mammogram:
     """Read an 8/16-bit PNG, PGM, JPEG or TIFF as a mammogram.
 
     Colour files are converted to grey (OpenCV's BT.601 weights). 8-bit images
-    are divided by 255; 16-bit ones by 2**b - 1, where b is the smallest bit
-    depth (8, 10, 12, 14 or 16) that holds the maximum value, so 12-bit data in a
-    16-bit PNG are not left nearly black. Rasters carry no laterality or spacing.
+    are divided by 255. 16-bit PGMs are divided by their header's maxval; other
+    16-bit images by 2**b - 1, where b is the smallest bit depth (8, 10, 12, 14 or
+    16) that holds the maximum value, so 12-bit data in a 16-bit PNG are not left
+    nearly black. Float TIFFs are taken as already in [0, 1]. Rasters carry no
+    laterality or spacing; grey levels are used as stored (no inversion).
+
+    Returns:
+        A :class:`Mammogram`: pixels (H, W) float32 in [0, 1].
+
+    Raises:
+        InputError: missing, empty or undecodable file, or an unsupported pixel type.
     """
     import cv2
 
@@ -579,35 +1032,38 @@ def read_raster(path: str | os.PathLike[str]) -> Mammogram:
     if img.ndim == 3:
         if img.shape[2] == 4:
             img = img[:, :, :3]
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+        img = img[:, :, 0] if img.shape[2] == 1 else cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
     if img.ndim != 2 or img.size == 0:
         raise InputError(f"{p}: image has shape {img.shape}; expected a 2-D greyscale image")
+    maxval = _pnm_maxval(data)
     if img.dtype == np.uint8:
-        bits, scale = 8, 255.0
+        bits, scale = 8, float(maxval if maxval and maxval < 256 else 255)
     elif img.dtype == np.uint16:
-        peak = int(img.max())
-        bits = next(b for b in (8, 10, 12, 14, 16) if peak < 2**b)
-        scale = float(2**bits - 1)
+        if maxval and maxval > 255:
+            bits, scale = int(maxval).bit_length(), float(maxval)
+        else:
+            peak = int(img.max())
+            bits = next(b for b in (8, 10, 12, 14, 16) if peak < 2**b)
+            scale = float(2**bits - 1)
     elif np.issubdtype(img.dtype, np.floating):
         bits, scale = 32, 1.0
     else:
         raise InputError(f"{p}: pixel type {img.dtype} unsupported; expected 8/16-bit unsigned or float")
     pixels = np.clip(img.astype(np.float32) / np.float32(scale), 0.0, 1.0)
+    pixels = np.nan_to_num(pixels, nan=0.0)
     meta = ImageMeta(source=str(p), rows=img.shape[0], columns=img.shape[1], bits_stored=bits)
     return Mammogram(pixels, meta)
 
 
-def read_mammogram(
-    path: str | os.PathLike[str], *, allow_non_mg: bool = False, voi: VoiMode = "auto"
-) -> Mammogram:
+def read_mammogram(path: str | os.PathLike[str], *, allow_non_mg: bool = False, voi: VoiMode = "auto") -> Mammogram:
     """Read a DICOM (by preamble or .dcm suffix) or a raster image (by suffix).
 
-    See :func:`read_dicom` and :func:`read_raster`.
+    See :func:`read_dicom` and :func:`read_raster`. A file without a known raster
+    suffix is read as DICOM (DICOM files are often named without one).
     """
     p = _check_path(path)
     if is_dicom_file(p):
         return read_dicom(p, allow_non_mg=allow_non_mg, voi=voi)
     if p.suffix.lower() in RASTER_SUFFIXES:
         return read_raster(p)
-    # Unknown suffix without preamble: DICOM files are often named without one.
     return read_dicom(p, allow_non_mg=allow_non_mg, voi=voi)
