@@ -113,13 +113,16 @@ def phantom(
 
 
 def _register_subapps() -> None:
-    import importlib.util
+    """Attach the sub-apps and desktop commands once (their modules import nothing heavy)."""
+    if getattr(app, "_bcedge_registered", False):
+        return
+    from bcedge.cli_data import app as data_app
+    from bcedge.cli_train import evaluate_command, train_command
 
-    # Sub-apps live in their own modules (bcedge.cli_<name>) to keep this file thin.
-    if importlib.util.find_spec("bcedge.cli_data") is not None:
-        from bcedge.cli_data import app as data_app
-
-        app.add_typer(data_app, name="data", help="Dataset statistics, splits and preprocessed caches.")
+    app.add_typer(data_app, name="data", help="Dataset statistics, splits and preprocessed caches.")
+    app.command("train")(train_command)
+    app.command("evaluate")(evaluate_command)
+    app._bcedge_registered = True  # type: ignore[attr-defined]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -99,7 +99,16 @@ def main() -> int:
         )
         run_dir = args.out / name
         t0 = time.time()
-        state = train(config, run_dir, sets["train"], sets["val"])
+        def show(kind: str, index: int, logs: dict, name: str = name) -> None:
+            if kind == "epoch":
+                print(
+                    f"{name} epoch {logs['epoch']} loss {logs.get('loss', 0):.4f}"
+                    f" val_dice {logs.get('val_dice', 0):.4f}"
+                    f" {logs['seconds']:.1f}s",
+                    flush=True,
+                )
+
+        state = train(config, run_dir, sets["train"], sets["val"], progress=show)
         best = keras.models.load_model(
             run_dir / "best.keras", custom_objects={"SegmentationMetric": SegmentationMetric, **LOSSES}, compile=False
         )

@@ -188,3 +188,57 @@ def load_arrays(path) -> tuple[dict[str, ArraySet], dict]:
             for n in names
         }
     return sets, meta
+
+
+def prepare_split_sets(
+    datasets: tuple[str, ...],
+    root,
+    split_path,
+    config,
+    cache_dir,
+    *,
+    options: dict | None = None,
+    progress=None,
+) -> tuple[dict[str, ArraySet], dict]:
+    """Preprocess (through the cache) every split of a split file into arrays.
+
+    Args:
+        datasets: registry names whose samples together make the split's dataset.
+        root: data root passed to each reader.
+        split_path: the split JSON (``bcedge data split``).
+        config: :class:`bcedge.preprocess.PreprocessConfig`.
+        cache_dir: preprocessed-array cache folder.
+        options: reader options (``-o KEY=VALUE``).
+        progress: ``progress(done, total, reused)`` per sample (see ``bcedge.datasets.cache.prepare``).
+
+    Returns:
+        ``({"train"|"val"|"test": ArraySet}, meta)``; samples whose lesion has no
+        location (``Sample.lesion_unlocated``) are left out, since their empty mask
+        is not ground truth. ``meta`` records datasets, split file, preprocessing
+        config and hash, and the ids left out.
+    """
+    from bcedge.datasets import open_dataset
+    from bcedge.datasets.cache import prepare
+    from bcedge.datasets.splits import filter_samples, load_split
+
+    split = load_split(split_path)
+    samples = [s for name in datasets for s in open_dataset(name, root, **(options or {})).samples()]
+    chosen: dict[str, list] = {}
+    dropped: list[str] = []
+    for name in split.splits:
+        members = filter_samples(samples, split, name)
+        dropped += [s.id for s in members if s.lesion_unlocated]
+        chosen[name] = [s for s in members if not s.lesion_unlocated]
+    # One prepare over every split keeps one complete cache index for these datasets.
+    everything = [s for members in chosen.values() for s in members]
+    cache = prepare(everything, config, cache_dir, dataset="+".join(datasets), progress=progress)
+    sets = {name: ArraySet(**cache.arrays([s.id for s in members])) for name, members in chosen.items() if members}
+    meta = {
+        "datasets": list(datasets),
+        "split": str(split_path),
+        "split_dataset": split.dataset,
+        "preprocess": config.to_dict(),
+        "preprocess_hash": config.hash(),
+        "left_out_unlocated": sorted(dropped),
+    }
+    return sets, meta

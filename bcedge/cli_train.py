@@ -1,0 +1,216 @@
+"""``bcedge train`` and ``bcedge evaluate``: thin wrappers over :mod:`training` (desktop side).
+
+Keras is imported only inside the commands, so the runtime CLI works on a
+device without it; there these commands say which extra to install.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bcedge.errors import BcedgeError, ConfigError, MissingDependencyError
+
+DEFAULT_CACHE = Path(".bcedge-cache")
+
+
+def _need_keras() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("keras") is None:
+        raise MissingDependencyError("training and evaluation", "train", "keras>=3 (with tensorflow, jax or torch)")
+
+
+def _progress():
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=Console(stderr=True),
+        transient=False,
+    )
+
+
+def _load_sets(datasets: tuple[str, ...], root: Path, split: Path, config, cache: Path, options: list[str] | None):
+    from bcedge.datasets.registry import parse_options
+    from training.data import prepare_split_sets
+
+    with _progress() as progress:
+        task = progress.add_task("preprocessing", total=None, info="")
+        return prepare_split_sets(
+            datasets,
+            root,
+            split,
+            config,
+            cache,
+            options=parse_options(options),
+            progress=lambda done, total, reused: progress.update(task, completed=done, total=total),
+        )
+
+
+def train_command(
+    model: Annotated[str, typer.Option("--model", help="unet, unet-mobilenetv2 or unet-vgg19.")],
+    data: Annotated[str, typer.Option("--data", help="Dataset name(s), comma-separated (see 'bcedge data list').")],
+    root: Annotated[Path, typer.Option("--root", help="Data root (e.g. ../shared/data for 'combined').")],
+    split: Annotated[Path, typer.Option("--split", help="Split file from 'bcedge data split'.")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder (resumed when it holds this run).")],
+    size: Annotated[int, typer.Option("--size", min=32, max=2048, help="Model input size.")] = 256,
+    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 50,
+    batch: Annotated[int, typer.Option("--batch", min=1)] = 8,
+    lr: Annotated[float, typer.Option("--lr", min=0.0)] = 1e-3,
+    loss: Annotated[str, typer.Option("--loss", help="bce-dice, dice or focal-dice.")] = "bce-dice",
+    encoder_weights: Annotated[
+        str, typer.Option("--encoder-weights", help="imagenet (download), none, or a weights file.")
+    ] = "none",
+    base_filters: Annotated[int, typer.Option("--base-filters", min=4, help="Plain UNet first-stage filters.")] = 64,
+    upsampling: Annotated[str, typer.Option("--upsampling", help="nearest, bilinear or transpose.")] = "nearest",
+    patience: Annotated[int, typer.Option("--patience", min=1, help="Early stopping (epochs).")] = 15,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    mixed_precision: Annotated[bool, typer.Option("--mixed-precision", help="float16 compute on GPUs.")] = False,
+    time_budget_min: Annotated[
+        float | None, typer.Option("--time-budget-min", min=0.1, help="Stop after this long; resume later.")
+    ] = None,
+    cache: Annotated[Path, typer.Option("--cache", help="Preprocessed-array cache folder.")] = DEFAULT_CACHE,
+    export_arrays: Annotated[
+        Path | None, typer.Option("--export-arrays", help="Only write the split arrays (.npz) and exit.")
+    ] = None,
+    option: Annotated[list[str] | None, typer.Option("--option", "-o", help="Reader option KEY=VALUE.")] = None,
+) -> None:
+    """Train a model on a dataset split; checkpoints every epoch and resumes from --out."""
+    _need_keras()
+    from bcedge.preprocess import PreprocessConfig
+    from training.train import TrainConfig, backend_name, train
+
+    config = PreprocessConfig(size=size)
+    datasets = tuple(d.strip() for d in data.split(",") if d.strip())
+    if not datasets:
+        raise ConfigError("--data names no dataset")
+    sets, meta = _load_sets(datasets, root, split, config, cache, option)
+    if export_arrays is not None:
+        from training.data import save_arrays
+
+        save_arrays(export_arrays, sets, meta)
+        typer.echo(f"wrote {export_arrays}: " + ", ".join(f"{k} {len(v)}" for k, v in sets.items()))
+        return
+    for name in ("train", "val"):
+        if name not in sets:
+            raise ConfigError(f"{split}: the split has no {name!r} images; training needs train and val")
+    run = TrainConfig(
+        model=model,
+        data=datasets,
+        root=str(root),
+        split=str(split),
+        size=size,
+        epochs=epochs,
+        batch=batch,
+        lr=lr,
+        loss=loss,
+        encoder_weights=encoder_weights,
+        base_filters=base_filters,
+        upsampling=upsampling,
+        patience=patience,
+        seed=seed,
+        mixed_precision=mixed_precision,
+        time_budget_s=None if time_budget_min is None else time_budget_min * 60,
+        preprocess=meta["preprocess"],
+        preprocess_hash=meta["preprocess_hash"],
+    )
+    typer.echo(
+        f"training {model} on {'+'.join(datasets)} (train {len(sets['train'])}, val {len(sets['val'])}) "
+        f"with the {backend_name()} backend into {out}"
+    )
+    with _progress() as progress:
+        steps = progress.add_task("epoch", total=None, info="")
+
+        def report(kind: str, index: int, logs: dict) -> None:
+            if kind == "batch":
+                progress.update(steps, completed=index + 1, info=f"loss {logs.get('loss', float('nan')):.4f}")
+            else:
+                progress.update(
+                    steps,
+                    description=f"epoch {logs['epoch']}/{epochs}",
+                    completed=0,
+                    info=f"val Dice {logs.get('val_dice', float('nan')):.4f}",
+                )
+                progress.console.print(
+                    f"epoch {logs['epoch']:3d}  loss {logs.get('loss', 0):.4f}  dice {logs.get('dice', 0):.4f}  "
+                    f"val_loss {logs.get('val_loss', 0):.4f}  val_dice {logs.get('val_dice', 0):.4f}  "
+                    f"lr {logs['lr']:.2e}  {logs['seconds']:.1f}s"
+                )
+
+        state = train(run, out, sets["train"], sets["val"], progress=report)
+    typer.echo(
+        f"done: {state['epoch']} epochs, best val Dice {state['best_val_dice']:.4f} at epoch {state['best_epoch']}"
+        f"{' (stopped early)' if state.get('stopped_early') else ''}; model in {out / 'best.keras'}"
+    )
+
+
+def evaluate_command(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder (uses best.keras) or a .keras model file.")],
+    data: Annotated[str | None, typer.Option("--data", help="Dataset name(s); default: the run's.")] = None,
+    root: Annotated[Path | None, typer.Option("--root", help="Data root; default: the run's.")] = None,
+    split: Annotated[Path | None, typer.Option("--split", help="Split file; default: the run's.")] = None,
+    subset: Annotated[str, typer.Option("--subset", help="Which split to score.")] = "test",
+    cache: Annotated[Path, typer.Option("--cache", help="Preprocessed-array cache folder.")] = DEFAULT_CACHE,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0)] = 0.5,
+) -> None:
+    """The study's table (Dice, IoU, loss, recall, precision) on a split, per mask kind."""
+    _need_keras()
+    import keras
+
+    from bcedge.preprocess import PreprocessConfig
+    from training.evaluate import format_row, predict, table
+    from training.losses import LOSSES, SegmentationMetric, dice_loss
+
+    model_path = run_dir / "best.keras" if run_dir.is_dir() else run_dir
+    if not model_path.is_file():
+        raise ConfigError(f"{model_path}: no trained model here (expected a run folder with best.keras)")
+    run_cfg = {}
+    if (model_path.parent / "config.json").is_file():
+        run_cfg = json.loads((model_path.parent / "config.json").read_text())
+    datasets = tuple((data or ",".join(run_cfg.get("data", []))).split(","))
+    root = root or (Path(run_cfg["root"]) if run_cfg.get("root") else None)
+    split = split or (Path(run_cfg["split"]) if run_cfg.get("split") else None)
+    if not datasets[0] or root is None or split is None:
+        raise ConfigError("say --data, --root and --split (the model has no run config.json to take them from)")
+    config = PreprocessConfig.from_dict(run_cfg["preprocess"]) if run_cfg.get("preprocess") else PreprocessConfig()
+    try:
+        model = keras.models.load_model(
+            model_path, custom_objects={"SegmentationMetric": SegmentationMetric, **LOSSES}, compile=False
+        )
+    except Exception as exc:  # corrupt or foreign file
+        raise BcedgeError(f"{model_path}: cannot load the model ({type(exc).__name__})") from exc
+    sets, _ = _load_sets(datasets, root, split, config, cache, None)
+    if subset not in sets:
+        raise ConfigError(f"{split}: no {subset!r} images")
+    s = sets[subset]
+    probs = predict(model, s.images)
+    loss_name = run_cfg.get("loss", "bce-dice")
+    result = table(probs, s.masks, s.mask_kinds, {"dice": dice_loss, loss_name: LOSSES[loss_name]}, threshold)
+    if as_json:
+        typer.echo(json.dumps({"model": str(model_path), "subset": subset, "groups": result}, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Table(title=f"{model_path} on {subset} (per-image mean; loss = 1 - soft Dice)")
+    for col in ("group", "n", "Dice", "IoU", "Loss", "Recall", "Precision", "Dice (global)"):
+        out.add_column(col, justify="right")
+    for group, res in result.items():
+        row = format_row(group, res)
+        out.add_row(
+            group, str(row["n"]), *(f"{row[k]:.4f}" for k in ("dice", "iou", "loss", "recall", "precision")),
+            f"{res['global']['dice']:.4f}",
+        )
+    Console().print(out)
+    if "normal" in result:
+        typer.echo(f"normal images with any predicted pixel: {result['normal']['false_positive_rate']:.1%}")
