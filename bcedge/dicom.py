@@ -724,12 +724,12 @@ def _native_pixels(ds: Any, ts: str, rows: int, cols: int) -> np.ndarray | None:
     arr = np.frombuffer(raw, dtype=dtype, count=rows * cols).reshape(rows, cols)
     if stored < allocated:
         unsigned = arr.view(np.uint8 if allocated == 8 else np.uint16)
-        if int(unsigned.max()) >= 1 << stored or (signed and int(arr.min()) < 0):
-            if signed:
-                shift = allocated - stored
-                arr = (unsigned << shift).view(arr.dtype) >> shift  # arithmetic shift sign-extends
-            else:
-                arr = unsigned & ((1 << stored) - 1)
+        if signed:
+            # The sign is bit Bits Stored - 1, whatever the bits above hold (writers differ).
+            shift = allocated - stored
+            arr = (unsigned << shift).view(arr.dtype) >> shift  # arithmetic shift sign-extends
+        elif int(unsigned.max()) >= 1 << stored:
+            arr = unsigned & ((1 << stored) - 1)
     return arr
 
 

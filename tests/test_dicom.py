@@ -381,6 +381,16 @@ def test_native_fast_path_equals_pydicom_pixel_array(spaced_dir: Path, bits: int
     np.testing.assert_allclose(mammo.pixels, window_linear(decoded.astype(float), 0, 2**bits), atol=1e-6)
 
 
+def test_signed_values_without_sign_extension(spaced_dir: Path) -> None:
+    # Two's complement within 12 bits, bits 12-15 left zero: -5 is stored as 0x0FFB.
+    values = np.array([[-2048, -5, 0, 5, 2047]], dtype=np.int16)
+    ds = build_mg_dataset(values, MGTags(bits_stored=12, windows=[(0, 4096)]))
+    ds.PixelData = (values.view(np.uint16) & 0x0FFF).tobytes()
+    path = save_atomic(ds, spaced_dir / "unextended.dcm")
+    np.testing.assert_array_equal(pydicom.dcmread(path).pixel_array, values)
+    np.testing.assert_allclose(read_dicom(path).pixels, window_linear(values.astype(float), 0, 4096), atol=1e-6)
+
+
 def test_eight_bit_allocated(spaced_dir: Path) -> None:
     stored = np.arange(256, dtype=np.uint16).reshape(16, 16)
     ds = build_mg_dataset(stored, MGTags(bits_stored=8, windows=[(128, 256)]))
