@@ -138,17 +138,18 @@ def train_command(
                     steps,
                     description=f"epoch {logs['epoch']}/{epochs}",
                     completed=0,
-                    info=f"val Dice {logs.get('val_dice', float('nan')):.4f}",
+                    info=f"val Dice (lesion images) {logs.get('val_dice_positive', float('nan')):.4f}",
                 )
                 progress.console.print(
                     f"epoch {logs['epoch']:3d}  loss {logs.get('loss', 0):.4f}  dice {logs.get('dice', 0):.4f}  "
-                    f"val_loss {logs.get('val_loss', 0):.4f}  val_dice {logs.get('val_dice', 0):.4f}  "
+                    f"val_loss {logs.get('val_loss', 0):.4f}  val_dice_pos {logs.get('val_dice_positive', 0):.4f}  "
                     f"lr {logs['lr']:.2e}  {logs['seconds']:.1f}s"
                 )
 
         state = train(run, out, sets["train"], sets["val"], progress=report)
     typer.echo(
-        f"done: {state['epoch']} epochs, best val Dice {state['best_val_dice']:.4f} at epoch {state['best_epoch']}"
+        f"done: {state['epoch']} epochs, best val Dice on lesion images {state['best_val_dice']:.4f}"
+        f" at epoch {state['best_epoch']}"
         f"{' (stopped early)' if state.get('stopped_early') else ''}; model in {out / 'best.keras'}"
     )
 

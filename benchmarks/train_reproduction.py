@@ -103,7 +103,7 @@ def main() -> int:
             if kind == "epoch":
                 print(
                     f"{name} epoch {logs['epoch']} loss {logs.get('loss', 0):.4f}"
-                    f" val_dice {logs.get('val_dice', 0):.4f}"
+                    f" val_dice_pos {logs.get('val_dice_positive', 0):.4f}"
                     f" {logs['seconds']:.1f}s",
                     flush=True,
                 )
@@ -122,7 +122,7 @@ def main() -> int:
         results["models"][name] = {
             "epochs_run": state["epoch"],
             "best_epoch": state.get("best_epoch"),
-            "best_val_dice": state.get("best_val_dice"),
+            "best_val_dice_positive": state.get("best_val_dice"),
             "stopped_early": bool(state.get("stopped_early")),
             "wall_seconds": round(time.time() - t0, 1),
             "train_images_per_second": state.get("images_per_second"),

@@ -36,6 +36,21 @@ def dice_loss(y_true, y_pred):
     return 1.0 - soft_dice(y_true, y_pred)
 
 
+@keras.saving.register_keras_serializable(package="bcedge")
+def batch_dice_loss(y_true, y_pred, smooth: float = 1.0):
+    """1 - soft Dice pooled over the whole batch, repeated per image, shape (N,).
+
+    Training uses this rather than the per-image form: on an image with no lesion
+    the per-image soft Dice is 1 / (sum(p) + 1), which rewards predicting nothing
+    anywhere and drove models to the empty mask on our mostly-normal data.
+    """
+    y_true = ops.cast(y_true, y_pred.dtype)
+    inter = ops.sum(y_true * y_pred)
+    total = ops.sum(y_true) + ops.sum(y_pred)
+    loss = 1.0 - (2.0 * inter + smooth) / (total + smooth)
+    return loss * ops.ones_like(ops.sum(y_pred, axis=_AXES))
+
+
 def bce(y_true, y_pred):
     """Per-image mean binary cross-entropy, shape (N,)."""
     y_true = ops.cast(y_true, y_pred.dtype)
@@ -54,17 +69,22 @@ def focal(y_true, y_pred, gamma: float = 2.0, alpha: float = 0.25):
 
 @keras.saving.register_keras_serializable(package="bcedge")
 def bce_dice(y_true, y_pred):
-    """BCE + Dice loss (the default), shape (N,)."""
-    return bce(y_true, y_pred) + dice_loss(y_true, y_pred)
+    """BCE + batch Dice loss (the default), shape (N,)."""
+    return bce(y_true, y_pred) + batch_dice_loss(y_true, y_pred)
 
 
 @keras.saving.register_keras_serializable(package="bcedge")
 def focal_dice(y_true, y_pred):
-    """Focal + Dice loss, shape (N,)."""
-    return focal(y_true, y_pred) + dice_loss(y_true, y_pred)
+    """Focal + batch Dice loss, shape (N,)."""
+    return focal(y_true, y_pred) + batch_dice_loss(y_true, y_pred)
 
 
-LOSSES: dict[str, Callable] = {"dice": dice_loss, "bce-dice": bce_dice, "focal-dice": focal_dice}
+LOSSES: dict[str, Callable] = {
+    "dice": dice_loss,
+    "batch-dice": batch_dice_loss,
+    "bce-dice": bce_dice,
+    "focal-dice": focal_dice,
+}
 
 
 def get_loss(name: str) -> Callable:
@@ -91,18 +111,20 @@ def _scores(tp, fp, fn) -> dict:
 
 @keras.saving.register_keras_serializable(package="bcedge")
 class SegmentationMetric(keras.metrics.Metric):
-    """Dice / IoU / precision / recall at a threshold, per-image mean or pooled ("global").
+    """Dice / IoU / precision / recall at a threshold: per-image mean, lesion images only, or pooled.
 
     Args:
         metric: one of ``dice``, ``iou``, ``precision``, ``recall``.
-        mode: ``mean`` (per-image scores averaged) or ``global`` (pooled TP/FP/FN).
+        mode: ``mean`` (per-image scores averaged), ``positive`` (averaged over images
+            with a lesion only: what checkpoint selection watches, since predicting
+            nothing scores 1 on every normal image) or ``global`` (pooled TP/FP/FN).
         threshold: prediction threshold (``p >= threshold`` is lesion).
     """
 
     def __init__(self, metric: str = "dice", mode: str = "mean", threshold: float = 0.5, name: str | None = None, **kw):
-        if metric not in METRICS or mode not in ("mean", "global"):
+        if metric not in METRICS or mode not in ("mean", "positive", "global"):
             raise ConfigError(f"unknown metric {metric!r}/{mode!r}")
-        super().__init__(name=name or (metric if mode == "mean" else f"{metric}_global"), **kw)
+        super().__init__(name=name or (metric if mode == "mean" else f"{metric}_{mode}"), **kw)
         self.metric, self.mode, self.threshold = metric, mode, threshold
         self.total = self.add_variable(shape=(), initializer="zeros", name="total")
         self.count = self.add_variable(shape=(), initializer="zeros", name="count")
@@ -117,8 +139,9 @@ class SegmentationMetric(keras.metrics.Metric):
         fp = ops.sum(pred, axis=_AXES) - tp
         fn = ops.sum(true, axis=_AXES) - tp
         per_image = _scores(tp, fp, fn)[self.metric]
-        self.total.assign_add(ops.sum(per_image))
-        self.count.assign_add(ops.cast(ops.shape(per_image)[0], "float32"))
+        weight = ops.cast(tp + fn > 0, "float32") if self.mode == "positive" else ops.ones_like(per_image)
+        self.total.assign_add(ops.sum(per_image * weight))
+        self.count.assign_add(ops.sum(weight))
         self.tp.assign_add(ops.sum(tp))
         self.fp.assign_add(ops.sum(fp))
         self.fn.assign_add(ops.sum(fn))
@@ -135,7 +158,8 @@ class SegmentationMetric(keras.metrics.Metric):
 
 
 def default_metrics(threshold: float = 0.5) -> list[SegmentationMetric]:
-    """The study's table metrics (per-image mean) plus global Dice."""
+    """The study's table metrics (per-image mean), Dice over lesion images, and global Dice."""
     out = [SegmentationMetric(m, "mean", threshold) for m in METRICS]
+    out.append(SegmentationMetric("dice", "positive", threshold))
     out.append(SegmentationMetric("dice", "global", threshold))
     return out

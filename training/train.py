@@ -170,7 +170,9 @@ class _RunState:
                 logs.update(epoch=epoch + 1, lr=lr_at(epoch, self.config), seconds=round(time.time() - self.t0, 2))
                 history = self.state.setdefault("history", [])
                 history.append(logs)
-                score = logs.get("val_dice", logs.get("dice", 0.0))
+                # Dice over lesion images: the per-image mean over all images is maximised by
+                # predicting nothing when most images are normal.
+                score = logs.get("val_dice_positive", logs.get("dice_positive", 0.0))
                 if score > self.state.get("best_val_dice", -1.0):
                     self.state.update(best_val_dice=score, best_epoch=epoch + 1)
                     atomic_write(self.run_dir / BEST, lambda p: self.model.save(p))
