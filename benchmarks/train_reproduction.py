@@ -66,6 +66,13 @@ def main() -> int:
     ap.add_argument("--time-budget-min", type=float, default=None, help="per model; resumable")
     ap.add_argument("--mixed-precision", action="store_true")
     ap.add_argument("--results", type=Path, required=True, help="JSON file to write")
+    ap.add_argument(
+        "--train-on",
+        choices=("all", "lesions"),
+        default="all",
+        help="'lesions' trains and selects on lesion images only, as the study's CBIS-DDSM mass set "
+        "(every image has a mass); test is scored on every group either way",
+    )
     args = ap.parse_args()
 
     import keras
@@ -73,9 +80,13 @@ def main() -> int:
     from training.losses import LOSSES, SegmentationMetric, dice_loss, get_loss
 
     sets, meta = load_arrays(args.arrays)
+    if args.train_on == "lesions":
+        sets = {k: (v if k == "test" else v.subset(v.positive)) for k, v in sets.items()}
     results: dict = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "arrays": {"file": args.arrays.name, "meta": meta, "counts": {k: len(v) for k, v in sets.items()}},
+        "train_on": args.train_on,
+        "args": {k: str(v) for k, v in vars(args).items()},
         "machine": {**machine_info(), "cpu": _cpu_name(), "gpu": _gpu_name()},
         "models": {},
     }
