@@ -1,6 +1,6 @@
 # Two entry points for a newcomer (see README):
 #   make demo   set up .venv and run the main job on the bundled example
-#   make test   set up .venv with the test extras and run the test suite
+#   make test   set up .venv with the test extras (incl. TensorFlow + Keras) and run the test suite
 # Needs python3 (>= 3.10) with venv; on Debian/Ubuntu: apt-get install python3-venv make.
 
 PYTHON ?= python3
@@ -20,7 +20,7 @@ $(VENV)/.runtime: $(BIN)/python pyproject.toml
 	@touch $@
 
 $(VENV)/.dev: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q -e '.[dicom,seg,dev]'
+	$(BIN)/pip install -q -e '.[dicom,seg,train,dev]'
 	@touch $@ $(VENV)/.runtime
 
 demo: $(VENV)/.runtime

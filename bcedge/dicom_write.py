@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,17 +154,9 @@ def build_mg_dataset(stored: np.ndarray, tags: MGTags | None = None) -> Dataset:
 
 def save_atomic(ds: Dataset, path: str | os.PathLike[str]) -> Path:
     """Save ``ds`` to ``path`` through a temporary file and an atomic rename."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
+    from bcedge.imageio import atomic_write
+
+    return atomic_write(path, lambda tmp: pydicom.dcmwrite(tmp, ds, enforce_file_format=True))
 
 
 def write_mg_dicom(
