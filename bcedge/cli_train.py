@@ -87,7 +87,17 @@ def train_command(
     """Train a model on a dataset split; checkpoints every epoch and resumes from --out."""
     _need_keras()
     from bcedge.preprocess import PreprocessConfig
+    from training.losses import LOSSES
+    from training.models import MODEL_NAMES
     from training.train import TrainConfig, backend_name, train
+
+    # Check the options before minutes of preprocessing.
+    if model not in MODEL_NAMES:
+        raise ConfigError(f"unknown model {model!r}; expected one of {', '.join(MODEL_NAMES)}")
+    if loss not in LOSSES:
+        raise ConfigError(f"unknown loss {loss!r}; expected one of {', '.join(LOSSES)}")
+    if upsampling not in ("nearest", "bilinear", "transpose"):
+        raise ConfigError(f"unknown upsampling {upsampling!r}; expected nearest, bilinear or transpose")
 
     config = PreprocessConfig(size=size)
     datasets = tuple(d.strip() for d in data.split(",") if d.strip())
