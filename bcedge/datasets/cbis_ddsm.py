@@ -97,6 +97,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from bcedge.datasets import _files
 from bcedge.datasets.base import Sample
 from bcedge.errors import ConfigError, DatasetError
 
@@ -308,62 +309,16 @@ def find_case_csvs(dirs: Iterable[Path], abnormality: Abnormality) -> list[tuple
 # --------------------------------------------------------------------------- image sizes
 
 
-def _jpeg_size(path: Path) -> tuple[int, int] | None:
-    """(rows, cols) from a JPEG's SOF marker, reading only the header."""
-    sof = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-    with open(path, "rb") as fh:
-        if fh.read(2) != b"\xff\xd8":
-            return None
-        while True:
-            byte = fh.read(1)
-            while byte and byte != b"\xff":
-                byte = fh.read(1)
-            while byte == b"\xff":
-                byte = fh.read(1)
-            if not byte:
-                return None
-            marker = byte[0]
-            if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length field
-                continue
-            length = int.from_bytes(fh.read(2), "big")
-            if marker in sof:
-                data = fh.read(5)
-                return (int.from_bytes(data[1:3], "big"), int.from_bytes(data[3:5], "big")) if len(data) == 5 else None
-            if length < 2:
-                return None
-            fh.seek(length - 2, 1)
-
-
 def image_size(path: Path) -> tuple[int, int] | None:
     """(rows, cols) of a DICOM, JPEG or PNG file from its header; None when unreadable.
 
-    Listing CBIS-DDSM needs the size of every candidate mask, so pixels are not decoded.
+    Listing CBIS-DDSM needs the size of every candidate mask, so pixels are not decoded;
+    an unreadable file is counted as missing by the caller.
     """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    suffix = path.suffix.lower()
     try:
-        if suffix in _DICOM_SUFFIXES or suffix == "":
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Rows", "Columns"], force=True)
-            rows, cols = ds.get("Rows"), ds.get("Columns")
-            return (int(rows), int(cols)) if rows and cols else None
-        if suffix in {".jpg", ".jpeg"}:
-            got = _jpeg_size(path)
-            if got is not None:
-                return got
-        elif suffix == ".png":
-            with open(path, "rb") as fh:
-                head = fh.read(24)
-            if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
-                return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
-        import cv2
-        import numpy as np
-
-        img = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
-        return None if img is None else (int(img.shape[0]), int(img.shape[1]))
-    except (OSError, ValueError, TypeError, AttributeError, KeyError, EOFError, InvalidDicomError):
-        return None  # unreadable: the caller counts the file as missing
+        return _files.image_size(path)
+    except DatasetError:
+        return None
 
 
 @dataclass(frozen=True)
