@@ -174,3 +174,10 @@ def test_data_parallel_on_two_logical_cpus() -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "REPLICAS 2" in proc.stdout
+
+
+def test_encoder_batch_norm_momentum_suits_training_from_scratch() -> None:
+    model = models.build_model("unet-mobilenetv2", 64)
+    encoder = model.get_layer("encoder_mobilenetv2")
+    momenta = {layer.momentum for layer in encoder.layers if isinstance(layer, keras.layers.BatchNormalization)}
+    assert momenta == {0.99}

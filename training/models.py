@@ -233,6 +233,12 @@ def build_encoder_unet(
     _check_size(f"unet-{backbone}", input_size, 32)
     encoder = _encoder(spec, input_size, resolve_encoder_weights(encoder_weights))
     encoder.trainable = not freeze_encoder
+    for layer in encoder.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            # keras.applications builds MobileNetV2 with momentum 0.999: after a few hundred
+            # steps from scratch the moving statistics are still near their initial values,
+            # so inference (which uses them) predicts nothing. 0.99, as in the decoder.
+            layer.momentum = 0.99
     # One feature extractor (bottleneck + skips) applied to the in-graph RGB tensor.
     features = keras.Model(
         encoder.input,
