@@ -42,3 +42,9 @@ class DatasetError(InputError):
 
 class ConfigError(InputError):
     """A configuration value (preprocessing, CLI option, config file) is invalid."""
+
+
+class BundleError(BcedgeError):
+    """A model bundle is missing, malformed, of an unknown schema, or its artifacts do not match the manifest."""
+
+    exit_code = 3
