@@ -117,11 +117,13 @@ def _register_subapps() -> None:
     if getattr(app, "_bcedge_registered", False):
         return
     from bcedge.cli_data import app as data_app
+    from bcedge.cli_export import export_command
     from bcedge.cli_train import evaluate_command, train_command
 
     app.add_typer(data_app, name="data", help="Dataset statistics, splits and preprocessed caches.")
     app.command("train")(train_command)
     app.command("evaluate")(evaluate_command)
+    app.command("export")(export_command)
     app._bcedge_registered = True  # type: ignore[attr-defined]
 
 

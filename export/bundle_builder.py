@@ -1,0 +1,585 @@
+"""``bcedge export``: a training run folder -> a bundle of gated artifacts.
+
+One table, :data:`EXPORT_FORMATS`, says what each format is (file, backend,
+precision, where it can be built); :func:`build_bundle` walks it:
+
+1. read the run (``best.keras``, ``config.json``) and its split arrays, preprocessed
+   with the run's config through the cache (:mod:`export.calibration`);
+2. write the Keras reference (``model.keras``) and convert each requested format
+   (TFLite through one SavedModel, ONNX through tf2onnx, TensorRT engines from the
+   ONNX file when TensorRT is importable);
+3. measure every artifact through its runtime backend on the validation split and
+   gate it against the Keras model (:mod:`export.verify`);
+4. write ``manifest.json`` last (:func:`bcedge.bundle.write_manifest`).
+
+Every file is written to a temporary name in the bundle folder and renamed, and the
+manifest comes last, so an interrupted export never leaves a bundle that loads with
+missing or half-written artifacts. Re-exporting into an existing bundle first removes
+its manifest for the same reason.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bcedge.errors import ConfigError
+
+#: Printed in the report; callers may pass a rich console's ``print``.
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """One row of :data:`EXPORT_FORMATS`.
+
+    Attributes:
+        name: ``--formats`` value, e.g. ``tflite-int8``.
+        format: :class:`bcedge.bundle.ArtifactRecord` format.
+        precision: ``fp32`` | ``fp16`` | ``dynamic`` | ``int8``.
+        backend: runtime backend that runs (and gates) it.
+        file: file name in the bundle (TensorRT engines get theirs from :mod:`export.tensorrt`).
+        calibrated: needs calibration images.
+        hardware: where it is built.
+    """
+
+    name: str
+    format: str
+    precision: str
+    backend: str
+    file: str
+    calibrated: bool = False
+    hardware: str = "CPU"
+
+
+EXPORT_FORMATS: dict[str, ExportFormat] = {
+    f.name: f
+    for f in (
+        ExportFormat("tflite-fp32", "tflite", "fp32", "tflite", "model_fp32.tflite"),
+        ExportFormat("tflite-fp16", "tflite", "fp16", "tflite", "model_fp16.tflite"),
+        ExportFormat("tflite-dynamic", "tflite", "dynamic", "tflite", "model_dynamic.tflite"),
+        ExportFormat("tflite-int8", "tflite", "int8", "tflite", "model_int8.tflite", calibrated=True),
+        ExportFormat("onnx", "onnx", "fp32", "onnx", "model.onnx"),
+        ExportFormat("tensorrt-fp16", "tensorrt", "fp16", "tensorrt", "model_fp16.engine", hardware="NVIDIA GPU"),
+        ExportFormat(
+            "tensorrt-int8", "tensorrt", "int8", "tensorrt", "model_int8.engine", calibrated=True, hardware="NVIDIA GPU"
+        ),
+    )
+}
+KERAS_FILE = "model.keras"
+
+
+def format_availability() -> dict[str, tuple[bool, str]]:
+    """``{format name: (buildable here, reason)}`` without importing TensorFlow or TensorRT."""
+
+    def found(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            return False
+
+    tf_ok = found("tensorflow")
+    out: dict[str, tuple[bool, str]] = {}
+    for name, fmt in EXPORT_FORMATS.items():
+        if fmt.format == "tflite":
+            out[name] = (
+                (True, "tensorflow") if tf_ok else (False, "tensorflow is not installed: pip install 'bcedge[train]'")
+            )
+        elif fmt.format == "onnx":
+            missing = [m for m in ("tensorflow", "tf2onnx", "onnx") if not found(m)]
+            out[name] = (
+                (False, f"{', '.join(missing)} not installed: pip install 'bcedge[train]'")
+                if missing
+                else (
+                    True,
+                    "tf2onnx",
+                )
+            )
+        else:
+            if not found("tensorrt"):
+                out[name] = (False, "TensorRT is not installed (it ships with JetPack / NVIDIA's pip index)")
+            elif not found("export.tensorrt"):
+                out[name] = (False, "export.tensorrt is missing from this bcedge")
+            else:
+                out[name] = (True, "tensorrt")
+    return out
+
+
+def parse_formats(text: str | None) -> tuple[list[str], dict[str, str]]:
+    """Formats to build and those left out: ``(names, {name: reason})``.
+
+    Args:
+        text: comma-separated ``--formats`` value; None: every format buildable here.
+
+    Raises:
+        ConfigError: an unknown name, or a named format that cannot be built here.
+    """
+    available = format_availability()
+    if text is None:
+        chosen = [n for n, (ok, _) in available.items() if ok]
+        skipped = {n: f"not available here: {why}" for n, (ok, why) in available.items() if not ok}
+        return chosen, skipped
+    names = [t.strip().lower() for t in text.split(",") if t.strip()]
+    if not names:
+        raise ConfigError("--formats names no format")
+    unknown = [n for n in names if n not in EXPORT_FORMATS]
+    if unknown:
+        raise ConfigError(
+            f"unknown export format(s) {', '.join(unknown)}; expected some of {', '.join(EXPORT_FORMATS)}"
+        )
+    for n in names:
+        ok, why = available[n]
+        if not ok:
+            raise ConfigError(f"format {n} cannot be built here: {why}")
+    return list(dict.fromkeys(names)), {}
+
+
+def parse_tolerances(items: list[str] | None) -> dict[str, float]:
+    """Default tolerances updated by ``PRECISION=VALUE`` items (``--tolerance int8=0.02``)."""
+    from export.verify import DEFAULT_TOLERANCES
+
+    out = dict(DEFAULT_TOLERANCES)
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip().lower()
+        if not sep or key not in out:
+            raise ConfigError(f"--tolerance {item!r}: expected PRECISION=VALUE with PRECISION one of {', '.join(out)}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"--tolerance {item!r}: {value!r} is not a number") from None
+        if not 0.0 <= number <= 1.0:
+            raise ConfigError(f"--tolerance {item!r}: expected a Dice difference in [0, 1]")
+        out[key] = number
+    return out
+
+
+@dataclass
+class ExportOptions:
+    """Everything ``bcedge export`` takes (CLI options map one to one)."""
+
+    run_dir: Path
+    out: Path
+    formats: str | None = None
+    calib: str | None = None
+    n_calib: int = 200
+    int8_io: str = "float"
+    strict: bool = False
+    data: tuple[str, ...] | None = None
+    root: Path | None = None
+    split: Path | None = None
+    cache: Path = Path(".bcedge-cache")
+    threshold: float = 0.5
+    tolerances: dict[str, float] = field(default_factory=dict)
+    threads: int | None = 1
+    opset: int = 17
+    onnx_dynamic_batch: bool = False
+    overwrite: bool = False
+    reader_options: dict | None = None
+
+
+@dataclass
+class ArtifactResult:
+    """One row of the export report."""
+
+    name: str
+    file: str | None
+    format: str
+    precision: str
+    backend: str
+    status: str  # passed | failed | not-measured | build-failed | skipped
+    size_bytes: int | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    tolerance: float | None = None
+    ms_per_image: float | None = None
+    build_seconds: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    message: str = ""
+
+
+@dataclass
+class ExportResult:
+    """What :func:`build_bundle` did."""
+
+    out: Path
+    rows: list[ArtifactResult]
+    reference: dict[str, Any]
+    manifest_written: bool
+    calibration: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[ArtifactResult]:
+        """Rows whose gate failed or whose build failed."""
+        return [r for r in self.rows if r.status in ("failed", "build-failed")]
+
+
+def load_keras_model(path: Path):
+    """Load ``best.keras`` without its training configuration (custom objects registered)."""
+    import keras
+
+    from bcedge.errors import InputError
+    from training.losses import LOSSES, SegmentationMetric
+
+    try:
+        return keras.models.load_model(
+            path, custom_objects={"SegmentationMetric": SegmentationMetric, **LOSSES}, compile=False
+        )
+    except Exception as exc:  # a corrupt or foreign file: Keras raises many kinds
+        raise InputError(
+            f"{path}: cannot load the model ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+        ) from exc
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    from bcedge.bundle import MANIFEST_NAME
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; expected a folder for the bundle")
+    manifest = out / MANIFEST_NAME
+    if manifest.exists():
+        if not overwrite:
+            raise ConfigError(f"{out} already holds a bundle; pass --overwrite to replace it or choose another --out")
+        listed = _listed_files(out, manifest)
+        # Without a manifest the folder is not a bundle while its artifacts are being replaced.
+        manifest.unlink()
+        for path in listed:  # the old bundle's artifacts: a format not re-exported must not linger unlisted
+            path.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _listed_files(out: Path, manifest: Path) -> list[Path]:
+    """Artifact files an existing manifest lists (only those inside ``out``; a damaged manifest lists none)."""
+    import json
+
+    try:
+        doc = json.loads(manifest.read_text(encoding="utf-8"))
+        files = [str(a["file"]) for a in doc.get("artifacts", [])]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return []
+    root = out.resolve()
+    paths = []
+    for name in files:
+        path = (out / name).resolve()
+        if path.parent == root or root in path.parents:
+            paths.append(path)
+    return paths
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata
+
+    out = {}
+    for dist in (
+        "tensorflow",
+        "tensorflow-cpu",
+        "keras",
+        "tf2onnx",
+        "onnx",
+        "onnxruntime",
+        "ai-edge-litert",
+        "tensorrt",
+    ):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _build_tflite(fmt: ExportFormat, saved_model: Path, dest: Path, calib: np.ndarray | None, int8_io: str) -> dict:
+    from bcedge.imageio import atomic_write_bytes
+    from export import tflite
+
+    content = tflite.convert(saved_model, fmt.precision, calib_images=calib, int8_io=int8_io)  # type: ignore[arg-type]
+    atomic_write_bytes(dest, content)
+    details: dict[str, Any] = {"io": tflite.io_details(content)}
+    if fmt.precision == "int8":
+        details["int8_io"] = int8_io
+        details["float_ops"] = tflite.float_ops(content)
+    return details
+
+
+def _build_tensorrt(
+    fmt: ExportFormat, onnx_path: Path, out: Path, calib: np.ndarray | None, workdir: Path
+) -> tuple[str, dict]:
+    """Build a TensorRT engine through :mod:`export.tensorrt`; returns (file name in the bundle, details)."""
+    from export import tensorrt as trt_export
+
+    result = trt_export.build_engine(onnx_path, out, precision=fmt.precision, calib_images=calib, cache_dir=workdir)
+    path = Path(result["path"] if isinstance(result, dict) else result)
+    details = dict(result.get("details", {})) if isinstance(result, dict) else {}
+    return path.relative_to(out).as_posix(), details
+
+
+def build_bundle(opts: ExportOptions, log: Log = print, progress=None) -> ExportResult:
+    """Export a training run to a bundle (see the module doc).
+
+    Args:
+        opts: the export options.
+        log: receives one line per step (conversion times, float ops left, skipped formats).
+        progress: ``progress(done, total, reused)`` while preprocessing (cache).
+
+    Returns:
+        The report; ``manifest_written`` is False only when ``opts.strict`` stopped a
+        failing export before the manifest (then :class:`export.verify.GateError` is raised
+        by :func:`check_strict`, which the CLI calls).
+
+    Raises:
+        ConfigError: bad options, a run folder without model/config/data, a split without val images.
+    """
+    from bcedge.bundle import ArtifactRecord, Manifest, io_specs, write_manifest
+    from bcedge.imageio import atomic_write
+    from export.calibration import calibration_images, load_run, split_sets
+    from export.verify import DEFAULT_TOLERANCES, measure, score
+
+    if opts.int8_io not in ("float", "int8"):
+        raise ConfigError(f"--int8-io {opts.int8_io!r}: expected float or int8")
+    if not 0.0 < opts.threshold < 1.0:
+        raise ConfigError(f"--threshold {opts.threshold}: expected a probability in (0, 1)")
+    tolerances = {**DEFAULT_TOLERANCES, **opts.tolerances}
+    names, skipped = parse_formats(opts.formats)
+    run = load_run(opts.run_dir)
+    config = run.preprocess_config()
+    size = int(config.size)
+
+    sets, meta = split_sets(
+        run,
+        opts.cache,
+        data=opts.data,
+        root=opts.root,
+        split=opts.split,
+        options=opts.reader_options,
+        progress=progress,
+    )
+    if "val" not in sets or len(sets["val"]) == 0:
+        raise ConfigError(f"{meta['split']}: the split has no val images; the accuracy gate scores on val")
+    val = sets["val"]
+    calib_images, calib_info = None, {}
+    if any(EXPORT_FORMATS[n].calibrated for n in names):
+        calib_images, calib_info = calibration_images(
+            run,
+            opts.n_calib,
+            opts.cache,
+            train_images=sets["train"].images if "train" in sets else None,
+            dataset=opts.calib,
+            root=opts.root if opts.calib else None,
+            options=opts.reader_options if opts.calib else None,
+            progress=progress,
+        )
+        log(f"calibration: {calib_info['n']} preprocessed images from the {calib_info['source']}")
+
+    model = load_keras_model(run.model_path)
+    model_size = int(model.inputs[0].shape[1])
+    if model_size != size:
+        raise ConfigError(f"{run.model_path} takes {model_size}px inputs but the run's preprocessing makes {size}px")
+
+    _prepare_out(opts.out, opts.overwrite)
+    out = opts.out
+    rows: list[ArtifactResult] = []
+    # The reference travels with the bundle; saved from the uncompiled model (no custom objects needed to load).
+    atomic_write(out / KERAS_FILE, lambda p: model.save(p))
+    rows.append(ArtifactResult("keras", KERAS_FILE, "keras", "fp32", "keras", "not-measured"))
+
+    from training.evaluate import predict
+
+    reference = score(predict(model, val.images), val.masks, opts.threshold)
+    log(
+        f"reference (Keras, in memory): Dice {reference['dice']:.4f} on {reference['n_lesion_images']} lesion images, "
+        f"{reference['dice_all_images']:.4f} on all {reference['n_images']} val images"
+    )
+
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=out) as tmp:
+        work = Path(tmp)
+        saved_model: Path | None = None
+        onnx_path: Path | None = None
+        for name in names:
+            fmt = EXPORT_FORMATS[name]
+            row = ArtifactResult(name, fmt.file, fmt.format, fmt.precision, fmt.backend, "not-measured")
+            rows.append(row)
+            start = time.perf_counter()
+            try:
+                if fmt.format == "tflite":
+                    if saved_model is None:
+                        from export.tflite import export_saved_model
+
+                        t0 = time.perf_counter()
+                        saved_model = export_saved_model(model, work / "saved_model", size)
+                        log(f"SavedModel written in {time.perf_counter() - t0:.1f} s")
+                        start = time.perf_counter()
+                    row.details = _build_tflite(fmt, saved_model, out / fmt.file, calib_images, opts.int8_io)
+                elif fmt.format == "onnx":
+                    from export.onnx import convert as onnx_convert
+
+                    row.details = onnx_convert(
+                        model, out / fmt.file, size, opset=opts.opset, dynamic_batch=opts.onnx_dynamic_batch
+                    )
+                    onnx_path = out / fmt.file
+                else:  # tensorrt
+                    if onnx_path is None:
+                        from export.onnx import convert as onnx_convert
+
+                        onnx_path = work / "model.onnx"
+                        onnx_convert(model, onnx_path, size, opset=opts.opset)
+                    row.file, row.details = _build_tensorrt(fmt, onnx_path, out, calib_images, work)
+            except Exception as exc:  # one failed converter must not lose the others; reported, fails --strict
+                row.status = "build-failed"
+                row.file = None
+                row.message = (
+                    f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+                )
+                log(f"{name}: build failed: {row.message}")
+                continue
+            row.build_seconds = time.perf_counter() - start
+            if calib_images is not None and fmt.calibrated:
+                row.details["calibration"] = calib_info
+            note = ""
+            if "float_ops" in row.details:
+                ops = row.details["float_ops"]
+                note = f"; ops left in float: {', '.join(ops) if ops else 'none'}"
+            log(f"{name}: converted in {row.build_seconds:.1f} s{note}")
+        if saved_model is not None:
+            shutil.rmtree(saved_model, ignore_errors=True)
+
+    for name, why in skipped.items():
+        fmt = EXPORT_FORMATS[name]
+        rows.append(ArtifactResult(name, None, fmt.format, fmt.precision, fmt.backend, "skipped", message=why))
+
+    records = []
+    for row in rows:
+        if row.file is None:
+            continue
+        path = out / row.file
+        row.size_bytes = path.stat().st_size
+        m = measure(
+            row.backend,
+            path,
+            val.images,
+            val.masks,
+            reference=reference,
+            tolerance=tolerances[row.precision],
+            threshold=opts.threshold,
+            threads=opts.threads,
+        )
+        row.status, row.metrics, row.tolerance, row.ms_per_image = m.gate, m.metrics, m.tolerance, m.ms_per_image
+        row.details["runtime"] = m.details
+        row.details["ms_per_image"] = round(m.ms_per_image or 0.0, 3)
+        if row.build_seconds is not None:
+            row.details["build_seconds"] = round(row.build_seconds, 2)
+        records.append(
+            ArtifactRecord.from_file(
+                out,
+                row.file,
+                format=row.format,
+                precision=row.precision,
+                backend=row.backend,
+                metrics=row.metrics,
+                gate=row.status,
+                tolerance=row.tolerance,
+                details=_jsonable(row.details),
+            )
+        )
+
+    result = ExportResult(out, rows, reference, manifest_written=False, calibration=calib_info)
+    if opts.strict and result.failed:
+        return result  # no manifest: a strict export that failed leaves no loadable bundle
+
+    cfg = run.config
+    input_spec, output_spec = io_specs(size)
+    manifest = Manifest(
+        model={
+            "name": cfg.get("model", model.name),
+            "architecture": model.name,
+            "params": int(model.count_params()),
+            "upsampling": cfg.get("upsampling"),
+            "base_filters": cfg.get("base_filters") if cfg.get("model") == "unet" else None,
+            "encoder_weights": cfg.get("encoder_weights"),
+        },
+        input=input_spec,
+        output=output_spec,
+        preprocess=config.to_dict(),
+        preprocess_hash=config.hash(),
+        threshold=float(opts.threshold),
+        provenance=_jsonable(
+            {
+                "run_dir": str(run.run_dir.resolve()),
+                "run_id": run.run_dir.resolve().name,
+                "model_file": run.model_path.name,
+                "data": list(meta.get("datasets", [])),
+                "root": str(opts.root if opts.root is not None else cfg.get("root")),
+                "split": str(meta.get("split")),
+                "split_dataset": meta.get("split_dataset"),
+                "epochs": cfg.get("epochs"),
+                "epochs_done": run.state.get("epoch"),
+                "best_epoch": run.state.get("best_epoch"),
+                "best_val_dice": run.state.get("best_val_dice"),
+                "loss": cfg.get("loss"),
+                "seed": cfg.get("seed"),
+                "training_machine": cfg.get("machine"),
+                "keras_backend": (cfg.get("machine") or {}).get("backend"),
+                "evaluation": {
+                    "split": "val",
+                    "n_images": reference["n_images"],
+                    "n_lesion_images": reference["n_lesion_images"],
+                    "gate_metric": reference["gate_metric"],
+                    "threshold": float(opts.threshold),
+                    "reference_dice": reference["dice"],
+                    "reference_dice_all_images": reference["dice_all_images"],
+                    "tolerances": tolerances,
+                },
+                "calibration": calib_info or None,
+                "not_built": {r.name: r.message for r in rows if r.status in ("skipped", "build-failed")},
+                "exported_with": _versions(),
+            }
+        ),
+        artifacts=records,
+    )
+    write_manifest(out, manifest)
+    result.manifest_written = True
+    return result
+
+
+def check_strict(result: ExportResult) -> None:
+    """Raise :class:`export.verify.GateError` (one line) when a strict export had failures."""
+    from export.verify import GateError
+
+    if not result.failed:
+        return
+    parts = []
+    for r in result.failed:
+        if r.status == "build-failed":
+            parts.append(f"{r.name} did not build ({r.message})")
+        else:
+            parts.append(
+                f"{r.name} Dice {r.metrics['dice']:.4f} is {-r.metrics['delta_dice']:.4f} below the Keras "
+                f"{r.metrics['reference_dice']:.4f} (tolerance {r.tolerance:g})"
+            )
+    raise GateError(
+        f"--strict: {'; '.join(parts)}; no manifest written in {result.out} (without --strict the artifact is kept "
+        "and marked failed)"
+    )
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON types only (numpy scalars and arrays, paths and tuples converted)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj

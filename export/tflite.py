@@ -1,0 +1,205 @@
+"""Keras model -> TFLite flatbuffers: FP32, FP16, dynamic-range and full INT8.
+
+The path is Keras 3 ``model.export(..., format="tf_saved_model")`` with a static
+``(1, S, S, 1)`` float32 signature, then ``tf.lite.TFLiteConverter.from_saved_model``.
+Converting from the SavedModel rather than ``from_keras_model`` is the route that
+works with Keras 3 models (the latter expects tf.keras objects), and the static
+batch of 1 is what edge interpreters run fastest (no resize at load time).
+
+Precisions, as the converter defines them:
+
+* ``fp32``: no optimisation.
+* ``fp16``: weights stored as float16 (``target_spec.supported_types=[tf.float16]``);
+  CPU kernels dequantise them to float32 at load, GPU delegates compute in FP16.
+* ``dynamic``: dynamic-range quantisation (``optimizations=[DEFAULT]`` without
+  representative data): int8 weights, activations quantised on the fly.
+* ``int8``: full integer quantisation from a representative dataset of preprocessed
+  training images (:mod:`export.calibration`; never random data), builtins restricted to
+  ``TFLITE_BUILTINS_INT8`` so conversion fails rather than silently leaving float kernels;
+  the model's input/output are float32 (QUANTIZE/DEQUANTIZE at the ends) or int8.
+
+After conversion :func:`float_ops` lists every op that still computes in float, so a
+partly-quantised model is reported rather than discovered on the device.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from bcedge.errors import ConfigError
+
+TFLITE_PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
+IoType = Literal["float", "int8"]
+#: Ops whose job is to convert between float and int8 at the model's boundary.
+BOUNDARY_OPS = frozenset({"QUANTIZE", "DEQUANTIZE"})
+
+
+def _tf():
+    # Quiet TensorFlow's C++ start-up chatter; only when we are the ones importing it.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    return tf
+
+
+def export_saved_model(model, path: str | os.PathLike[str], size: int) -> Path:
+    """Write ``model`` as a TensorFlow SavedModel with one static-shape serving signature.
+
+    Args:
+        model: a Keras 3 model taking (N, size, size, 1) float32 in [0, 1].
+        path: the SavedModel folder to create.
+        size: input side in pixels.
+
+    Returns:
+        The SavedModel folder. Its ``serving_default`` signature takes ``image``
+        (1, size, size, 1) float32 and returns the model's output.
+    """
+    tf = _tf()
+    path = Path(path)
+    spec = tf.TensorSpec((1, size, size, 1), tf.float32, name="image")
+    model.export(str(path), format="tf_saved_model", verbose=False, input_signature=[spec])
+    return path
+
+
+def representative_dataset(images: np.ndarray) -> Callable[[], Iterable[list[np.ndarray]]]:
+    """The converter's ``representative_dataset``: one (1, S, S, 1) float32 image per step.
+
+    Args:
+        images: (N, S, S, 1) float32 in [0, 1]: preprocessed calibration images.
+    """
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 4 or images.shape[-1] != 1 or len(images) == 0:
+        raise ConfigError(f"calibration images must be a non-empty (N, S, S, 1) array; got shape {images.shape}")
+
+    def gen() -> Iterable[list[np.ndarray]]:
+        for i in range(len(images)):
+            yield [images[i : i + 1]]
+
+    return gen
+
+
+def convert(
+    saved_model: str | os.PathLike[str],
+    precision: str,
+    *,
+    calib_images: np.ndarray | None = None,
+    int8_io: IoType = "float",
+) -> bytes:
+    """Convert a SavedModel to a TFLite flatbuffer.
+
+    Args:
+        saved_model: folder written by :func:`export_saved_model`.
+        precision: one of :data:`TFLITE_PRECISIONS`.
+        calib_images: ``int8`` only: (N, S, S, 1) float32 preprocessed images in [0, 1].
+        int8_io: ``int8`` only: ``float`` keeps float32 input/output (the model quantises
+            at its input and dequantises at its output), ``int8`` makes them int8
+            (input scale 1/255, zero point -128 for [0, 1] data).
+
+    Returns:
+        The .tflite bytes.
+
+    Raises:
+        ConfigError: unknown precision or I/O type, or INT8 without calibration images.
+    """
+    if precision not in TFLITE_PRECISIONS:
+        raise ConfigError(f"unknown TFLite precision {precision!r}; expected one of {', '.join(TFLITE_PRECISIONS)}")
+    if int8_io not in ("float", "int8"):
+        raise ConfigError(f"unknown INT8 input/output type {int8_io!r}; expected float or int8")
+    tf = _tf()
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    if precision == "fp16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif precision == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif precision == "int8":
+        if calib_images is None:
+            raise ConfigError("full INT8 conversion needs calibration images (preprocessed training images)")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative_dataset(calib_images)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if int8_io == "int8":
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+    return bytes(converter.convert())
+
+
+def _interpreter(content: bytes):
+    """An interpreter over ``content`` without default delegates (XNNPACK would hide the ops)."""
+    try:
+        from ai_edge_litert import interpreter as lite
+
+        return lite.Interpreter(
+            model_content=content, experimental_op_resolver_type=lite.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        )
+    except ImportError:  # TensorFlow's own (deprecated) interpreter reads the same flatbuffer
+        tf = _tf()
+        return tf.lite.Interpreter(
+            model_content=content,
+            experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        )
+
+
+def op_summary(content: bytes) -> list[dict]:
+    """Every op of a TFLite model with its operand and result dtypes.
+
+    Returns:
+        One ``{"index", "op", "inputs": [dtype names], "outputs": [dtype names]}`` per op,
+        in execution order.
+    """
+    interp = _interpreter(content)
+    rows = []
+    for op in interp._get_ops_details():  # the only public-ish view of the op list
+        rows.append(
+            {
+                "index": int(op["index"]),
+                "op": str(op["op_name"]),
+                "inputs": [np.dtype(t).name for t in op.get("operand_types", [])],
+                "outputs": [np.dtype(t).name for t in op.get("result_types", [])],
+            }
+        )
+    return rows
+
+
+def float_ops(content: bytes, *, include_boundary: bool = False) -> list[str]:
+    """Ops of a quantised model that still compute in floating point.
+
+    An op counts as float when any of its inputs or outputs is float32/float16.
+    QUANTIZE/DEQUANTIZE at the model's float input/output are expected (that is
+    how a float-I/O INT8 model converts) and are left out unless ``include_boundary``.
+
+    Returns:
+        ``"OPNAME#index"`` strings, in execution order; empty for a fully integer model.
+    """
+    out = []
+    for row in op_summary(content):
+        if row["op"] in BOUNDARY_OPS and not include_boundary:
+            continue
+        if any(t in ("float32", "float16") for t in row["inputs"] + row["outputs"]):
+            out.append(f"{row['op']}#{row['index']}")
+    return out
+
+
+def io_details(content: bytes) -> dict:
+    """Input/output name, shape, dtype and quantisation of a TFLite model (for the manifest)."""
+    interp = _interpreter(content)
+
+    def describe(d: dict) -> dict:
+        scale, zero = d.get("quantization", (0.0, 0))
+        return {
+            "name": d["name"],
+            "shape": [int(v) for v in d["shape"]],
+            "dtype": np.dtype(d["dtype"]).name,
+            "scale": float(scale),
+            "zero_point": int(zero),
+        }
+
+    return {
+        "inputs": [describe(d) for d in interp.get_input_details()],
+        "outputs": [describe(d) for d in interp.get_output_details()],
+    }
