@@ -1,0 +1,177 @@
+"""LiteRT / TFLite backend: ``.tflite`` models in fp32, fp16, dynamic-range or full int8.
+
+The interpreter comes from ``ai_edge_litert`` (LiteRT, the successor of
+tflite-runtime), else ``tflite_runtime`` (older Jetson images), else
+``tensorflow.lite`` as a desktop-only last resort. On the CPU, LiteRT applies
+XNNPACK as its default delegate (fp32, fp16 and int8 kernels); ``xnnpack=False``
+selects the builtin kernels only (``BUILTIN_WITHOUT_DEFAULT_DELEGATES``), useful
+to check a delegate-induced difference.
+
+Quantisation lives here: when the model's input tensor is int8/uint8/int16 the
+float image is quantised with that tensor's (scale, zero point), rounded and
+clipped to the integer range; an integer output is dequantised the same way, so
+callers always trade float32 in [0, 1] for float32 probabilities.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from typing import Any
+
+import numpy as np
+
+from bcedge.backends.base import Backend
+from bcedge.errors import ConfigError, InputError, MissingDependencyError
+
+#: Interpreter sources in the order ``runtime="auto"`` tries them: (runtime, pip distribution).
+RUNTIMES: tuple[tuple[str, str], ...] = (
+    ("ai_edge_litert", "ai-edge-litert"),
+    ("tflite_runtime", "tflite-runtime"),
+    ("tensorflow", "tensorflow"),
+)
+_INTEGER_TYPES = (np.int8, np.uint8, np.int16)
+_FLOAT_TYPES = (np.float32,)
+
+
+def _import_runtime(runtime: str) -> tuple[Any, Any]:
+    """(Interpreter class, OpResolverType enum) of ``runtime``; ImportError when not installed."""
+    if runtime == "ai_edge_litert":
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    elif runtime == "tflite_runtime":
+        from tflite_runtime.interpreter import Interpreter, OpResolverType
+    else:
+        import tensorflow as tf
+
+        Interpreter, OpResolverType = tf.lite.Interpreter, tf.lite.experimental.OpResolverType
+    return Interpreter, OpResolverType
+
+
+def load_interpreter_class(runtime: str = "auto") -> tuple[str, Any, Any]:
+    """Find an interpreter: (runtime name, Interpreter class, OpResolverType enum).
+
+    Raises:
+        ConfigError: unknown ``runtime``.
+        MissingDependencyError: the requested runtime (or, for ``auto``, every runtime) is missing.
+    """
+    names = [name for name, _ in RUNTIMES]
+    if runtime != "auto" and runtime not in names:
+        raise ConfigError(f"unknown TFLite runtime {runtime!r}; expected auto or one of {', '.join(names)}")
+    for name, dist in RUNTIMES:
+        if runtime not in ("auto", name):
+            continue
+        try:
+            interpreter, resolver = _import_runtime(name)
+        except ImportError:
+            if runtime == name:
+                raise MissingDependencyError(f"the tflite backend with runtime={name}", "tflite", dist) from None
+            continue
+        return name, interpreter, resolver
+    raise MissingDependencyError("the tflite backend", "tflite", "ai-edge-litert")
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+class TFLiteBackend(Backend):
+    """Run a ``.tflite`` model on the LiteRT interpreter.
+
+    Options:
+        runtime: ``auto`` (default), ``ai_edge_litert``, ``tflite_runtime`` or ``tensorflow``.
+        xnnpack: True (default) keeps LiteRT's default XNNPACK delegate; False runs builtin kernels.
+
+    A model with a dynamic batch dimension is resized to each batch; a model with a
+    fixed batch (usually 1) gets its batch split by :meth:`Backend.predict`.
+    """
+
+    name = "tflite"
+    options = ("runtime", "xnnpack")
+
+    def _open(self, runtime: str = "auto", xnnpack: bool = True) -> tuple[int | None, int, int, int]:
+        used, interpreter_cls, resolver = load_interpreter_class(runtime)
+        kwargs: dict[str, Any] = {"model_path": str(self.path), "num_threads": self.threads}
+        if not xnnpack:
+            kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        try:
+            self._interp = interpreter_cls(**kwargs)
+            self._interp.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"{self.path} is not a TFLite model {used} can load: {first}") from exc
+        inputs, outputs = self._interp.get_input_details(), self._interp.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise InputError(
+                f"{self.path} has {len(inputs)} inputs and {len(outputs)} outputs; bcedge models have one of each"
+            )
+        self._in, self._out = inputs[0], outputs[0]
+        for role, det in (("input", self._in), ("output", self._out)):
+            if det["dtype"] not in _INTEGER_TYPES + _FLOAT_TYPES:
+                raise InputError(
+                    f"{self.path} {role} tensor is {np.dtype(det['dtype'])}; expected float32 or int8/uint8/int16"
+                )
+            if det["dtype"] in _INTEGER_TYPES and det["quantization"][0] == 0.0:
+                raise InputError(f"{self.path} {role} tensor is {np.dtype(det['dtype'])} without quantisation scale")
+        shape = [int(v) for v in self._in["shape"]]
+        signature = [int(v) for v in self._in.get("shape_signature", self._in["shape"])]
+        if len(shape) != 4 or any(v < 1 for v in signature[1:]):
+            raise InputError(f"{self.path} input has shape {signature}; expected (N, S, S, 1) with fixed S")
+        self._dynamic = signature[0] < 1
+        self._batch = shape[0]
+        self.details.update(
+            runtime=used,
+            runtime_version=_version(dict(RUNTIMES)[used]),
+            delegate="XNNPACK (LiteRT default CPU delegate)" if xnnpack else "none (builtin kernels)",
+            input_dtype=np.dtype(self._in["dtype"]).name,
+            output_dtype=np.dtype(self._out["dtype"]).name,
+            input_quantization=_qparams(self._in),
+            output_quantization=_qparams(self._out),
+            batch="dynamic" if self._dynamic else shape[0],
+        )
+        return None if self._dynamic else shape[0], shape[1], shape[2], shape[3]
+
+    def _predict(self, batch: np.ndarray) -> np.ndarray:
+        n = batch.shape[0]
+        if self._dynamic and n != self._batch:
+            self._interp.resize_tensor_input(self._in["index"], [n, *batch.shape[1:]])
+            self._interp.allocate_tensors()
+            self._batch = n
+        self._interp.set_tensor(self._in["index"], quantize(batch, self._in))
+        self._interp.invoke()
+        return dequantize(self._interp.get_tensor(self._out["index"]), self._out)
+
+    def _close(self) -> None:
+        self._interp = None
+
+
+def _qparams(detail: dict[str, Any]) -> list[float] | None:
+    if detail["dtype"] not in _INTEGER_TYPES:
+        return None
+    scale, zero_point = detail["quantization"]
+    return [float(scale), int(zero_point)]
+
+
+def quantize(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    """Float32 ``x`` to the tensor's type: ``clip(round(x / scale) + zero_point)`` for integer tensors.
+
+    Args:
+        x: float32 array (any shape).
+        detail: an entry of ``Interpreter.get_input_details()``.
+    """
+    dtype = detail["dtype"]
+    if dtype not in _INTEGER_TYPES:
+        return x.astype(dtype, copy=False)
+    scale, zero_point = detail["quantization"]
+    info = np.iinfo(dtype)
+    q = np.rint(x / np.float32(scale)) + zero_point
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def dequantize(q: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    """The tensor's values as float32: ``(q - zero_point) * scale`` for integer tensors."""
+    if detail["dtype"] not in _INTEGER_TYPES:
+        return q.astype(np.float32, copy=False)
+    scale, zero_point = detail["quantization"]
+    return ((q.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)).astype(np.float32)
