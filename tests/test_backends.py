@@ -343,6 +343,22 @@ def test_tflite_int8_quantise_dequantise(tiny: TinyModels) -> None:
     assert np.unique(out).size > 10  # not a constant map
 
 
+def test_quantize_rounding_and_clipping() -> None:
+    from bcedge.backends.tflite import dequantize, quantize
+
+    i8 = {"dtype": np.int8, "quantization": (0.5, -3)}
+    # Half steps round away from zero (TFLite's std::round), out-of-range values clip.
+    x = np.array([0.25, 0.75, -0.25, -0.75, 100.0, -100.0], np.float32)
+    np.testing.assert_array_equal(quantize(x, i8), [1 - 3, 2 - 3, -1 - 3, -2 - 3, 127, -128])
+    u8 = {"dtype": np.uint8, "quantization": (1 / 255, 0)}
+    q = quantize(np.linspace(0, 1, 256, dtype=np.float32), u8)
+    assert q.dtype == np.uint8
+    np.testing.assert_array_equal(q, np.arange(256))
+    np.testing.assert_allclose(dequantize(q, u8), np.linspace(0, 1, 256), atol=1e-6)
+    f32 = {"dtype": np.float32, "quantization": (0.0, 0)}
+    assert quantize(x, f32) is x and dequantize(x, f32) is x
+
+
 @pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated:UserWarning")
 def test_tflite_options(tiny: TinyModels) -> None:
     _skip_unavailable("tflite")

@@ -156,6 +156,10 @@ def _qparams(detail: dict[str, Any]) -> list[float] | None:
 def quantize(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
     """Float32 ``x`` to the tensor's type: ``clip(round(x / scale) + zero_point)`` for integer tensors.
 
+    Rounds half away from zero like TFLite's own QUANTIZE kernel (``std::round``), not
+    half to even like ``np.rint``, so a value on a half step lands where the converter's
+    calibration expects it.
+
     Args:
         x: float32 array (any shape).
         detail: an entry of ``Interpreter.get_input_details()``.
@@ -165,7 +169,8 @@ def quantize(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
         return x.astype(dtype, copy=False)
     scale, zero_point = detail["quantization"]
     info = np.iinfo(dtype)
-    q = np.rint(x / np.float32(scale)) + zero_point
+    v = x / np.float32(scale)
+    q = np.trunc(v + np.copysign(np.float32(0.5), v)) + zero_point
     return np.clip(q, info.min, info.max).astype(dtype)
 
 
