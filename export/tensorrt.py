@@ -28,11 +28,15 @@ What runs where:
   (NVIDIA's "Migrating from TensorRT 8.x to 10.x" guide, Python section; TensorRT's
   ``samples/python/*/build_engine.py`` for the 8.x forms.)
 
-INT8 calibration defaults to **MinMax**: entropy calibration clips the activation
-tails, which costs dense-prediction models their thin foreground (reported on a
-segmentation network in NVIDIA/TensorRT#3922). ``calibrator="entropy2"`` selects
-``IInt8EntropyCalibrator2``. INT8 engines also get the FP16 flag so layers without
-an INT8 kernel fall back to FP16 rather than FP32 (as trtexec ``--int8 --fp16``).
+INT8 calibration defaults to **MinMax**: entropy calibration clips activation tails
+to minimise KL divergence, and dense-output networks pay for it: a YOLO detector lost
+10-20 % mAP with ``IInt8EntropyCalibrator2`` against 1 % with ``IInt8MinMaxCalibrator``
+on TensorRT 8.5 (NVIDIA/TensorRT#3922); heatmap outputs came out wrong with Entropy2 and
+right with MinMax in NVIDIA/TensorRT#2705; Ultralytics switched its TensorRT export to
+MinMax (ultralytics/ultralytics#20345). A UNet's sigmoid map is such an output, with a
+thin foreground. ``calibrator="entropy2"`` selects ``IInt8EntropyCalibrator2``.
+INT8 engines also get the FP16 flag so layers without an INT8 kernel fall back to
+FP16 rather than FP32 (as trtexec ``--int8 --fp16``).
 
 Engine building has not been run in this project's development environment (no
 TensorRT, no GPU); :func:`trtexec_command` prints the equivalent ``trtexec`` line.
@@ -751,7 +755,9 @@ def make_calibrator(
 
         def read_calibration_cache(self, *_: Any) -> bytes | None:
             data = cache.read()
-            self.cache_used = data is not None
+            # TensorRT may read again after calibrating and writing; only a read before any batch is reuse.
+            if data is not None and self.batches_fed == 0 and not self.cache_written:
+                self.cache_used = True
             return data
 
         def write_calibration_cache(self, data: Any, *_: Any) -> None:
@@ -784,6 +790,16 @@ class EngineResult:
     build_seconds: float
     details: dict[str, Any]
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (for a manifest's artifact details)."""
+        return {
+            "path": str(self.path),
+            "trt_version": self.trt_version,
+            "gpu_name": self.gpu_name,
+            "build_seconds": round(self.build_seconds, 3),
+            **self.details,
+        }
+
 
 class _CapturingLogger:
     """Factory for a ``trt.ILogger`` that keeps warnings and errors for the error message."""
@@ -808,7 +824,7 @@ def build_engine(
     out_dir: str | Path,
     *,
     precision: Precision,
-    calibration: CalibrationSource | None,
+    calibration: CalibrationSource | np.ndarray | None,
     calibrator: CalibratorKind = "minmax",
     cache_dir: str | Path,
     workspace_mb: int = 1024,
@@ -823,7 +839,9 @@ def build_engine(
         out_dir: where the engine goes, named
             ``{stem}_{precision}.trt{version}.{gpu}.engine`` and written atomically.
         precision: ``fp16``, ``int8`` (FP16 fallback for layers without INT8 kernels) or ``fp32``.
-        calibration: INT8 only, required: preprocessed calibration images.
+        calibration: INT8 only, required: preprocessed calibration images, as a
+            :class:`CalibrationSource` or anything it takes (e.g. the (N, S, S, 1) array of
+            :func:`export.calibration.calibration_images`).
         calibrator: ``minmax`` (default, see module docstring) or ``entropy2``.
         cache_dir: calibration and (default) timing caches live here.
         workspace_mb: builder workspace limit in MiB.
@@ -850,6 +868,8 @@ def build_engine(
         raise ConfigError(f"workspace_mb is {workspace_mb!r}; expected a positive integer (MiB)")
     if precision == "int8" and calibration is None:
         raise ConfigError("an INT8 engine needs calibration images (preprocessed, e.g. from the train split)")
+    if calibration is not None and not isinstance(calibration, CalibrationSource):
+        calibration = CalibrationSource(calibration)
     onnx_path, out_dir, cache_dir = Path(onnx_path), Path(out_dir), Path(cache_dir)
 
     trt = import_tensorrt()

@@ -36,6 +36,7 @@ from bcedge.backends.tensorrt import (
     load_cuda,
     parse_engine_filename,
     sanitize_gpu_name,
+    sanitize_version,
     select_io_api,
 )
 from bcedge.errors import ConfigError, InputError, MissingDependencyError
@@ -388,6 +389,7 @@ def make_fake_trt(version: str, cudart: FakeCudart, *, plan_io_dtype: str | None
                         seen.append(cudart.read(ptrs[0], tuple(want), np.float32).copy())
                     trt.calls.append(("calibrated", seen))
                     calib.write_calibration_cache(memoryview(f"TRT-{version}-Calibration\nimage: 3c010a14\n".encode()))
+                    calib.read_calibration_cache()  # a re-read after writing is not "reuse"
             io_dtype = plan_io_dtype
             plan = {
                 "version": version,
@@ -922,7 +924,7 @@ def test_build_int8_calibrates_once_then_reuses_the_cache(fake_stack, spaced_dir
     images = np.random.default_rng(3).random((3, S, S, 1), dtype=np.float32)
     source = CalibrationSource(images, batch_size=2)  # static batch 1: re-cut to 1
 
-    def build(calibrator: str = "minmax", src: CalibrationSource = source):
+    def build(calibrator: str = "minmax", src: Any = source):
         trt.calls.clear()
         return build_engine(
             onnx_path, spaced_dir, precision="int8", calibration=src, calibrator=calibrator, cache_dir=spaced_dir
@@ -943,6 +945,9 @@ def test_build_int8_calibrates_once_then_reuses_the_cache(fake_stack, spaced_dir
     entropy = build("entropy2")  # another calibrator: its own cache, calibrated afresh
     assert ("calibrator.__init__", "IInt8EntropyCalibrator2") in trt.calls
     assert entropy.details["calibration"]["reused"] is False and entropy.details["calibrator"] == "entropy2"
+    plain = build(src=images)  # a bare array is wrapped in a CalibrationSource: same batches, same cache
+    assert plain.details["calibration"]["reused"] is True
+    assert json.loads(json.dumps(plain.to_dict()))["trt_version"] == trt.__version__
     other = build(src=CalibrationSource(images[:2]))  # other images: recalibrate
     assert other.details["calibration"]["reused"] is False
     assert other.details["calibration"]["cache"] != cal["cache"]
@@ -1128,7 +1133,7 @@ def test_real_engine_matches_onnxruntime(tmp_path: Path, precision: str) -> None
         onnx_path, tmp_path / "engines", precision=precision, calibration=calibration, cache_dir=tmp_path
     )
     tag = parse_engine_filename(result.path)
-    assert tag.precision == precision and tag.trt_version == result.trt_version.replace(" ", "-")
+    assert tag.precision == precision and tag.trt_version == sanitize_version(result.trt_version)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     reference = np.concatenate([session.run(None, {"image": images[i : i + 1]})[0] for i in range(len(images))])
     with TensorRTBackend(result.path) as backend:
