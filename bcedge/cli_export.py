@@ -88,7 +88,7 @@ def export_command(
     from rich.table import Table
 
     from bcedge.datasets.registry import parse_options
-    from export.bundle_builder import ExportOptions, build_bundle, check_strict, parse_tolerances
+    from export.bundle_builder import ExportOptions, build_bundle, check_options, check_strict, parse_tolerances
 
     opts = ExportOptions(
         run_dir=run_dir,
@@ -110,6 +110,7 @@ def export_command(
         overwrite=overwrite,
         reader_options=parse_options(option),
     )
+    check_options(opts)  # one-line errors before the progress display starts
     with _progress() as progress:
         task = progress.add_task("preprocessing", total=None, info="")
         result = build_bundle(

@@ -320,6 +320,29 @@ def _build_tensorrt(
     return path.relative_to(out).as_posix(), details
 
 
+def check_options(opts: ExportOptions) -> tuple[list[str], dict[str, str]]:
+    """Validate the options that need no data (cheap; call before any progress display).
+
+    Returns:
+        ``parse_formats(opts.formats)``: formats to build and formats left out with the reason.
+
+    Raises:
+        ConfigError: a bad option, or a run folder without ``best.keras``/``config.json``.
+    """
+    from export.calibration import load_run
+
+    if opts.int8_io not in ("float", "int8"):
+        raise ConfigError(f"--int8-io {opts.int8_io!r}: expected float or int8")
+    if not 0.0 < opts.threshold < 1.0:
+        raise ConfigError(f"--threshold {opts.threshold}: expected a probability in (0, 1)")
+    unknown = sorted(set(opts.tolerances) - {"fp32", "fp16", "dynamic", "int8"})
+    if unknown:
+        raise ConfigError(f"tolerances for unknown precision(s) {unknown}; expected fp32, fp16, dynamic, int8")
+    names = parse_formats(opts.formats)
+    load_run(opts.run_dir)
+    return names
+
+
 def build_bundle(opts: ExportOptions, log: Log = print, progress=None) -> ExportResult:
     """Export a training run to a bundle (see the module doc).
 
@@ -341,12 +364,8 @@ def build_bundle(opts: ExportOptions, log: Log = print, progress=None) -> Export
     from export.calibration import calibration_images, load_run, split_sets
     from export.verify import DEFAULT_TOLERANCES, measure, score
 
-    if opts.int8_io not in ("float", "int8"):
-        raise ConfigError(f"--int8-io {opts.int8_io!r}: expected float or int8")
-    if not 0.0 < opts.threshold < 1.0:
-        raise ConfigError(f"--threshold {opts.threshold}: expected a probability in (0, 1)")
+    names, skipped = check_options(opts)
     tolerances = {**DEFAULT_TOLERANCES, **opts.tolerances}
-    names, skipped = parse_formats(opts.formats)
     run = load_run(opts.run_dir)
     config = run.preprocess_config()
     size = int(config.size)
