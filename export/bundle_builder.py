@@ -47,7 +47,8 @@ class ExportFormat:
         format: :class:`bcedge.bundle.ArtifactRecord` format.
         precision: ``fp32`` | ``fp16`` | ``dynamic`` | ``int8``.
         backend: runtime backend that runs (and gates) it.
-        file: file name in the bundle (TensorRT engines get theirs from :mod:`export.tensorrt`).
+        file: file name in the bundle; TensorRT engines are named by :mod:`export.tensorrt` after the
+            stem of this name, the TensorRT version and the GPU (engines are not portable).
         calibrated: needs calibration images.
         hardware: where it is built.
     """
@@ -140,7 +141,8 @@ def parse_formats(text: str | None) -> tuple[list[str], dict[str, str]]:
         ok, why = available[n]
         if not ok:
             raise ConfigError(f"format {n} cannot be built here: {why}")
-    return list(dict.fromkeys(names)), {}
+    # Table order: ONNX is written before the TensorRT engines built from it.
+    return [n for n in EXPORT_FORMATS if n in names], {}
 
 
 def parse_tolerances(items: list[str] | None) -> dict[str, float]:
@@ -309,15 +311,35 @@ def _build_tflite(fmt: ExportFormat, saved_model: Path, dest: Path, calib: np.nd
 
 
 def _build_tensorrt(
-    fmt: ExportFormat, onnx_path: Path, out: Path, calib: np.ndarray | None, workdir: Path
+    fmt: ExportFormat, onnx_path: Path, out: Path, calib: np.ndarray | None, cache_dir: Path
 ) -> tuple[str, dict]:
-    """Build a TensorRT engine through :mod:`export.tensorrt`; returns (file name in the bundle, details)."""
+    """Build a TensorRT engine with :func:`export.tensorrt.build_engine`.
+
+    Args:
+        fmt: a ``tensorrt-*`` row of :data:`EXPORT_FORMATS`.
+        onnx_path: the static-shape ONNX model (``image`` -> ``mask``).
+        out: the bundle folder (the engine is written there under TensorRT's versioned name).
+        calib: INT8: (N, S, S, 1) float32 preprocessed calibration images.
+        cache_dir: where calibration and timing caches persist between exports.
+
+    Returns:
+        ``(engine file name relative to out, details for the manifest)``.
+    """
     from export import tensorrt as trt_export
 
-    result = trt_export.build_engine(onnx_path, out, precision=fmt.precision, calib_images=calib, cache_dir=workdir)
-    path = Path(result["path"] if isinstance(result, dict) else result)
-    details = dict(result.get("details", {})) if isinstance(result, dict) else {}
-    return path.relative_to(out).as_posix(), details
+    result = trt_export.build_engine(
+        onnx_path,
+        out,
+        precision=fmt.precision,  # type: ignore[arg-type]
+        calibration=calib if fmt.calibrated else None,
+        cache_dir=cache_dir,
+        stem=Path(fmt.file).stem.rsplit("_", 1)[0],
+    )
+    details = result.to_dict()
+    # Absolute paths of this machine mean nothing once the bundle is copied to the device.
+    for key in ("path", "onnx"):
+        details.pop(key, None)
+    return Path(result.path).resolve().relative_to(out.resolve()).as_posix(), details
 
 
 def check_options(opts: ExportOptions) -> tuple[list[str], dict[str, str]]:
@@ -448,7 +470,11 @@ def build_bundle(opts: ExportOptions, log: Log = print, progress=None) -> Export
 
                         onnx_path = work / "model.onnx"
                         onnx_convert(model, onnx_path, size, opset=opts.opset)
-                    row.file, row.details = _build_tensorrt(fmt, onnx_path, out, calib_images, work)
+                    row.file, row.details = _build_tensorrt(
+                        fmt, onnx_path, out, calib_images, Path(opts.cache) / "tensorrt"
+                    )
+                    if row.details.get("trtexec"):
+                        log(f"{name}: trtexec equivalent: {row.details['trtexec']}")
             except Exception as exc:  # one failed converter must not lose the others; reported, fails --strict
                 row.status = "build-failed"
                 row.file = None
