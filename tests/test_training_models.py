@@ -180,4 +180,19 @@ def test_encoder_batch_norm_momentum_suits_training_from_scratch() -> None:
     model = models.build_model("unet-mobilenetv2", 64)
     encoder = model.get_layer("encoder_mobilenetv2")
     momenta = {layer.momentum for layer in encoder.layers if isinstance(layer, keras.layers.BatchNormalization)}
-    assert momenta == {0.99}
+    assert momenta == {models.BN_MOMENTUM}
+
+
+def test_batch_norm_recalibration_matches_batch_statistics() -> None:
+    from training.batchnorm import recalibrate
+
+    model = models.build_model("unet", 32, base_filters=4)
+    x = np.random.default_rng(3).random((8, 32, 32, 1)).astype(np.float32)
+    trained_mode = np.asarray(model(x, training=True))
+    assert not np.allclose(np.asarray(model(x, training=False)), trained_mode, atol=1e-3)
+    assert recalibrate(model, x, batch=8) > 0
+    # One batch: the moving statistics are now exactly that batch's statistics.
+    assert np.allclose(np.asarray(model(x, training=False)), trained_mode, atol=1e-3)
+    assert {layer.momentum for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)} == {
+        models.BN_MOMENTUM
+    }

@@ -289,6 +289,8 @@ def train(
         verbose=0,
     )
     elapsed = time.time() - started
+    if state["epoch"] > train_data_start:
+        state["bn_recalibration"] = finalise_best(run_dir, config, train_set, val_set)
     epochs_run = state["epoch"] - train_data_start
     state["wall_seconds"] = round(state.get("wall_seconds", 0.0) + elapsed, 1)
     if epochs_run > 0:
@@ -296,6 +298,40 @@ def train(
         state["images_per_second"] = round(epochs_run * len(train_data.order_at(train_data_start)) / elapsed, 3)
     write_json(run_dir / STATE, state)
     return state
+
+
+def lesion_dice(model, data, batch: int = 8) -> float:
+    """Per-image mean Dice (bcedge.metrics) over the lesion images of ``data``; 0 when none."""
+    from bcedge.metrics import evaluate
+    from training.evaluate import predict
+
+    pos = data.subset(data.positive)
+    if len(pos) == 0:
+        return 0.0
+    return float(evaluate(list(predict(model, pos.images, batch)), list(pos.masks))["mean"]["dice"])
+
+
+def finalise_best(run_dir: Path, config: TrainConfig, train_set, val_set) -> dict:
+    """Recalibrate best.keras's batch-norm statistics on the training images; keep it if val Dice holds.
+
+    See :mod:`training.batchnorm`. The comparison uses Dice over validation lesion
+    images, the checkpoint criterion; the result is recorded in ``state.json``.
+    """
+    import keras
+
+    from training.batchnorm import recalibrate
+    from training.losses import LOSSES, SegmentationMetric
+
+    model = keras.models.load_model(
+        run_dir / BEST, custom_objects={"SegmentationMetric": SegmentationMetric, **LOSSES}, compile=False
+    )
+    before = lesion_dice(model, val_set, config.batch)
+    layers = recalibrate(model, train_set.images, config.batch)
+    after = lesion_dice(model, val_set, config.batch) if layers else before
+    kept = layers > 0 and after >= before
+    if kept:
+        atomic_write(run_dir / BEST, lambda p: model.save(p))
+    return {"layers": layers, "val_dice_positive_before": before, "val_dice_positive_after": after, "kept": kept}
 
 
 def backend_name() -> str:
