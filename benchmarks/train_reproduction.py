@@ -135,6 +135,7 @@ def main() -> int:
             "best_epoch": state.get("best_epoch"),
             "best_val_dice_positive": state.get("best_val_dice"),
             "stopped_early": bool(state.get("stopped_early")),
+            "bn_recalibration": state.get("bn_recalibration"),
             "wall_seconds": round(time.time() - t0, 1),
             "train_images_per_second": state.get("images_per_second"),
             "test_inference_images_per_second": round(len(test) / max(infer_s, 1e-9), 2),
