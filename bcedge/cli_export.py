@@ -30,7 +30,8 @@ def _size(n: int | None) -> str:
 
 
 def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+    # round then add 0.0: a delta of -1e-17 prints as +0.0000, not -0.0000
+    return "-" if value is None else format(round(value, 6) + 0.0, spec)
 
 
 def export_command(
@@ -66,12 +67,22 @@ def export_command(
     root: Annotated[Path | None, typer.Option("--root", help="Data root; default: the run's.")] = None,
     split: Annotated[Path | None, typer.Option("--split", help="Split file; default: the run's.")] = None,
     cache: Annotated[Path, typer.Option("--cache", help="Preprocessed-array cache folder.")] = DEFAULT_CACHE,
+    arrays: Annotated[
+        Path | None,
+        typer.Option("--arrays", help="Split arrays .npz ('bcedge train --export-arrays') instead of --data/--root."),
+    ] = None,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Inference threads while gating/timing.")] = 1,
     opset: Annotated[int, typer.Option("--opset", min=11, help="ONNX opset.")] = 17,
     onnx_dynamic_batch: Annotated[
         bool, typer.Option("--onnx-dynamic-batch", help="Symbolic ONNX batch dimension (default: static 1).")
     ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a bundle already in --out.")] = False,
+    keras: Annotated[
+        bool,
+        typer.Option(
+            "--keras/--no-keras", help="Include the Keras reference model in the bundle (always gated against)."
+        ),
+    ] = True,
     option: Annotated[list[str] | None, typer.Option("--option", "-o", help="Reader option KEY=VALUE.")] = None,
 ) -> None:
     """Export RUN_DIR to a bundle: convert, measure every artifact's Dice on val, write manifest.json."""
@@ -109,6 +120,8 @@ def export_command(
         onnx_dynamic_batch=onnx_dynamic_batch,
         overwrite=overwrite,
         reader_options=parse_options(option),
+        arrays=arrays,
+        include_keras=keras,
     )
     check_options(opts)  # one-line errors before the progress display starts
     with _progress() as progress:

@@ -187,6 +187,8 @@ class ExportOptions:
     onnx_dynamic_batch: bool = False
     overwrite: bool = False
     reader_options: dict | None = None
+    arrays: Path | None = None
+    include_keras: bool = True
 
 
 @dataclass
@@ -399,6 +401,7 @@ def build_bundle(opts: ExportOptions, log: Log = print, progress=None) -> Export
         root=opts.root,
         split=opts.split,
         options=opts.reader_options,
+        arrays=opts.arrays,
         progress=progress,
     )
     if "val" not in sets or len(sets["val"]) == 0:
@@ -426,9 +429,11 @@ def build_bundle(opts: ExportOptions, log: Log = print, progress=None) -> Export
     _prepare_out(opts.out, opts.overwrite)
     out = opts.out
     rows: list[ArtifactResult] = []
-    # The reference travels with the bundle; saved from the uncompiled model (no custom objects needed to load).
-    atomic_write(out / KERAS_FILE, lambda p: model.save(p))
-    rows.append(ArtifactResult("keras", KERAS_FILE, "keras", "fp32", "keras", "not-measured"))
+    # The reference travels with the bundle (unless left out to keep a device bundle small); saved from the
+    # uncompiled model, so loading it needs no training custom objects.
+    if opts.include_keras:
+        atomic_write(out / KERAS_FILE, lambda p: model.save(p))
+        rows.append(ArtifactResult("keras", KERAS_FILE, "keras", "fp32", "keras", "not-measured"))
 
     from training.evaluate import predict
 
@@ -562,6 +567,7 @@ def build_bundle(opts: ExportOptions, log: Log = print, progress=None) -> Export
                 "root": str(opts.root if opts.root is not None else cfg.get("root")),
                 "split": str(meta.get("split")),
                 "split_dataset": meta.get("split_dataset"),
+                "arrays": meta.get("arrays"),
                 "epochs": cfg.get("epochs"),
                 "epochs_done": run.state.get("epoch"),
                 "best_epoch": run.state.get("best_epoch"),
@@ -580,6 +586,7 @@ def build_bundle(opts: ExportOptions, log: Log = print, progress=None) -> Export
                     "reference_dice_all_images": reference["dice_all_images"],
                     "tolerances": tolerances,
                 },
+                "reference": "Keras model (model.keras)" if opts.include_keras else "Keras model (not in the bundle)",
                 "calibration": calib_info or None,
                 "not_built": {r.name: r.message for r in rows if r.status in ("skipped", "build-failed")},
                 "exported_with": _versions(),

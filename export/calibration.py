@@ -106,6 +106,7 @@ def split_sets(
     root: str | os.PathLike[str] | None = None,
     split: str | os.PathLike[str] | None = None,
     options: dict | None = None,
+    arrays: str | os.PathLike[str] | None = None,
     progress=None,
 ):
     """The run's split arrays (train/val/test), preprocessed with the run's config.
@@ -115,21 +116,39 @@ def split_sets(
         cache_dir: preprocessed-array cache folder.
         data, root, split: overrides of the run's ``data``, ``root`` and ``split``.
         options: reader options.
+        arrays: an ``.npz`` of split arrays (``bcedge train --export-arrays``) to use instead of
+            the source data, e.g. for a run trained from arrays on another machine. Its
+            preprocessing hash must be the run's.
         progress: ``progress(done, total, reused)``.
 
     Returns:
         ``({"train"|"val"|"test": training.data.ArraySet}, meta)``.
 
     Raises:
-        ConfigError: the run names no data/root/split and none was given.
+        ConfigError: the run names no data/root/split and none was given, or the arrays were
+            preprocessed with another config.
     """
-    from training.data import prepare_split_sets
+    from training.data import load_arrays, prepare_split_sets
 
+    if arrays is not None:
+        if not Path(arrays).is_file():
+            raise ConfigError(f"--arrays {arrays} does not exist")
+        sets, meta = load_arrays(arrays)
+        expected = run.preprocess_config().hash()
+        if meta.get("preprocess_hash") != expected:
+            raise ConfigError(
+                f"--arrays {arrays} was preprocessed with config {meta.get('preprocess_hash')!r}; "
+                f"the run was trained with {expected!r}"
+            )
+        return sets, {**meta, "arrays": str(arrays)}
     datasets = tuple(data) if data else tuple(run.config.get("data") or ())
-    root = root if root is not None else run.config.get("root")
-    split = split if split is not None else run.config.get("split")
+    # A run trained from an arrays file records an empty root.
+    root = root if root is not None else (run.config.get("root") or None)
+    split = split if split is not None else (run.config.get("split") or None)
     if not datasets or root is None or split is None:
-        raise ConfigError(f"{run.run_dir}/config.json names no data/root/split; pass --data, --root and --split")
+        raise ConfigError(
+            f"{run.run_dir}/config.json names no data/root/split; pass --data, --root and --split (or --arrays)"
+        )
     if not Path(split).is_file():
         raise ConfigError(f"split file {split} (from the run config) does not exist; pass --split")
     return prepare_split_sets(

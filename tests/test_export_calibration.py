@@ -114,3 +114,30 @@ def test_load_run_errors_name_what_is_missing(tmp_path: Path) -> None:
         info.preprocess_config()
     with pytest.raises(ConfigError, match="names no data/root/split"):
         split_sets(info, tmp_path / "cache")
+
+
+def test_split_sets_from_an_arrays_file(phantom_run: RunInfo, tmp_path: Path) -> None:
+    """A run trained from exported arrays (no source data here) is gated and calibrated on those arrays."""
+    from training.data import save_arrays
+
+    sets, meta = split_sets(phantom_run, tmp_path / "cache")
+    path = tmp_path / "with space" / "arrays.npz"
+    save_arrays(path, sets, meta)
+    no_data = RunInfo(phantom_run.run_dir, phantom_run.model_path, {**phantom_run.config, "root": ""})
+    got, got_meta = split_sets(no_data, tmp_path / "unused cache", arrays=path)
+    assert got_meta["arrays"] == str(path) and got_meta["preprocess_hash"] == meta["preprocess_hash"]
+    assert got["val"].ids == sets["val"].ids
+    # stored as 16-bit: the same images to within half a step
+    assert np.abs(got["train"].images - sets["train"].images).max() <= 0.5 / 65535 + 1e-7
+    assert not (tmp_path / "unused cache").exists()
+    with pytest.raises(ConfigError, match="names no data/root/split"):
+        split_sets(no_data, tmp_path / "cache")  # a root of "" is no root
+    other = RunInfo(
+        phantom_run.run_dir,
+        phantom_run.model_path,
+        {**phantom_run.config, "preprocess": PreprocessConfig(size=32).to_dict()},
+    )
+    with pytest.raises(ConfigError, match="was preprocessed with config"):
+        split_sets(other, tmp_path / "cache", arrays=path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        split_sets(phantom_run, tmp_path / "cache", arrays=tmp_path / "missing.npz")

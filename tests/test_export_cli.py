@@ -154,8 +154,12 @@ def test_gate_marks_a_damaged_artifact_failed_and_strict_refuses(
 
     out = run["base"] / "damaged"
     common = ["export", str(run["run"]), "--cache", str(run["cache"]), "--formats", "tflite-int8", "--n-calib", "3"]
-    assert main([*common, "--out", str(out)]) == 0
-    record = next(a for a in load_bundle(out).manifest.artifacts if a.format == "tflite")
+    assert main([*common, "--out", str(out), "--no-keras"]) == 0
+    loaded = load_bundle(out)
+    # --no-keras: gated against the Keras model, which stays out of the bundle
+    assert [a.format for a in loaded.manifest.artifacts] == ["tflite"] and not (out / "model.keras").exists()
+    assert loaded.manifest.provenance["reference"] == "Keras model (not in the bundle)"
+    record = loaded.manifest.artifacts[0]
     assert record.gate == "failed" and record.metrics["dice"] == 0.0
     assert record.metrics["delta_dice"] == pytest.approx(-reference)
     assert "gate failed: tflite-int8" in capsys.readouterr().out
