@@ -34,6 +34,16 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(round(value, 6) + 0.0, spec)
 
 
+def _op_summary(ops: list[str]) -> str:
+    """``CONV_2D x3, NEG x1`` from ``["CONV_2D#4", ...]`` (the manifest keeps the full list)."""
+    if not ops:
+        return "none (fully integer)"
+    from collections import Counter
+
+    counts = Counter(op.split("#")[0] for op in ops)
+    return ", ".join(f"{name} x{n}" for name, n in counts.most_common())
+
+
 def export_command(
     run_dir: Annotated[Path, typer.Argument(help="Training run folder (best.keras + config.json).")],
     out: Annotated[Path, typer.Option("--out", help="Bundle folder to write.")],
@@ -159,8 +169,7 @@ def export_command(
         if r.message:
             typer.echo(f"{r.name}: {r.message}")
         if "float_ops" in r.details:
-            ops = r.details["float_ops"]
-            typer.echo(f"{r.name}: ops left in float: {', '.join(ops) if ops else 'none (fully integer)'}")
+            typer.echo(f"{r.name}: ops left in float: {_op_summary(r.details['float_ops'])}")
     if strict:
         check_strict(result)
     failed = [r.name for r in result.rows if r.status == "failed"]

@@ -364,6 +364,16 @@ def check_options(opts: ExportOptions) -> tuple[list[str], dict[str, str]]:
         raise ConfigError(f"tolerances for unknown precision(s) {unknown}; expected fp32, fp16, dynamic, int8")
     names = parse_formats(opts.formats)
     load_run(opts.run_dir)
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        # Under JAX/PyTorch, model.export goes through jax2tf-like tracing that keeps batch-norm updates and
+        # variable reads in the graph (seen: READ_VARIABLE/ASSIGN_VARIABLE/NEG left in float in an INT8
+        # model, tf2onnx failing). The .keras file is backend-independent, so only this process must change.
+        raise ConfigError(
+            f"export needs the TensorFlow Keras backend; this process uses {keras.backend.backend()!r}: "
+            "rerun with KERAS_BACKEND=tensorflow (models trained on JAX or PyTorch load fine)"
+        )
     return names
 
 

@@ -172,3 +172,17 @@ def test_gate_marks_a_damaged_artifact_failed_and_strict_refuses(
     assert not (strict_out / "manifest.json").exists()
     with pytest.raises(BundleError, match=r"no manifest\.json"):
         load_bundle(strict_out)
+
+
+def test_export_refuses_a_non_tensorflow_keras_backend(
+    run: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import keras
+
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    out = run["base"] / "jax"
+    capsys.readouterr()
+    assert main(["export", str(run["run"]), "--out", str(out), "--cache", str(run["cache"])]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "KERAS_BACKEND=tensorflow" in err
+    assert not out.exists()
