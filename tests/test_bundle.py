@@ -317,6 +317,8 @@ def test_bundle_error_exit_code(monkeypatch: pytest.MonkeyPatch, capsys: pytest.
     import bcedge.cli as cli
 
     # A throwaway command on the real app (the list is restored afterwards) that fails like a bad bundle.
+    # Register the lazy commands first, or they would land in the temporary list and vanish with it.
+    cli._register_subapps()
     monkeypatch.setattr(cli.app, "registered_commands", list(cli.app.registered_commands))
 
     @cli.app.command("raise-bundle-error", hidden=True)
