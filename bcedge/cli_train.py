@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from bcedge.errors import BcedgeError, ConfigError, MissingDependencyError
+from bcedge.errors import ConfigError, MissingDependencyError
 
 DEFAULT_CACHE = Path(".bcedge-cache")
 
@@ -176,11 +176,11 @@ def evaluate_command(
 ) -> None:
     """The study's table (Dice, IoU, loss, recall, precision) on a split, per mask kind."""
     _need_keras()
-    import keras
 
     from bcedge.preprocess import PreprocessConfig
     from training.evaluate import format_row, predict, table
-    from training.losses import LOSSES, SegmentationMetric, dice_loss
+    from training.losses import LOSSES, dice_loss
+    from training.models import load_trained
 
     model_path = run_dir / "best.keras" if run_dir.is_dir() else run_dir
     if not model_path.is_file():
@@ -194,12 +194,7 @@ def evaluate_command(
     if not datasets[0] or root is None or split is None:
         raise ConfigError("say --data, --root and --split (the model has no run config.json to take them from)")
     config = PreprocessConfig.from_dict(run_cfg["preprocess"]) if run_cfg.get("preprocess") else PreprocessConfig()
-    try:
-        model = keras.models.load_model(
-            model_path, custom_objects={"SegmentationMetric": SegmentationMetric, **LOSSES}, compile=False
-        )
-    except Exception as exc:  # corrupt or foreign file
-        raise BcedgeError(f"{model_path}: cannot load the model ({type(exc).__name__})") from exc
+    model = load_trained(model_path)
     sets, _ = _load_sets(datasets, root, split, config, cache, None)
     if subset not in sets:
         raise ConfigError(f"{split}: no {subset!r} images")
@@ -219,7 +214,9 @@ def evaluate_command(
     for group, res in result.items():
         row = format_row(group, res)
         out.add_row(
-            group, str(row["n"]), *(f"{row[k]:.4f}" for k in ("dice", "iou", "loss", "recall", "precision")),
+            group,
+            str(row["n"]),
+            *(f"{row[k]:.4f}" for k in ("dice", "iou", "loss", "recall", "precision")),
             f"{res['global']['dice']:.4f}",
         )
     Console().print(out)

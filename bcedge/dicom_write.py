@@ -159,9 +159,7 @@ def save_atomic(ds: Dataset, path: str | os.PathLike[str]) -> Path:
     return atomic_write(path, lambda tmp: pydicom.dcmwrite(tmp, ds, enforce_file_format=True))
 
 
-def write_mg_dicom(
-    path: str | os.PathLike[str], stored: np.ndarray, tags: MGTags | None = None
-) -> Path:
+def write_mg_dicom(path: str | os.PathLike[str], stored: np.ndarray, tags: MGTags | None = None) -> Path:
     """Write stored pixel values as a single-frame MG DICOM file (atomically).
 
     Args:

@@ -75,9 +75,8 @@ def main() -> int:
     )
     args = ap.parse_args()
 
-    import keras
-
-    from training.losses import LOSSES, SegmentationMetric, dice_loss, get_loss
+    from training.losses import dice_loss, get_loss
+    from training.models import load_trained
 
     sets, meta = load_arrays(args.arrays)
     if args.train_on == "lesions":
@@ -110,6 +109,7 @@ def main() -> int:
         )
         run_dir = args.out / name
         t0 = time.time()
+
         def show(kind: str, index: int, logs: dict, name: str = name) -> None:
             if kind == "epoch":
                 print(
@@ -120,16 +120,12 @@ def main() -> int:
                 )
 
         state = train(config, run_dir, sets["train"], sets["val"], progress=show)
-        best = keras.models.load_model(
-            run_dir / "best.keras", custom_objects={"SegmentationMetric": SegmentationMetric, **LOSSES}, compile=False
-        )
+        best = load_trained(run_dir / "best.keras")
         test = sets["test"]
         t1 = time.time()
         probs = predict(best, test.images)
         infer_s = time.time() - t1
-        groups = table(
-            probs, test.masks, test.mask_kinds, {"dice": dice_loss, args.loss: get_loss(args.loss)}
-        )
+        groups = table(probs, test.masks, test.mask_kinds, {"dice": dice_loss, args.loss: get_loss(args.loss)})
         results["models"][name] = {
             "epochs_run": state["epoch"],
             "best_epoch": state.get("best_epoch"),

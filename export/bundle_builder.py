@@ -228,19 +228,9 @@ class ExportResult:
 
 def load_keras_model(path: Path):
     """Load ``best.keras`` without its training configuration (custom objects registered)."""
-    import keras
+    from training.models import load_trained
 
-    from bcedge.errors import InputError
-    from training.losses import LOSSES, SegmentationMetric
-
-    try:
-        return keras.models.load_model(
-            path, custom_objects={"SegmentationMetric": SegmentationMetric, **LOSSES}, compile=False
-        )
-    except Exception as exc:  # a corrupt or foreign file: Keras raises many kinds
-        raise InputError(
-            f"{path}: cannot load the model ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
-        ) from exc
+    return load_trained(path)
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:

@@ -292,3 +292,26 @@ def build_model(
     if name.startswith("unet-") and name[5:] in ENCODERS:
         return build_encoder_unet(name[5:], input_size, encoder_weights, upsampling=upsampling)
     raise ConfigError(f"unknown model {name!r}; expected one of {', '.join(MODEL_NAMES)}")
+
+
+def custom_objects() -> dict:
+    """The custom losses and metrics a saved bcedge model refers to."""
+    from training.losses import LOSSES, SegmentationMetric
+
+    return {"SegmentationMetric": SegmentationMetric, **LOSSES}
+
+
+def load_trained(path: str | os.PathLike[str], compile: bool = False):
+    """Load a ``.keras`` model saved by ``bcedge train`` (custom objects registered).
+
+    Raises:
+        InputError: the file is missing, corrupt or not a Keras model (one line).
+    """
+    keras = _keras()
+    from bcedge.errors import InputError
+
+    try:
+        return keras.models.load_model(path, custom_objects=custom_objects(), compile=compile)
+    except Exception as exc:  # a corrupt or foreign file: Keras raises many kinds
+        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+        raise InputError(f"{path}: cannot load the model ({type(exc).__name__}: {first})") from exc

@@ -237,8 +237,7 @@ def train(
 
     from training.augment import AugmentConfig
     from training.data import SegmentationData
-    from training.losses import LOSSES, SegmentationMetric
-    from training.models import build_model
+    from training.models import build_model, load_trained
 
     run_dir.mkdir(parents=True, exist_ok=True)
     state = check_resume(run_dir, config)
@@ -249,9 +248,7 @@ def train(
     scope, replicas = _distribution_scope(devices)
     with scope:
         if state is not None:
-            model = keras.models.load_model(
-                run_dir / LAST, custom_objects={"SegmentationMetric": SegmentationMetric, **LOSSES}, compile=True
-            )
+            model = load_trained(run_dir / LAST, compile=True)
         else:
             state = {"epoch": 0, "best_val_dice": -1.0, "best_epoch": 0, "history": []}
             write_json(run_dir / RUN_CONFIG, {**asdict(config), "machine": machine_info()})
@@ -317,14 +314,11 @@ def finalise_best(run_dir: Path, config: TrainConfig, train_set, val_set) -> dic
     See :mod:`training.batchnorm`. The comparison uses Dice over validation lesion
     images, the checkpoint criterion; the result is recorded in ``state.json``.
     """
-    import keras
 
     from training.batchnorm import recalibrate
-    from training.losses import LOSSES, SegmentationMetric
+    from training.models import load_trained
 
-    model = keras.models.load_model(
-        run_dir / BEST, custom_objects={"SegmentationMetric": SegmentationMetric, **LOSSES}, compile=False
-    )
+    model = load_trained(run_dir / BEST)
     before = lesion_dice(model, val_set, config.batch)
     layers = recalibrate(model, train_set.images, config.batch)
     after = lesion_dice(model, val_set, config.batch) if layers else before

@@ -22,10 +22,10 @@ from bcedge.errors import InputError, MissingDependencyError
 
 def _custom_objects() -> dict[str, Any]:
     try:
-        from training.losses import LOSSES, SegmentationMetric
-    except ImportError:
+        from training.models import custom_objects
+    except ImportError:  # a device with Keras but without the training package
         return {}
-    return {"SegmentationMetric": SegmentationMetric, **LOSSES}
+    return custom_objects()
 
 
 class KerasBackend(Backend):
