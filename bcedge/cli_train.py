@@ -83,6 +83,10 @@ def train_command(
         Path | None, typer.Option("--export-arrays", help="Only write the split arrays (.npz) and exit.")
     ] = None,
     option: Annotated[list[str] | None, typer.Option("--option", "-o", help="Reader option KEY=VALUE.")] = None,
+    train_on: Annotated[
+        str,
+        typer.Option("--train-on", help="all, or lesions: train/select on lesion images only (the study's setting)."),
+    ] = "all",
 ) -> None:
     """Train a model on a dataset split; checkpoints every epoch and resumes from --out."""
     _need_keras()
@@ -98,6 +102,8 @@ def train_command(
         raise ConfigError(f"unknown loss {loss!r}; expected one of {', '.join(LOSSES)}")
     if upsampling not in ("nearest", "bilinear", "transpose"):
         raise ConfigError(f"unknown upsampling {upsampling!r}; expected nearest, bilinear or transpose")
+    if train_on not in ("all", "lesions"):
+        raise ConfigError(f"--train-on {train_on!r}; expected all or lesions")
 
     config = PreprocessConfig(size=size)
     datasets = tuple(d.strip() for d in data.split(",") if d.strip())
@@ -110,8 +116,10 @@ def train_command(
         save_arrays(export_arrays, sets, meta)
         typer.echo(f"wrote {export_arrays}: " + ", ".join(f"{k} {len(v)}" for k, v in sets.items()))
         return
+    if train_on == "lesions":
+        sets = {k: (v if k == "test" else v.subset(v.positive)) for k, v in sets.items()}
     for name in ("train", "val"):
-        if name not in sets:
+        if name not in sets or len(sets[name]) == 0:
             raise ConfigError(f"{split}: the split has no {name!r} images; training needs train and val")
     run = TrainConfig(
         model=model,
