@@ -85,7 +85,7 @@ def train_command(
     option: Annotated[list[str] | None, typer.Option("--option", "-o", help="Reader option KEY=VALUE.")] = None,
     train_on: Annotated[
         str,
-        typer.Option("--train-on", help="all, or lesions: train/select on lesion images only (the study's setting)."),
+        typer.Option("--train-on", help="all, or lesions: train and select on lesion images (the study)."),
     ] = "all",
 ) -> None:
     """Train a model on a dataset split; checkpoints every epoch and resumes from --out."""
