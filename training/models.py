@@ -11,12 +11,19 @@ Only Keras layers and ``keras.ops`` are used, so the models build and train on
 the TensorFlow, JAX and PyTorch backends alike.
 
 Decoder upsampling. ``Conv2DTranspose`` (TRANSPOSE_CONV) is a known INT8
-trouble spot in TFLite and TensorRT and was the slow op of the dynamic-range
-TFLite UNet on this CPU in a first trial. The default here is nearest-neighbour
+trouble spot in TFLite and TensorRT. The default here is nearest-neighbour
 ``UpSampling2D`` followed by the stage's 3x3 convolutions (RESIZE_NEAREST_NEIGHBOR
-is exact in INT8: it copies quantised values and needs no requantisation); the
-transpose variant stays available (``upsampling="transpose"``) so the export
-stage can measure both.
+copies quantised values: exact in INT8); ``upsampling="transpose"`` stays
+available. Measured by ``benchmarks/bench_upsampling.py`` on this project's CPU
+(LiteRT, 1 thread, 256x256, p50; ``benchmarks/results/upsampling.json``):
+dynamic-range TFLite is 3.7x *faster* than FP32 with nearest (UNet 174 vs 653 ms)
+but 4.4x *slower* with transpose (2949 vs 666 ms; MobileNetV2 UNet 597 vs 41 ms),
+the slow path seen in the first trial; full INT8 runs at the same speed either way
+(UNet 143 vs 148 ms, MobileNetV2 UNet 11.7 vs 13.9 ms) and tracked the FP32 mask
+more closely with nearest on the plain UNet (mask Dice vs Keras 0.980 vs 0.924).
+Transpose is faster only in FP32 for the MobileNetV2 UNet (41 vs 56 ms), whose
+transposed convolutions also halve the channels before the concatenation. Nearest
+wins where quantised models run, so it is the default.
 """
 
 from __future__ import annotations
