@@ -26,6 +26,9 @@ from bcedge.errors import ConfigError, InputError
 RANGE_TOLERANCE = 1e-6
 
 
+#: Largest batch handed to a dynamic-batch model in one call (larger inputs are chunked).
+MAX_DYNAMIC_BATCH = 8
+
 class Backend(ABC):
     """A loaded model that maps (N, S, S, 1) float32 images in [0, 1] to probabilities.
 
@@ -108,6 +111,12 @@ class Backend(ABC):
             raise InputError(f"the {self.name} backend for {self.path} is closed")
         x = self._check_input(batch)
         fixed = self._input_shape[0]
+        if fixed is None and x.shape[0] > MAX_DYNAMIC_BATCH:
+            # A dynamic-batch model would hold every image's activations at once: a 64-filter
+            # UNet at 256x256 needs ~0.3 GB per image, and 52 validation images at once were
+            # OOM-killed at 20 GB during an export. Run it in chunks instead.
+            fixed_chunks = [x[i : i + MAX_DYNAMIC_BATCH] for i in range(0, x.shape[0], MAX_DYNAMIC_BATCH)]
+            return np.concatenate([self._run(chunk) for chunk in fixed_chunks])
         if fixed is None or x.shape[0] == fixed:
             out = self._run(x)
         else:
