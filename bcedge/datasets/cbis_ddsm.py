@@ -89,6 +89,7 @@ Sources
 
 from __future__ import annotations
 
+import abc
 import csv
 import re
 import warnings
@@ -388,7 +389,7 @@ def pick_full_image(candidates: Sequence[Candidate], series_uid: str | None = No
 # --------------------------------------------------------------------------- the readers
 
 
-class _CbisReader:
+class _CbisReader(abc.ABC):
     """Everything both layouts share: CSV rows -> grouped images -> samples. Subclasses find files."""
 
     name = "cbis-ddsm"
@@ -419,12 +420,14 @@ class _CbisReader:
         self._csvs: list[tuple[str, str, Path]] = []
         self._samples: list[Sample] | None = None
 
-    # -- to be provided by the layouts
+    # -- provided by each layout
+    @abc.abstractmethod
     def _full_candidates(self, row: CaseRow) -> list[Candidate]:
-        raise NotImplementedError
+        """Files that may be the full mammogram of ``row``."""
 
+    @abc.abstractmethod
     def _roi_candidates(self, row: CaseRow) -> list[Candidate]:
-        raise NotImplementedError
+        """Files that may be the ROI mask (or the crop) of ``row``."""
 
     def _where(self) -> str:
         return str(self.root)
