@@ -1,0 +1,452 @@
+"""The runtime pipeline: a bundle and a backend in, ``segment(scan) -> Result`` out.
+
+::
+
+    with Segmenter("models/my-bundle") as seg:          # backend "auto": best artifact here
+        result = seg.segment("scan.dcm")                 # read, preprocess, infer, postprocess
+        for item in seg.segment_many(paths, batch_size=4):
+            ...                                          # Result, or ScanFailure for a bad scan
+
+Each scan is independent: an exam's four views (L/R x CC/MLO) are four scans, each
+flipped to the canonical side from its own laterality and mapped back onto its own
+grid. :meth:`Segmenter.segment_many` runs the model on batches of scans (one call for
+``batch_size`` images on backends with a dynamic batch), and a bad scan becomes a
+:class:`ScanFailure` without stopping the others.
+
+Errors: a bad scan raises an :class:`~bcedge.errors.InputError` subclass (exit code 2);
+a bundle or backend problem (missing or tampered bundle, unknown backend, backend
+library missing, a model that fails to load or run) raises
+:class:`~bcedge.errors.BundleError` or :class:`BackendError` (exit code 3).
+
+Runtime-light: nothing here imports TensorFlow; the backend's library is imported
+when the model is opened (``ai_edge_litert`` for TFLite artifacts).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bcedge.errors import BcedgeError, BundleError, ConfigError, InputError, MissingDependencyError
+from bcedge.postprocess import DEFAULT_MIN_AREA_MM2, Finding, check_min_area, check_threshold, postprocess
+
+if TYPE_CHECKING:
+    from bcedge.backends.base import Backend
+    from bcedge.bundle import ArtifactRecord, Bundle
+    from bcedge.dicom import Mammogram
+    from bcedge.preprocess import Geometry, PreprocessConfig
+
+#: Stages timed for every scan, in order. ``write`` is added by :func:`bcedge.outputs.write_outputs`,
+#: ``total`` (wall clock from the start of the scan to the end of its outputs) by the caller.
+STAGES = ("decode", "preprocess", "infer", "postprocess", "write")
+
+
+class BackendError(BundleError):
+    """The backend cannot run the bundle's model: unknown backend, library missing, load or run failure.
+
+    A :class:`~bcedge.errors.BundleError` (exit code 3): the scan is not at fault.
+    """
+
+
+def default_bundle_path() -> Path:
+    """The demo bundle shipped inside the package (``bcedge/demo_model/``).
+
+    A UNet+MobileNetV2 trained on synthetic phantoms: a demo, not for clinical use.
+    """
+    return Path(__file__).resolve().parent / "demo_model"
+
+
+def _ms(ns: int) -> float:
+    return ns / 1e6
+
+
+@dataclass
+class Result:
+    """What :meth:`Segmenter.segment` found in one scan.
+
+    Attributes:
+        source: the input path as given ('' for an in-memory :class:`~bcedge.dicom.Mammogram`).
+        mammogram: displayed pixels (H, W) float32 in [0, 1] and the scan's metadata.
+        probability: (S, S) float32 in [0, 1] on the model grid (chest wall on the canonical side).
+        geometry: the preprocessing geometry (maps the model grid onto the original grid).
+        mask: (H, W) uint8 in {0, 1} on the original grid.
+        findings: kept components, labelled 1..n by descending maximum probability.
+        threshold: probability threshold used.
+        timing_ms: milliseconds per stage of :data:`STAGES` that ran (``decode`` is absent for an
+            in-memory mammogram; ``infer`` is the batch's time divided by its size); ``write`` and
+            ``total`` are added by the outputs writer and the caller.
+        outputs: output kind -> path written (filled by :func:`bcedge.outputs.write_outputs`).
+        model: what ran: bundle directory, model name, artifact file, format, precision, backend, sha256.
+    """
+
+    source: str
+    mammogram: Mammogram
+    probability: np.ndarray
+    geometry: Geometry
+    mask: np.ndarray
+    findings: list[Finding]
+    threshold: float
+    timing_ms: dict[str, float] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary: input, findings, outputs, timing_ms, threshold, model, image metadata, geometry.
+
+        The arrays (pixels, probability, mask) are left out; the outputs hold them.
+        """
+        meta = self.mammogram.meta
+        image = {
+            key: getattr(meta, key)
+            for key in (
+                "rows",
+                "columns",
+                "modality",
+                "laterality",
+                "laterality_source",
+                "view",
+                "photometric",
+                "pixel_spacing_mm",
+                "spacing_source",
+                "study_uid",
+                "series_uid",
+                "sop_uid",
+            )
+        }
+        if image["pixel_spacing_mm"] is not None:
+            image["pixel_spacing_mm"] = list(image["pixel_spacing_mm"])
+        return {
+            "input": self.source,
+            "findings": [f.to_dict() for f in self.findings],
+            "outputs": {k: str(v) for k, v in self.outputs.items()},
+            "timing_ms": {k: round(float(v), 3) for k, v in self.timing_ms.items()},
+            "threshold": self.threshold,
+            "model": dict(self.model),
+            "image": image,
+            "geometry": self.geometry.to_dict(),
+        }
+
+
+@dataclass
+class ScanFailure:
+    """A scan :meth:`Segmenter.segment_many` could not process; the others went on.
+
+    Attributes:
+        source: the input as given.
+        error: why (its message is one line; ``error.exit_code`` is 2 for a bad scan).
+    """
+
+    source: str
+    error: BcedgeError
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"input", "error", "error_type"}``."""
+        return {"input": self.source, "error": str(self.error), "error_type": type(self.error).__name__}
+
+
+@dataclass
+class _Prepared:
+    index: int
+    source: str
+    mammogram: Mammogram
+    tensor: np.ndarray
+    geometry: Geometry
+    timing: dict[str, float]
+
+
+class Segmenter:
+    """A bundle opened on a backend, ready to segment scans.
+
+    Args:
+        bundle: a loaded :class:`~bcedge.bundle.Bundle` or its directory.
+        backend: ``auto`` (the bundle's best artifact whose accuracy gate passed, on the
+            fastest backend available here: see :data:`bcedge.bundle.AUTO_PREFERENCE`) or a
+            backend name (``tflite``, ``onnx``, ``tensorrt``, ``keras``): the bundle's best
+            artifact for that backend (gate passed first, else one not measured, with a warning).
+        threads: CPU threads for the backend (None: the library's default).
+        threshold: probability threshold in (0, 1); None: the bundle's.
+        min_area_mm2: components smaller than this many mm² are dropped (None:
+            :data:`~bcedge.postprocess.DEFAULT_MIN_AREA_MM2`); without a pixel spacing
+            ``min_area_px`` (or a default of a few model pixels) applies instead.
+        min_area_px: minimum area in original pixels for scans without a pixel spacing.
+        artifact: run this artifact (a record or its ``file``) instead of choosing one.
+        verify: check the artifact's size and SHA-256 against the manifest before loading (default).
+        **backend_options: passed to the backend (``providers`` for onnx, ``xnnpack`` for tflite...).
+
+    Attributes:
+        bundle: the bundle.
+        artifact: the artifact record that runs.
+        backend_name: the backend that runs it.
+        backend: the open backend.
+        config: the bundle's preprocessing config.
+        threshold: the threshold in use.
+        warnings: one-line notes for the user (e.g. an artifact whose gate was not measured).
+
+    Raises:
+        BundleError: missing or invalid bundle, no usable artifact, tampered artifact.
+        BackendError: unknown backend, its library missing, or the model fails to load.
+        ConfigError: invalid threshold, minimum area or thread count.
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle | str | os.PathLike[str],
+        backend: str = "auto",
+        *,
+        threads: int | None = None,
+        threshold: float | None = None,
+        min_area_mm2: float | None = None,
+        min_area_px: float | None = None,
+        artifact: ArtifactRecord | str | None = None,
+        verify: bool = True,
+        **backend_options: Any,
+    ) -> None:
+        from bcedge.bundle import Bundle, load_bundle
+
+        self.warnings: list[str] = []
+        self.bundle: Bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        self.threshold = check_threshold(self.bundle.threshold if threshold is None else threshold)
+        self.min_area_mm2 = check_min_area(DEFAULT_MIN_AREA_MM2 if min_area_mm2 is None else min_area_mm2, "mm²")
+        self.min_area_px = None if min_area_px is None else check_min_area(min_area_px, "pixels")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ConfigError(f"threads is {threads!r}; expected a positive integer")
+        self.config: PreprocessConfig = self.bundle.preprocess_config()
+        self.artifact: ArtifactRecord = self._choose(backend, artifact)
+        self.backend_name: str = self.artifact.backend
+        self.backend: Backend = self._open(threads, verify, backend_options)
+        if self.backend.input_size != self.bundle.input_size:
+            size = self.backend.input_size
+            self.close()
+            raise BundleError(
+                f"{self.artifact.file} takes {size}x{size} images but the manifest says {self.bundle.input_size}"
+            )
+
+    # ----------------------------------------------------------------- opening
+    def _choose(self, backend: str, artifact: ArtifactRecord | str | None) -> ArtifactRecord:
+        from bcedge.backends import auto_backend_names, get_spec
+
+        bundle = self.bundle
+        if artifact is not None:
+            if not isinstance(artifact, str):
+                return artifact
+            for record in bundle.manifest.artifacts:
+                if record.file == artifact:
+                    return record
+            raise BundleError(f"bundle {bundle.dir} has no artifact {artifact!r}; it holds {bundle._list()}")
+        if not isinstance(backend, str):
+            raise BackendError(f"backend is {backend!r}; expected 'auto' or a backend name")
+        if backend == "auto":
+            # Probing onnxruntime for GPU providers imports it (~0.2 s): only when an onnx artifact could use it.
+            probe = any(a.backend == "onnx" for a in bundle.manifest.artifacts)
+            return bundle.best_artifact(auto_backend_names(probe_gpu=probe))
+        try:
+            get_spec(backend)
+        except ConfigError as exc:
+            raise BackendError(f"{exc} (or auto)") from None
+        try:
+            return bundle.best_artifact({backend})
+        except BundleError:
+            pass
+        unmeasured = [a for a in bundle.manifest.artifacts if a.backend == backend and a.gate == "not-measured"]
+        if unmeasured:
+            record = bundle.best_artifact({backend}, allow_unmeasured=True)
+            self.warnings.append(f"{record.file}: accuracy gate not measured at export; its Dice is unknown")
+            return record
+        raise BundleError(
+            f"bundle {bundle.dir} has no {backend} artifact that passed its accuracy gate; it holds {bundle._list()}"
+        )
+
+    def _open(self, threads: int | None, verify: bool, options: dict[str, Any]) -> Backend:
+        try:
+            return self.bundle.open(self.artifact, verify=verify, threads=threads, **options)
+        except BundleError:
+            raise
+        except (MissingDependencyError, InputError) as exc:
+            # The backend library is missing, or the artifact does not load: a model problem, not the scan's.
+            raise BackendError(str(exc)) from exc
+        except ConfigError as exc:
+            raise BackendError(f"{self.artifact.backend} backend: {exc}") from exc
+
+    @property
+    def model_info(self) -> dict[str, Any]:
+        """What runs, for results and reports (JSON-ready)."""
+        manifest = self.bundle.manifest
+        return {
+            "bundle": str(self.bundle.dir),
+            "name": manifest.model.get("name"),
+            "architecture": manifest.model.get("architecture"),
+            "artifact": self.artifact.file,
+            "format": self.artifact.format,
+            "precision": self.artifact.precision,
+            "backend": self.backend_name,
+            "sha256": self.artifact.sha256,
+            "input_size": self.bundle.input_size,
+            "runtime": self.backend.details.get("runtime"),
+            "threads": self.backend.details.get("threads"),
+        }
+
+    # ----------------------------------------------------------------- stages
+    def _prepare(self, index: int, scan: str | os.PathLike[str] | Mammogram) -> _Prepared:
+        """Decode (for a path) and preprocess one scan, timed."""
+        from bcedge.dicom import Mammogram, read_mammogram
+        from bcedge.preprocess import preprocess
+
+        timing: dict[str, float] = {}
+        if isinstance(scan, Mammogram):
+            source, mammo = "", scan
+        elif isinstance(scan, (str, os.PathLike)):
+            source = os.fspath(scan)
+            t0 = time.perf_counter_ns()
+            try:
+                mammo = read_mammogram(scan)
+            except OSError as exc:
+                raise InputError(f"{source}: cannot read the file ({exc.strerror or exc})") from exc
+            timing["decode"] = _ms(time.perf_counter_ns() - t0)
+        else:
+            raise InputError(f"scan is a {type(scan).__name__}; expected a file path or a bcedge.dicom.Mammogram")
+        t0 = time.perf_counter_ns()
+        tensor, geometry = preprocess(mammo, self.config)
+        timing["preprocess"] = _ms(time.perf_counter_ns() - t0)
+        return _Prepared(index, source, mammo, tensor, geometry, timing)
+
+    def _infer(self, batch: np.ndarray) -> tuple[np.ndarray, float]:
+        """(N, S, S, 1) probabilities and the elapsed milliseconds."""
+        if self.backend.closed:
+            raise BackendError(f"the segmenter for {self.artifact.file} is closed")
+        t0 = time.perf_counter_ns()
+        try:
+            out = self.backend.predict(batch)
+        except BcedgeError as exc:
+            raise BackendError(f"{self.artifact.describe()}: {exc}") from exc
+        except Exception as exc:  # RuntimeError and friends from the backend library
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BackendError(f"{self.artifact.describe()} failed to run: {first}") from exc
+        return out, _ms(time.perf_counter_ns() - t0)
+
+    def _finish(self, item: _Prepared, probability: np.ndarray, infer_ms: float) -> Result:
+        t0 = time.perf_counter_ns()
+        meta = item.mammogram.meta
+        mask, findings = postprocess(
+            probability,
+            item.geometry,
+            threshold=self.threshold,
+            min_area_mm2=self.min_area_mm2,
+            spacing_mm=meta.pixel_spacing_mm,
+            min_area_px=self.min_area_px,
+        )
+        timing = dict(item.timing)
+        timing["infer"] = infer_ms
+        timing["postprocess"] = _ms(time.perf_counter_ns() - t0)
+        return Result(
+            source=item.source,
+            mammogram=item.mammogram,
+            probability=probability,
+            geometry=item.geometry,
+            mask=mask,
+            findings=findings,
+            threshold=self.threshold,
+            timing_ms={k: timing[k] for k in STAGES if k in timing},
+            model=self.model_info,
+        )
+
+    # ----------------------------------------------------------------- public
+    def segment(self, scan: str | os.PathLike[str] | Mammogram) -> Result:
+        """Segment one scan.
+
+        Args:
+            scan: a DICOM/raster file path, or a :class:`~bcedge.dicom.Mammogram` already read.
+
+        Returns:
+            The :class:`Result` (outputs not written; see :func:`bcedge.outputs.write_outputs`).
+
+        Raises:
+            InputError: the scan cannot be read or preprocessed (exit code 2).
+            BackendError: the model failed to run (exit code 3).
+        """
+        item = self._prepare(0, scan)
+        probs, infer_ms = self._infer(item.tensor)
+        return self._finish(item, probs[0, :, :, 0], infer_ms)
+
+    def segment_many(
+        self, scans: Iterable[str | os.PathLike[str] | Mammogram], batch_size: int = 4
+    ) -> Iterator[Result | ScanFailure]:
+        """Segment several scans, ``batch_size`` images per model call, in input order.
+
+        A scan that cannot be read or preprocessed yields a :class:`ScanFailure` and the
+        others go on. A backend failure is not the scan's fault and is raised.
+
+        Args:
+            scans: paths and/or mammograms.
+            batch_size: images per model call, >= 1 (each batch's decoded scans are held in
+                memory: ~34 MB per full-field scan).
+
+        Yields:
+            One :class:`Result` or :class:`ScanFailure` per scan, in input order. A result's
+            ``timing_ms["infer"]`` is its batch's model time divided by the batch size.
+
+        Raises:
+            ConfigError: batch_size is not a positive integer.
+            BackendError: the model failed to run.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size is {batch_size!r}; expected a positive integer")
+        pending: list[str | os.PathLike[str] | Mammogram] = []
+        for scan in scans:
+            pending.append(scan)
+            if len(pending) == batch_size:
+                yield from self._run_batch(pending)
+                pending = []
+        if pending:
+            yield from self._run_batch(pending)
+
+    def _run_batch(self, scans: list[str | os.PathLike[str] | Mammogram]) -> Iterator[Result | ScanFailure]:
+        out: list[Result | ScanFailure | None] = [None] * len(scans)
+        ready: list[_Prepared] = []
+        for i, scan in enumerate(scans):
+            try:
+                ready.append(self._prepare(i, scan))
+            except BcedgeError as exc:
+                out[i] = ScanFailure(_source_of(scan), exc)
+        if ready:
+            probs, infer_ms = self._infer(np.concatenate([item.tensor for item in ready]))
+            share = infer_ms / len(ready)
+            for k, item in enumerate(ready):
+                try:
+                    out[item.index] = self._finish(item, probs[k, :, :, 0], share)
+                except BcedgeError as exc:
+                    out[item.index] = ScanFailure(item.source, exc)
+        for item in out:
+            assert item is not None  # every index was filled above
+            yield item
+
+    def close(self) -> None:
+        """Release the backend. Safe to call twice."""
+        backend = getattr(self, "backend", None)
+        if backend is not None:
+            backend.close()
+
+    def __enter__(self) -> Segmenter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Segmenter({str(self.bundle.dir)!r}, artifact={self.artifact.file!r}, backend={self.backend_name!r})"
+
+
+def _source_of(scan: object) -> str:
+    """The input path as given, '' for anything else (as :attr:`Result.source`)."""
+    return os.fspath(scan) if isinstance(scan, (str, os.PathLike)) else ""
+
+
+__all__ = ["STAGES", "BackendError", "Result", "ScanFailure", "Segmenter", "default_bundle_path"]
