@@ -124,6 +124,9 @@ def _register_subapps() -> None:
     app.command("train")(train_command)
     app.command("evaluate")(evaluate_command)
     app.command("export")(export_command)
+    from bcedge.cli_benchmark import register as register_benchmark
+
+    register_benchmark(app)
     app._bcedge_registered = True  # type: ignore[attr-defined]
 
 
