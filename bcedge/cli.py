@@ -124,6 +124,9 @@ def _register_subapps() -> None:
     app.command("train")(train_command)
     app.command("evaluate")(evaluate_command)
     app.command("export")(export_command)
+    from bcedge.cli_infer import register as register_infer
+
+    register_infer(app)
     from bcedge.cli_benchmark import register as register_benchmark
 
     register_benchmark(app)
@@ -136,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in args
     try:
         _register_subapps()
-        app(args=args, standalone_mode=False)
+        # With standalone_mode=False click returns typer.Exit's code instead of raising it.
+        rc = app(args=args, standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            return rc
     except BcedgeError as exc:
         if debug:
             raise

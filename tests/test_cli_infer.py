@@ -1,0 +1,341 @@
+"""``bcedge infer`` and ``bcedge demo`` end to end: phantom DICOMs in, files and one JSON document out.
+
+Runs the real UNet+MobileNetV2 INT8 TFLite bundle from ``models/`` (LiteRT), in process through
+``bcedge.cli.main`` (one subprocess test checks the cold path: no TensorFlow, stdout = one JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from bcedge.bundle import ArtifactRecord, Manifest, io_specs, write_manifest
+from bcedge.cli import main
+from bcedge.phantom import make_phantom
+from bcedge.preprocess import PreprocessConfig
+
+pytest.importorskip("ai_edge_litert")
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_BUNDLE = ROOT / "models" / "unet-mobilenetv2-combined256"
+STAGES_TOTAL = {"decode", "preprocess", "infer", "postprocess", "write", "total"}
+
+if not (REAL_BUNDLE / "manifest.json").is_file():
+    pytest.skip(f"{REAL_BUNDLE} is not there", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The same full-field phantom as MONOCHROME1 and MONOCHROME2, a half-scale right MLO, and bad files."""
+    folder = tmp_path_factory.mktemp("scans with space")
+    out: dict[str, Path] = {}
+    for photometric in ("MONOCHROME1", "MONOCHROME2"):
+        ph = make_phantom(
+            21,
+            laterality="L",
+            view="CC",
+            detector="70um",
+            bits_stored=12,
+            photometric=photometric,
+            masses=[("round", 14.0)],
+        )
+        out[photometric] = ph.write(folder / f"lcc {photometric.lower()}.dcm")
+    out["rmlo"] = make_phantom(4, laterality="R", view="MLO", scale=0.5).write(folder / "rmlo.dcm")
+    (folder / "empty.dcm").write_bytes(b"")
+    out["empty"] = folder / "empty.dcm"
+    (folder / "notes.dcm").write_text("these are notes, not a mammogram\n" * 10)
+    out["text"] = folder / "notes.dcm"
+    return out
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
+    rc = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("error:")]
+
+
+def test_json_end_to_end_monochrome1_equals_monochrome2(
+    capsys: pytest.CaptureFixture[str], scans: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "out dir"
+    rc, stdout, _ = run(
+        capsys,
+        "infer",
+        scans["MONOCHROME1"],
+        scans["MONOCHROME2"],
+        "--model",
+        REAL_BUNDLE,
+        "--out",
+        out,
+        "--outputs",
+        "mask,json",
+        "--threads",
+        "1",
+        "--json",
+    )
+    assert rc == 0
+    doc = json.loads(stdout)  # the whole of stdout is one JSON document
+    assert doc["model"]["artifact"] == "model_int8.tflite" and doc["model"]["threads"] == 1
+    assert doc["failures"] == []
+    assert [s["input"] for s in doc["scans"]] == [str(scans["MONOCHROME1"]), str(scans["MONOCHROME2"])]
+    for scan in doc["scans"]:
+        assert set(scan["timing_ms"]) == STAGES_TOTAL
+        assert scan["timing_ms"]["total"] == pytest.approx(
+            sum(v for k, v in scan["timing_ms"].items() if k != "total"), abs=0.01
+        )
+        assert set(scan["outputs"]) == {"mask", "json"}
+        for path in scan["outputs"].values():
+            assert Path(path).is_file()
+        for finding in scan["findings"]:
+            assert finding["area_mm2"] == pytest.approx(finding["area_px"] * 0.07 * 0.07, rel=1e-3)
+            assert 0.0 < finding["mean_probability"] <= finding["max_probability"] <= 1.0
+        assert json.loads(Path(scan["outputs"]["json"]).read_text())["input"] == scan["input"]
+    m1, m2 = (cv2.imread(s["outputs"]["mask"], cv2.IMREAD_GRAYSCALE) for s in doc["scans"])
+    assert m1.shape == (3328, 2560)
+    np.testing.assert_array_equal(m1, m2)
+    assert doc["scans"][0]["findings"] == doc["scans"][1]["findings"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "lcc monochrome1.json",
+        "lcc monochrome1_mask.png",
+        "lcc monochrome2.json",
+        "lcc monochrome2_mask.png",
+    ]
+
+
+def test_default_outputs_and_plain_text(
+    capsys: pytest.CaptureFixture[str], scans: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "default outputs"
+    rc, stdout, _ = run(capsys, "infer", scans["rmlo"], "--model", REAL_BUNDLE, "--out", out)
+    assert rc == 0
+    names = sorted(p.name for p in out.iterdir())
+    expected = ["rmlo.json", "rmlo_mask.png", "rmlo_overlay.png"]
+    try:
+        import highdicom  # noqa: F401
+
+        expected.append("rmlo_seg.dcm")
+    except ImportError:
+        pass
+    assert names == sorted(expected)
+    assert stdout.startswith(f"{scans['rmlo']}: ")
+    assert f"mask: {out / 'rmlo_mask.png'}" in stdout
+    if "rmlo_seg.dcm" in names:
+        import pydicom
+
+        seg = pydicom.dcmread(out / "rmlo_seg.dcm")
+        assert seg.Modality == "SEG"
+
+
+def test_several_scans_one_bad(capsys: pytest.CaptureFixture[str], scans: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "mixed"
+    rc, stdout, err = run(
+        capsys,
+        "infer",
+        scans["rmlo"],
+        scans["empty"],
+        scans["MONOCHROME2"],
+        "--model",
+        REAL_BUNDLE,
+        "--out",
+        out,
+        "--outputs",
+        "json,mask",
+        "--json",
+    )
+    assert rc == 2
+    lines = error_lines(err)
+    assert len(lines) == 1 and str(scans["empty"]) in lines[0] and "empty" in lines[0]
+    doc = json.loads(stdout)
+    assert [s["input"] for s in doc["scans"]] == [str(scans["rmlo"]), str(scans["MONOCHROME2"])]
+    assert doc["failures"] == [
+        {"input": str(scans["empty"]), "error": doc["failures"][0]["error"], "error_type": "InputError"}
+    ]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "lcc monochrome2.json",
+        "lcc monochrome2_mask.png",
+        "rmlo.json",
+        "rmlo_mask.png",
+    ]
+
+
+@pytest.mark.parametrize(("key", "needle"), [("empty", "empty file"), ("text", "not a DICOM file")])
+def test_bad_scan_alone(
+    capsys: pytest.CaptureFixture[str], scans: dict[str, Path], tmp_path: Path, key: str, needle: str
+) -> None:
+    out = tmp_path / "bad"
+    rc, stdout, err = run(capsys, "infer", scans[key], "--model", REAL_BUNDLE, "--out", out, "--json")
+    assert rc == 2
+    lines = error_lines(err)
+    assert len(lines) == 1 and needle in lines[0]
+    assert json.loads(stdout)["scans"] == []
+    assert not out.exists()  # nothing written, not even the folder
+
+
+def test_missing_scan(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    rc, _, err = run(capsys, "infer", tmp_path / "nope.dcm", "--model", REAL_BUNDLE, "--out", tmp_path / "o")
+    assert rc == 2 and len(error_lines(err)) == 1 and "nope.dcm" in err
+
+
+def tiny_bundle(folder: Path) -> Path:
+    """A bundle whose TFLite artifact is a few arbitrary bytes (enough to be refused before loading)."""
+    folder.mkdir(parents=True)
+    (folder / "model.tflite").write_bytes(b"not really a model " * 8)
+    record = ArtifactRecord.from_file(folder, "model.tflite", format="tflite", precision="fp32", backend="tflite")
+    record.gate = "passed"
+    config = PreprocessConfig(size=64)
+    inp, out = io_specs(64)
+    write_manifest(
+        folder,
+        Manifest(
+            model={"name": "tiny", "architecture": "test", "params": 0},
+            input=inp,
+            output=out,
+            preprocess=config.to_dict(),
+            preprocess_hash=config.hash(),
+            artifacts=[record],
+        ),
+    )
+    return folder
+
+
+@pytest.mark.parametrize("problem", ["tampered", "missing", "unknown backend", "not a model", "absent backend"])
+def test_model_problems_exit_3(
+    capsys: pytest.CaptureFixture[str], scans: dict[str, Path], tmp_path: Path, problem: str
+) -> None:
+    out = tmp_path / "out"
+    bundle = tiny_bundle(tmp_path / "tiny bundle")
+    args: list[str | Path] = ["infer", scans["rmlo"], "--out", out, "--model", bundle]
+    if problem == "tampered":
+        (bundle / "model.tflite").write_bytes(b"not really a model " * 7 + b"NOT really a model ")
+        needle = "tampered"
+    elif problem == "missing":
+        args[-1] = tmp_path / "no bundle here"
+        needle = "does not exist"
+    elif problem == "unknown backend":
+        args += ["--backend", "warp-drive"]
+        needle = "unknown backend 'warp-drive'"
+    elif problem == "not a model":
+        needle = "not a TFLite model"
+    else:
+        args += ["--backend", "onnx"]
+        needle = "no onnx artifact"
+    rc, stdout, err = run(capsys, *args, "--json")
+    assert rc == 3, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], err
+    assert stdout == ""
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "needle"), [(["--threshold", "1.5"], "threshold"), (["--outputs", "mask,pdf"], "unknown output kind")]
+)
+def test_bad_options_exit_2(
+    capsys: pytest.CaptureFixture[str], scans: dict[str, Path], tmp_path: Path, option: list[str], needle: str
+) -> None:
+    out = tmp_path / "out"
+    rc, _, err = run(capsys, "infer", scans["rmlo"], "--model", REAL_BUNDLE, "--out", out, *option)
+    assert rc == 2 and needle in err and len(error_lines(err)) == 1
+    assert not out.exists()
+
+
+def test_same_stem_twice_does_not_overwrite(
+    capsys: pytest.CaptureFixture[str], scans: dict[str, Path], tmp_path: Path
+) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    for folder in (a, b):
+        (folder / "scan.dcm").write_bytes(scans["rmlo"].read_bytes())
+    out = tmp_path / "out"
+    rc, _, _ = run(
+        capsys,
+        "infer",
+        a / "scan.dcm",
+        b / "scan.dcm",
+        "--model",
+        REAL_BUNDLE,
+        "--out",
+        out,
+        "--outputs",
+        "json",
+        "--json",
+    )
+    assert rc == 0
+    assert sorted(p.name for p in out.iterdir()) == ["scan.json", "scan_2.json"]
+    assert json.loads((out / "scan_2.json").read_text())["input"] == str(b / "scan.dcm")
+
+
+def test_failed_write_leaves_no_partial_scan(
+    capsys: pytest.CaptureFixture[str], scans: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The overlay fails after the mask was written: the scan is reported and its mask removed."""
+    import bcedge.outputs
+    from bcedge.errors import InputError
+
+    def broken(path: object, result: object, **_: object) -> None:
+        raise InputError(f"{path}: disk full (simulated)")
+
+    monkeypatch.setattr(bcedge.outputs, "write_overlay", broken)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("the user's file")
+    rc, _, err = run(
+        capsys, "infer", scans["rmlo"], "--model", REAL_BUNDLE, "--out", out, "--outputs", "mask,overlay,json"
+    )
+    assert rc == 2
+    assert "disk full" in error_lines(err)[0]
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+_COLD = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("tensorflow", "keras", "torch", "jax", "onnxruntime", "highdicom", "rich"):
+                raise ImportError("blocked in this test: " + name)
+            return None
+    sys.meta_path.insert(0, Block())
+    from bcedge.cli import main
+    rc = main(sys.argv[1:])
+    sys.exit(rc)
+    """
+)
+
+
+def test_cold_path_imports_no_tensorflow_and_prints_only_json(scans: dict[str, Path], tmp_path: Path) -> None:
+    """The infer path with --outputs json needs neither TensorFlow nor highdicom nor rich; stdout is the JSON."""
+    args = [str(scans["rmlo"]), "--model", str(REAL_BUNDLE), "--out", str(tmp_path / "o"), "--outputs", "json"]
+    proc = subprocess.run(
+        [sys.executable, "-c", _COLD, "infer", *args, "--json"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(proc.stdout)
+    assert doc["scans"][0]["outputs"]["json"].endswith("rmlo.json")
+
+
+def test_demo(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from bcedge.pipeline import default_bundle_path
+
+    if not (default_bundle_path() / "manifest.json").is_file():
+        pytest.skip("the bundled demo model (bcedge/demo_model) is not there yet")
+    out = tmp_path / "demo out"
+    rc, stdout, _ = run(capsys, "demo", "--out", out, "--outputs", "mask,json", "--json")
+    assert rc == 0
+    doc = json.loads(stdout)
+    assert doc["scans"][0]["input"].endswith("phantom_lcc.dcm")
+    assert 0.0 <= doc["dice_vs_truth"] <= 1.0
+    rc, stdout, _ = run(capsys, "demo", "--out", out, "--outputs", "mask")
+    assert rc == 0 and "not for clinical use" in stdout and "phantom_lcc_mask.png" in stdout
