@@ -188,27 +188,31 @@ def _print_plain(results: list[Result]) -> None:
 
 
 def _findings_table(results: list[Result], title: str) -> Any:
+    """A rich table of the findings; the scan column only when there are several scans."""
     from rich.table import Table
 
+    several = len(results) > 1
     table = Table(title=title)
-    for name, justify in (
-        ("scan", "left"),
+    columns = [("scan", "left")] if several else []
+    columns += [
         ("#", "right"),
         ("bbox px (r0, c0, r1, c1)", "left"),
         ("size (mm)", "right"),
         ("area (mm²)", "right"),
         ("max p", "right"),
         ("mean p", "right"),
-    ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    ]
+    for name, justify in columns:
+        table.add_column(name, justify=justify, no_wrap=name.startswith("bbox"))  # type: ignore[arg-type]
     for r in results:
+        scan = [Path(r.source).name] if several else []
         if not r.findings:
-            table.add_row(Path(r.source).name, "-", "no finding", "", "", "", "")
+            table.add_row(*scan, "-", "no finding", "", "", "", "")
         for f in r.findings:
             table.add_row(
-                Path(r.source).name,
+                *scan,
                 str(f.label),
-                str(list(f.bbox_px)),
+                ", ".join(str(v) for v in f.bbox_px),
                 f"{f.bbox_mm[0]:.1f} x {f.bbox_mm[1]:.1f}" if f.bbox_mm else "-",
                 f"{f.area_mm2:.1f}" if f.area_mm2 is not None else f"{f.area_px} px",
                 f"{f.max_probability:.3f}",

@@ -339,3 +339,21 @@ def test_demo(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert 0.0 <= doc["dice_vs_truth"] <= 1.0
     rc, stdout, _ = run(capsys, "demo", "--out", out, "--outputs", "mask")
     assert rc == 0 and "not for clinical use" in stdout and "phantom_lcc_mask.png" in stdout
+
+
+def test_demo_command_with_a_stand_in_bundle(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The demo's flow (sample scan, table, Dice against the shipped mask) with the real bundle standing in."""
+    import bcedge.pipeline
+
+    monkeypatch.setattr(bcedge.pipeline, "default_bundle_path", lambda: REAL_BUNDLE)
+    out = tmp_path / "demo out"
+    rc, stdout, _ = run(capsys, "demo", "--out", out, "--outputs", "mask,overlay")
+    assert rc == 0, stdout
+    assert "not for clinical use" in stdout and "phantom_lcc.dcm" in stdout
+    assert "Dice against the phantom's true lesion mask" in stdout
+    assert sorted(p.name for p in out.iterdir()) == ["phantom_lcc_mask.png", "phantom_lcc_overlay.png"]
+    rc, stdout, _ = run(capsys, "demo", "--out", out, "--outputs", "json", "--json")
+    doc = json.loads(stdout)
+    assert rc == 0 and doc["model"]["bundle"] == str(REAL_BUNDLE) and 0.0 <= doc["dice_vs_truth"] <= 1.0
