@@ -20,7 +20,7 @@ $(VENV)/.runtime: $(BIN)/python pyproject.toml
 	@touch $@
 
 $(VENV)/.dev: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q -e '.[dicom,seg,tflite,onnx,train,dev]'
+	$(BIN)/pip install -q -e '.[dicom,seg,tflite,onnx,train,serve,dev]'
 	@touch $@ $(VENV)/.runtime
 
 demo: $(VENV)/.runtime

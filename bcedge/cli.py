@@ -130,6 +130,9 @@ def _register_subapps() -> None:
     from bcedge.cli_benchmark import register as register_benchmark
 
     register_benchmark(app)
+    from bcedge.cli_serve import register as register_serve
+
+    register_serve(app)
     app._bcedge_registered = True  # type: ignore[attr-defined]
 
 

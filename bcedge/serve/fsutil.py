@@ -1,0 +1,107 @@
+"""Durable file steps: data fsync'd before a rename, the folder fsync'd after it.
+
+``bcedge.imageio.atomic_write`` makes a write atomic (never half a file) but not durable (a
+power cut may lose it). The node acknowledges a scan only after it is on disk, so every step
+here syncs: a file is written and fsync'd under a temporary name, renamed, and the folder that
+holds the new name is fsync'd. A rename inside one file system is atomic, so after a crash
+either the old or the new state is there, never a mix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Flush a folder's entries (new, renamed or removed names) to disk."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: str | os.PathLike[str]) -> None:
+    """Flush a file's data to disk (for files written by code that does not fsync)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: Path) -> None:
+    """fsync every file and folder under ``path`` (itself included)."""
+    for folder, _dirs, files in os.walk(path):
+        for name in files:
+            fsync_file(Path(folder) / name)
+        fsync_dir(folder)
+
+
+def write_temp(folder: Path, data: bytes, *, prefix: str = "") -> Path:
+    """Write ``data`` to a new uniquely named file in ``folder`` and fsync it; returns its path.
+
+    The file is created exclusively (never overwrites) and removed again if writing fails.
+    """
+    path = folder / f"{prefix}{uuid.uuid4().hex}.part"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    return path
+
+
+def write_durable(path: Path, data: bytes) -> Path:
+    """Replace ``path`` with ``data`` atomically and durably (temp file, fsync, rename, fsync folder)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = write_temp(path.parent, data, prefix=f".{path.name}.")
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+def write_json_durable(path: Path, obj: Any) -> Path:
+    """:func:`write_durable` of ``obj`` as indented JSON (UTF-8)."""
+    return write_durable(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    """The JSON in ``path``, or ``default`` when it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return default
+
+
+def move_durable(src: Path, dst: Path) -> Path:
+    """Rename ``src`` to ``dst`` (same file system) and fsync both parent folders."""
+    os.replace(src, dst)
+    fsync_dir(dst.parent)
+    if src.parent != dst.parent:
+        fsync_dir(src.parent)
+    return dst
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a file or folder if it exists (no error when it is already gone)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

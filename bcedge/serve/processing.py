@@ -1,0 +1,56 @@
+"""The real processing step: the same :class:`~bcedge.pipeline.Segmenter` as ``bcedge infer``, then the SEG.
+
+The SEG's SOP Instance UID comes from :func:`bcedge.outputs.seg_sop_instance_uid`: derived from
+the source SOP Instance UID and the model artifact, so processing the same scan again (after a
+crash before the outbox commit, or when the modality sends it twice) gives the same UID and
+PACS keeps one instance.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from bcedge.serve.config import ModelConfig
+
+
+class SegmenterProcessor:
+    """``process(source, out_dir) -> {kind: path}`` around one loaded Segmenter.
+
+    The model is loaded once, at construction (so a bad bundle stops the node before it
+    listens), and used from the worker thread only.
+
+    Raises:
+        BundleError: the bundle is missing, malformed or does not match its manifest.
+        BcedgeError: the backend is unavailable (an extra is missing) or an option is invalid.
+    """
+
+    def __init__(self, model: ModelConfig) -> None:
+        from bcedge.pipeline import Segmenter, default_bundle_path
+
+        self.bundle_path = Path(model.bundle) if model.bundle is not None else default_bundle_path()
+        self.kinds = list(model.outputs)
+        self.segmenter = Segmenter(
+            self.bundle_path,
+            model.backend,
+            threads=model.threads,
+            threshold=model.threshold,
+            min_area_mm2=model.min_area_mm2,
+        )
+
+    def describe(self) -> str:
+        """One line: bundle, artifact and backend that actually run."""
+        artifact = getattr(self.segmenter, "artifact", None)
+        file = getattr(artifact, "file", None) or getattr(artifact, "path", None) or "?"
+        return f"{self.bundle_path} ({file}) on {self.segmenter.backend_name}"
+
+    def __call__(self, source: Path, out_dir: Path) -> Mapping[str, Path]:
+        from bcedge.outputs import write_outputs
+
+        result = self.segmenter.segment(source)
+        written = write_outputs(result, out_dir, self.kinds, bundle=self.segmenter.bundle)
+        return {kind: Path(os.fspath(path)) for kind, path in written.items()}
+
+    def close(self) -> None:
+        self.segmenter.close()

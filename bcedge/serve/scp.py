@@ -1,0 +1,269 @@
+"""The Storage SCP: a pynetdicom acceptor that spools mammograms before it says "stored".
+
+Accepted: Digital Mammography X-Ray Image Storage For Presentation (1.2.840.10008.5.1.4.1.1.1.2)
+and For Processing (1.2.840.10008.5.1.4.1.1.1.2.1), and Verification (C-ECHO). Any other
+SOP class is refused at association (its presentation context is rejected: "abstract syntax
+not supported"), so a C-STORE of, say, CT never starts.
+
+C-STORE answers (PS3.4 Annex B):
+
+=========  ==========================================================================
+0x0000     stored: the dataset is on disk (fsync'd, renamed, folder fsync'd)
+0xA700     out of resources: it could not be stored (disk full, below ``min_free_mb``,
+           I/O error); the sender should retry later
+0xA900     dataset does not match SOP class: no SOP Instance UID, SOP Class UID not
+           the context's, Modality not MG, or no Pixel Data
+0xC210     cannot understand: the dataset cannot be decoded
+=========  ==========================================================================
+
+Callers: ``require_calling_aet`` rejects unknown calling AE titles at association
+(A-ASSOCIATE-RJ, permanent, "calling AE title not recognised"); when ``allowed_addresses``
+is set, connections from other addresses are closed before any association.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import ssl
+import threading
+import time
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from bcedge.serve.config import NodeConfig
+from bcedge.serve.spool import Spool, SpoolFullError, uid_hash
+from bcedge.serve.state import NodeState
+
+LOG = logging.getLogger("bcedge.serve")
+
+MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
+MG_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.2.1"
+ACCEPTED_SOP_CLASSES = {
+    MG_FOR_PRESENTATION: "Digital Mammography X-Ray Image Storage - For Presentation",
+    MG_FOR_PROCESSING: "Digital Mammography X-Ray Image Storage - For Processing",
+}
+#: Transfer syntaxes accepted for MG: the uncompressed ones and those bcedge.dicom decodes
+#: (pylibjpeg with the ``dicom`` extra).
+TRANSFER_SYNTAXES = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEGLosslessSV1,
+    JPEGLossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+]
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_DATASET_MISMATCH = 0xA900
+STATUS_CANNOT_UNDERSTAND = 0xC210
+
+
+def _status(code: int, comment: str) -> Dataset:
+    ds = Dataset()
+    ds.Status = code
+    ds.ErrorComment = comment[:64]  # LO: 64 characters at most
+    return ds
+
+
+def _address_filter(allowed: list[str]) -> type[ThreadedAssociationServer]:
+    networks = [ipaddress.ip_network(text, strict=False) for text in allowed]
+
+    class _FilteredServer(ThreadedAssociationServer):
+        """Closes connections from addresses outside ``allowed_addresses`` before association."""
+
+        def verify_request(self, request: Any, client_address: Any) -> bool:
+            host = client_address[0] if isinstance(client_address, tuple) else str(client_address)
+            try:
+                ip = ipaddress.ip_address(host.split("%")[0])
+            except ValueError:
+                ip = None
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped
+            ok = ip is not None and any(ip.version == n.version and ip in n for n in networks)
+            if not ok:
+                LOG.warning("refused a connection from %s: not in [node] allowed_addresses", host)
+                state = getattr(self, "bcedge_state", None)
+                if state is not None:
+                    state.count("associations_rejected")
+                    state.error("scp", f"connection from {host} refused: address not allowed")
+            return ok
+
+    return _FilteredServer
+
+
+class StorageSCP:
+    """The listening side of the node.
+
+    Args:
+        config: ``[node]`` of the config.
+        spool: where accepted datasets go (durably) before 0x0000 is answered.
+        state: counters and errors.
+        ssl_context: TLS for incoming connections, or None.
+    """
+
+    def __init__(
+        self, config: NodeConfig, spool: Spool, state: NodeState, *, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        self.config = config
+        self.spool = spool
+        self.state = state
+        self.ssl_context = ssl_context
+        self.server: ThreadedAssociationServer | None = None
+        self._thread: threading.Thread | None = None
+        ae = AE(ae_title=config.ae_title)
+        for uid in ACCEPTED_SOP_CLASSES:
+            ae.add_supported_context(uid, TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian])
+        if not config.allow_any_calling_ae_title:
+            ae.require_calling_aet = list(config.allowed_calling_ae_titles)
+        ae.require_called_aet = True  # a caller must address this node by its AE title
+        ae.maximum_associations = config.max_associations
+        ae.acse_timeout = config.acse_timeout_s
+        ae.dimse_timeout = config.dimse_timeout_s
+        ae.network_timeout = config.network_timeout_s
+        ae.maximum_pdu_size = config.max_pdu
+        self.ae = ae
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """(host, port) actually bound (the port is chosen by the OS when the config says 0)."""
+        if self.server is None:
+            raise RuntimeError("the SCP is not started")
+        host, port = self.server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> tuple[str, int]:
+        """Bind and serve in a background thread; returns the bound (host, port)."""
+        handlers = [
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_REJECTED, self._on_rejected),
+        ]
+        server_class = _address_filter(self.config.allowed_addresses) if self.config.allowed_addresses else None
+        server = self.ae.make_server(
+            (self.config.bind, self.config.port),
+            ssl_context=self.ssl_context,
+            evt_handlers=handlers,
+            server_class=server_class or ThreadedAssociationServer,
+        )
+        server.bcedge_state = self.state  # type: ignore[attr-defined]
+        # As AE.start_server(block=False) does; registered so AE.shutdown() stops it too.
+        self.ae._servers.append(server)
+        self._thread = threading.Thread(target=server.serve_forever, name="bcedge-serve-scp", daemon=True)
+        self._thread.start()
+        self.server = server
+        return self.address
+
+    def stop(self) -> None:
+        """Stop accepting, abort running associations, close the socket."""
+        if self.server is not None:
+            self.ae.shutdown()
+            self.server = None
+
+    # ------------------------------------------------------------------ handlers
+
+    def _caller(self, event: Any) -> str:
+        requestor = event.assoc.requestor
+        return f"'{requestor.ae_title}'@{requestor.address}"
+
+    def _on_accepted(self, event: Any) -> None:
+        self.state.count("associations_accepted")
+        LOG.debug("association accepted from %s", self._caller(event))
+
+    def _on_rejected(self, event: Any) -> None:
+        self.state.count("associations_rejected")
+        calling = str(event.assoc.requestor.ae_title).strip()
+        primitive = getattr(event.assoc.requestor, "primitive", None)
+        called = str(getattr(primitive, "called_ae_title", "") or "").strip()
+        if not self.config.allow_any_calling_ae_title and calling not in self.config.allowed_calling_ae_titles:
+            why = "calling AE title not in [node] allowed_calling_ae_titles"
+        elif called and called != self.config.ae_title:
+            why = f"called AE title '{called}' is not this node's ('{self.config.ae_title}')"
+        else:
+            why = f"more than {self.config.max_associations} associations at once"
+        message = f"association from {self._caller(event)} rejected: {why}"
+        LOG.warning(message)
+        self.state.error("scp", message)
+
+    def _on_echo(self, event: Any) -> int:
+        self.state.count("echoes")
+        return STATUS_SUCCESS
+
+    def _refuse(self, event: Any, code: int, reason: str) -> Dataset:
+        self.state.count("refused")
+        message = f"C-STORE from {self._caller(event)} refused with 0x{code:04X}: {reason}"
+        LOG.warning(message)
+        self.state.error("scp", message)
+        return _status(code, reason)
+
+    def _on_store(self, event: Any) -> int | Dataset:
+        """Check the header, spool the dataset durably, answer; never raises."""
+        try:
+            ds = event.dataset
+            sop_uid = str(ds.get("SOPInstanceUID", "") or "").strip()
+            sop_class = str(ds.get("SOPClassUID", "") or "").strip()
+            modality = str(ds.get("Modality", "") or "").strip()
+            has_pixels = "PixelData" in ds
+        except Exception as exc:  # pydicom raises many types on malformed data
+            return self._refuse(event, STATUS_CANNOT_UNDERSTAND, f"dataset cannot be decoded ({type(exc).__name__})")
+        context_class = str(event.context.abstract_syntax)
+        if not sop_uid:
+            return self._refuse(event, STATUS_DATASET_MISMATCH, "SOP Instance UID (0008,0018) missing")
+        if sop_class != context_class:
+            return self._refuse(
+                event, STATUS_DATASET_MISMATCH, f"SOP Class UID (0008,0016) {sop_class or 'missing'} != context"
+            )
+        if modality != "MG":
+            return self._refuse(event, STATUS_DATASET_MISMATCH, f"Modality (0008,0060) is '{modality}', not MG")
+        if not has_pixels:
+            return self._refuse(event, STATUS_DATASET_MISMATCH, "no Pixel Data (7FE0,0010)")
+        t0 = time.perf_counter()
+        try:
+            data = event.encoded_dataset(include_meta=True)
+            path = self.spool.put(data, sop_uid)
+        except SpoolFullError as exc:
+            return self._refuse(event, STATUS_OUT_OF_RESOURCES, f"out of disk space ({exc})")
+        except OSError as exc:
+            return self._refuse(event, STATUS_OUT_OF_RESOURCES, f"cannot store ({exc.strerror or type(exc).__name__})")
+        except Exception as exc:  # e.g. file meta that cannot be encoded: not stored, so not "success"
+            return self._refuse(event, STATUS_OUT_OF_RESOURCES, f"cannot store ({type(exc).__name__})")
+        self.state.count("received")
+        LOG.info(
+            "received %s sop=%s (%s) from %s, %.1f MiB, stored in %.0f ms",
+            path.stem,
+            sop_uid,
+            uid_hash(sop_uid),
+            self._caller(event),
+            len(data) / 2**20,
+            (time.perf_counter() - t0) * 1000.0,
+        )
+        return STATUS_SUCCESS

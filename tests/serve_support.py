@@ -1,0 +1,319 @@
+"""Helpers for the ``bcedge serve`` tests: free ports, small MG files, dcmtk wrappers, a fake processing step.
+
+Also runnable as a script, to run a node in a subprocess (so a test can ``kill -9`` it)::
+
+    python tests/serve_support.py CONFIG.toml [--delay SECONDS]
+
+runs the node of CONFIG with :class:`FakeSeg` instead of the model.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DCMTK = ("echoscu", "storescu", "storescp")
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+TIMEOUT = 30  # seconds: the upper bound of every wait in these tests
+
+
+def have_dcmtk() -> bool:
+    return all(shutil.which(tool) for tool in DCMTK)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_mg(
+    path: Path,
+    *,
+    seed: int = 0,
+    patient_name: str = "Phantom^Synthetic",
+    patient_id: str = "PHANTOM",
+    shape: tuple[int, int] = (96, 80),
+    **extra: Any,
+) -> Path:
+    """A small MG DICOM (For Presentation) with a random SOP Instance UID; ``extra`` sets more tags."""
+    from bcedge.dicom_write import MGTags, build_mg_dataset, save_atomic
+
+    rng = np.random.default_rng(seed)
+    stored = rng.integers(0, 2**12, size=shape, dtype=np.uint16)
+    ds = build_mg_dataset(stored, MGTags(bits_stored=12, patient_id=patient_id, extra=extra))
+    ds.PatientName = patient_name
+    return save_atomic(ds, path)
+
+
+def sop_uid(path: Path) -> str:
+    import pydicom
+
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def fake_seg_uid(source_uid: str) -> str:
+    from pydicom.uid import generate_uid
+
+    return str(generate_uid(entropy_srcs=["bcedge test fake SEG", source_uid]))
+
+
+class FakeSeg:
+    """A processing step without a model: a tiny Segmentation-class DICOM referencing the source.
+
+    Its SOP Instance UID is derived from the source SOP Instance UID (as the real SEG writer's),
+    so the tests can check delivery and deduplication. A source whose Manufacturer is ``BAD``
+    raises :class:`~bcedge.errors.DicomError` (bad input: quarantined).
+    """
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.calls: list[Path] = []
+
+    def __call__(self, source: Path, out_dir: Path) -> Mapping[str, Path]:
+        import pydicom
+        from pydicom.dataset import Dataset, FileMetaDataset
+        from pydicom.sequence import Sequence
+        from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+        from bcedge.errors import DicomError
+
+        self.calls.append(source)
+        src = pydicom.dcmread(source, stop_before_pixels=True)
+        if str(src.get("Manufacturer", "")) == "BAD":
+            raise DicomError(f"{source}: Manufacturer (0008,0070) says BAD; expected a readable mammogram")
+        if self.delay:
+            time.sleep(self.delay)
+        uid = fake_seg_uid(str(src.SOPInstanceUID))
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = SEGMENTATION_STORAGE
+        meta.MediaStorageSOPInstanceUID = uid
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID = SEGMENTATION_STORAGE
+        ds.SOPInstanceUID = uid
+        ds.Modality = "SEG"
+        ds.StudyInstanceUID = src.StudyInstanceUID
+        ds.SeriesInstanceUID = generate_uid(entropy_srcs=["bcedge test fake SEG series", uid])
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = src.SOPClassUID
+        ref.ReferencedSOPInstanceUID = src.SOPInstanceUID
+        series = Dataset()
+        series.SeriesInstanceUID = src.SeriesInstanceUID
+        series.ReferencedInstanceSequence = Sequence([ref])
+        ds.ReferencedSeriesSequence = Sequence([series])
+        out = out_dir / f"{source.stem}_seg.dcm"
+        pydicom.dcmwrite(out, ds, enforce_file_format=True)
+        return {"seg": out}
+
+
+def referenced_source(seg_path: Path) -> str:
+    """The source SOP Instance UID a SEG file (fake or real) references."""
+    import pydicom
+
+    ds = pydicom.dcmread(seg_path, stop_before_pixels=True)
+    return str(ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID)
+
+
+def received_segs(folder: Path) -> list[tuple[str, str]]:
+    """(SEG SOP Instance UID, referenced source UID) of every file the fake PACS wrote."""
+    import pydicom
+
+    out = []
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and not path.name.startswith("."):
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            out.append((str(ds.SOPInstanceUID), referenced_source(path)))
+    return out
+
+
+def config_text(
+    root: Path,
+    port: int,
+    dest_port: int,
+    *,
+    callers: Iterable[str] = ("MODALITY",),
+    node: Mapping[str, Any] | None = None,
+    destination: Mapping[str, Any] | None = None,
+    storage: Mapping[str, Any] | None = None,
+    model: Mapping[str, Any] | None = None,
+    extra: str = "",
+) -> str:
+    """A serve.toml for tests: node on 127.0.0.1:port, PACS at 127.0.0.1:dest_port, fast retries."""
+
+    def table(values: Mapping[str, Any]) -> str:
+        lines = []
+        for key, value in values.items():
+            if isinstance(value, bool):
+                lines.append(f"{key} = {'true' if value else 'false'}")
+            elif isinstance(value, (int, float)):
+                lines.append(f"{key} = {value}")
+            elif isinstance(value, (list, tuple)):
+                lines.append(f"{key} = [{', '.join(repr(str(v)).replace(chr(39), chr(34)) for v in value)}]")
+            else:
+                lines.append(f'{key} = "{value}"')
+        return "\n".join(lines)
+
+    node_v = {
+        "ae_title": "BCEDGE",
+        "bind": "127.0.0.1",
+        "port": port,
+        "allowed_calling_ae_titles": list(callers),
+        "acse_timeout_s": 10,
+        "dimse_timeout_s": 20,
+        "network_timeout_s": 20,
+        **(node or {}),
+    }
+    dest_v = {
+        "ae_title": "PACS",
+        "host": "127.0.0.1",
+        "port": dest_port,
+        "max_attempts": 50,
+        "backoff_initial_s": 0.2,
+        "backoff_max_s": 1.0,
+        "retry_failed_every_s": 1.0,
+        "timeout_s": 5,
+        **(destination or {}),
+    }
+    storage_v = {"root": str(root), "min_free_mb": 1, **(storage or {})}
+    text = f"[node]\n{table(node_v)}\n\n[storage]\n{table(storage_v)}\n\n[destination]\n{table(dest_v)}\n"
+    if model:
+        text += f"\n[model]\n{table(model)}\n"
+    return text + extra
+
+
+class Storescp:
+    """dcmtk ``storescp`` as the fake PACS (AE ``PACS``), writing every received instance to ``folder``.
+
+    ``+uf`` keeps one file per received C-STORE (a duplicate send shows up as a second file).
+    """
+
+    def __init__(self, folder: Path, port: int, *, aet: str = "PACS") -> None:
+        self.folder = folder
+        self.port = port
+        self.aet = aet
+        self.proc: subprocess.Popen[bytes] | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def start(self) -> Storescp:
+        self.proc = subprocess.Popen(
+            [
+                "storescp",
+                "-aet",
+                self.aet,
+                "-od",
+                str(self.folder),
+                "+uf",
+                "-ta",
+                "10",
+                "-td",
+                "20",
+                "-ts",
+                "20",
+                str(self.port),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        wait_for(lambda: port_open(self.port), what=f"storescp listening on {self.port}", timeout=10)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+def port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_for(check: Callable[[], Any], *, what: str, timeout: float = TIMEOUT, every: float = 0.05) -> Any:
+    """Poll ``check`` until it returns something truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
+def storescu(
+    port: int,
+    files: Iterable[Path],
+    *,
+    aet: str = "MODALITY",
+    aec: str = "BCEDGE",
+    timeout: float = TIMEOUT,
+    extra: Iterable[str] = (),
+) -> subprocess.CompletedProcess[str]:
+    """Send ``files`` with dcmtk storescu (verbose, so each response is in the output; no halt on a failure)."""
+    cmd = [
+        "storescu",
+        "-v",
+        "-nh",
+        "-aet",
+        aet,
+        "-aec",
+        aec,
+        "-to",
+        "10",
+        "-ta",
+        "10",
+        "-td",
+        "20",
+        *extra,
+        "127.0.0.1",
+        str(port),
+        *map(str, files),
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def echoscu(port: int, *, aet: str = "MODALITY", aec: str = "BCEDGE") -> subprocess.CompletedProcess[str]:
+    cmd = ["echoscu", "-v", "-aet", aet, "-aec", aec, "-to", "10", "-ta", "10", "127.0.0.1", str(port)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT)
+
+
+def acknowledged(storescu_output: str) -> list[str]:
+    """The files storescu got a Success response for, parsed from its ``-v`` log."""
+    done, current = [], None
+    for line in storescu_output.splitlines():
+        if "Sending file:" in line:
+            current = line.split("Sending file:", 1)[1].strip()
+        elif "Received Store Response" in line and "(Success)" in line and current:
+            done.append(current)
+            current = None
+    return done
+
+
+def _main(argv: list[str]) -> int:
+    from bcedge.serve.config import load_config
+    from bcedge.serve.node import Node, configure_logging
+
+    delay = float(argv[argv.index("--delay") + 1]) if "--delay" in argv else 0.0
+    cfg = load_config(argv[0])
+    configure_logging(cfg.logging)
+    Node(cfg, process=FakeSeg(delay)).run_forever(save_every_s=0.2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.fspath(Path(__file__).resolve().parent.parent))
+    sys.exit(_main(sys.argv[1:]))
