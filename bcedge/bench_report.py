@@ -416,6 +416,52 @@ def print_table(doc: dict[str, Any], console: Any = None) -> None:
             console.print(f"{row_label(row)}: {row['status']}: {row['reason']}", highlight=False, markup=False)
 
 
+# --------------------------------------------------------------------------- INT8 speed-up
+
+
+#: Issue #7's goal: INT8 at least this many times faster than FP32 at p50 ...
+SPEEDUP_GOAL = 1.5
+#: ... losing at most this much Dice (a gain never fails, as in the export gate).
+DICE_LOSS_GOAL = 0.01
+
+
+def int8_speedups(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """INT8 rows against the FP32 row of the same model, format, backend and threads (FP16 when no FP32).
+
+    Returns:
+        One dict per INT8 row with a reference: ``model, format, backend, threads, base_precision,
+        base_p50_ms, int8_p50_ms, speedup, dice_delta, meets_goal`` (speed-up >= :data:`SPEEDUP_GOAL`
+        and Dice not lower by more than :data:`DICE_LOSS_GOAL`).
+    """
+    measured = [r for r in doc["rows"] if r["status"] in MEASURED and r.get("latency_ms")]
+    index = {(r["model"], r["format"], r["backend"], r.get("threads"), r["precision"]): r for r in measured}
+    out = []
+    for row in measured:
+        if row["precision"] != "int8":
+            continue
+        key = (row["model"], row["format"], row["backend"], row.get("threads"))
+        base = index.get((*key, "fp32")) or index.get((*key, "fp16"))
+        if base is None:
+            continue
+        speedup = base["latency_ms"]["p50"] / row["latency_ms"]["p50"]
+        delta = row["dice"] - base["dice"]
+        out.append(
+            {
+                "model": row["model"],
+                "format": row["format"],
+                "backend": row["backend"],
+                "threads": row.get("threads"),
+                "base_precision": base["precision"],
+                "base_p50_ms": base["latency_ms"]["p50"],
+                "int8_p50_ms": row["latency_ms"]["p50"],
+                "speedup": speedup,
+                "dice_delta": delta,
+                "meets_goal": bool(speedup >= SPEEDUP_GOAL and delta >= -DICE_LOSS_GOAL),
+            }
+        )
+    return out
+
+
 # --------------------------------------------------------------------------- Markdown
 
 
@@ -440,6 +486,21 @@ def to_markdown(doc: dict[str, Any], title: str = "bcedge benchmark") -> str:
         lines += [
             f"- {_md_escape(row_label(row))}: **{row['status']}**: {_md_escape(str(row['reason']))}" for row in notes
         ]
+    speedups = int8_speedups(doc)
+    if speedups:
+        lines += [
+            "",
+            f"## INT8 against FP32 (goal: >= {SPEEDUP_GOAL}x faster at p50, Dice lower by <= {DICE_LOSS_GOAL})",
+            "",
+            "| model | format | threads | reference | reference p50 ms | INT8 p50 ms | speed-up | Dice delta | goal |",
+            "|---|---|---:|---|---:|---:|---:|---:|---|",
+        ]
+        for s in speedups:
+            lines.append(
+                f"| {s['model']} | {s['format']} | {s['threads']} | {s['base_precision']} | {s['base_p50_ms']:.2f} | "
+                f"{s['int8_p50_ms']:.2f} | {s['speedup']:.2f}x | {s['dice_delta']:+.4f} | "
+                f"{'yes' if s['meets_goal'] else 'no'} |"
+            )
     profiles = [row for row in doc["rows"] if row.get("op_profile")]
     for row in profiles:
         prof = row["op_profile"]
@@ -592,6 +653,7 @@ __all__ = [
     "ROW_SCHEMA",
     "SCHEMA",
     "ReportSchemaError",
+    "int8_speedups",
     "load_report",
     "pareto_front",
     "plot_available",

@@ -396,3 +396,47 @@ def test_markdown_and_plot(tmp_path: Path) -> None:
     png = plot_pareto(doc, out / "r.png")
     image = cv2.imread(str(png))
     assert image is not None and image.shape[0] > 200 and image.shape[1] > 200
+
+
+def test_int8_speedups_pair_rows_by_model_format_and_threads() -> None:
+    from bcedge.bench_report import int8_speedups
+
+    doc = _doc()
+    fp32 = copy.deepcopy(doc["rows"][0])
+    fp32.update(precision="fp32", dice=0.52, latency_ms={**fp32["latency_ms"], "p50": 3.0, "p95": 3.0, "p99": 3.0})
+    slow_int8 = copy.deepcopy(doc["rows"][0])
+    slow_int8.update(threads=2, latency_ms={**slow_int8["latency_ms"], "p50": 2.0, "p95": 2.0, "p99": 3.0})
+    fp32_2t = copy.deepcopy(fp32)
+    fp32_2t.update(threads=2, latency_ms={**fp32["latency_ms"], "p50": 2.5})
+    doc["rows"] += [fp32, slow_int8, fp32_2t]
+    validate(doc)
+    (one, two) = sorted(int8_speedups(doc), key=lambda s: s["threads"])
+    # 1 thread: 3.0 ms -> 1.0 ms, Dice 0.52 -> 0.50: 3x, a loss of 0.02 (more than 0.01).
+    assert one["speedup"] == pytest.approx(3.0) and one["dice_delta"] == pytest.approx(-0.02)
+    assert not one["meets_goal"]
+    # 2 threads: 2.5 ms -> 2.0 ms: 1.25x, below 1.5x.
+    assert two["speedup"] == pytest.approx(1.25) and not two["meets_goal"]
+    doc["rows"][0]["dice"] = 0.515
+    assert next(s for s in int8_speedups(doc) if s["threads"] == 1)["meets_goal"]
+    assert "## INT8 against FP32" in to_markdown(doc)
+
+
+def test_bench_models_script_smoke(tiny_bundle: Path, bcedge_data: Path, tmp_path: Path) -> None:
+    """benchmarks/bench_models.py on the committed split (two images, one run): JSON, Markdown, plot."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_models.py"
+    spec = importlib.util.spec_from_file_location("bench_models", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "out dir" / "real"
+    args = [str(tiny_bundle), "--root", str(bcedge_data), "--limit", "2", "--runs", "1", "--warmup", "0"]
+    args += ["--threads", "1", "--formats", "tflite", "--out", str(out)]
+    if importlib.util.find_spec("matplotlib") is None:
+        args.append("--no-plot")
+    assert module.main(args) == 0
+    doc = json.loads(out.with_suffix(".json").read_text())
+    validate(doc)
+    assert doc["data"]["split"] == "benchmarks/splits/combined.json" and doc["source"]["git_commit"]
+    assert [r["n_images"] for r in doc["rows"]] == [2]
+    assert "| tiny | tflite | fp32 |" in out.with_suffix(".md").read_text()
