@@ -357,3 +357,23 @@ def test_demo_command_with_a_stand_in_bundle(
     rc, stdout, _ = run(capsys, "demo", "--out", out, "--outputs", "json", "--json")
     doc = json.loads(stdout)
     assert rc == 0 and doc["model"]["bundle"] == str(REAL_BUNDLE) and 0.0 <= doc["dice_vs_truth"] <= 1.0
+
+
+def test_raster_input_findings_in_pixels_and_no_seg(
+    capsys: pytest.CaptureFixture[str], scans: dict[str, Path], tmp_path: Path
+) -> None:
+    pytest.importorskip("highdicom")
+    from bcedge.dicom import read_mammogram
+    from bcedge.imageio import write_png
+
+    png = write_png(tmp_path / "scan.png", read_mammogram(scans["rmlo"]).pixels)
+    out = tmp_path / "out"
+    rc, stdout, err = run(capsys, "infer", png, "--model", REAL_BUNDLE, "--out", out, "--outputs", "json,seg", "--json")
+    assert rc == 0
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and str(png) in warnings[0] and "SEG" in warnings[0]
+    scan = json.loads(stdout)["scans"][0]
+    assert set(scan["outputs"]) == {"json"}
+    assert scan["image"]["pixel_spacing_mm"] is None
+    assert all(f["area_mm2"] is None and f["bbox_mm"] is None for f in scan["findings"])
+    assert sorted(p.name for p in out.iterdir()) == ["scan.json"]
