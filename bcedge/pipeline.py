@@ -232,6 +232,7 @@ class Segmenter:
     # ----------------------------------------------------------------- opening
     def _choose(self, backend: str, artifact: ArtifactRecord | str | None) -> ArtifactRecord:
         from bcedge.backends import auto_backend_names, get_spec
+        from bcedge.bundle import ONNX_GPU
 
         bundle = self.bundle
         if artifact is not None:
@@ -251,13 +252,17 @@ class Segmenter:
             get_spec(backend)
         except ConfigError as exc:
             raise BackendError(f"{exc} (or auto)") from None
+        names = {backend}
+        if backend == "onnx":
+            # onnxruntime on a GPU prefers the fp16 artifact, on the CPU the fp32 one (AUTO_PREFERENCE).
+            names = auto_backend_names(probe_gpu=True) & {"onnx", ONNX_GPU} or names
         try:
-            return bundle.best_artifact({backend})
+            return bundle.best_artifact(names)
         except BundleError:
             pass
         unmeasured = [a for a in bundle.manifest.artifacts if a.backend == backend and a.gate == "not-measured"]
         if unmeasured:
-            record = bundle.best_artifact({backend}, allow_unmeasured=True)
+            record = bundle.best_artifact(names, allow_unmeasured=True)
             self.warnings.append(f"{record.file}: accuracy gate not measured at export; its Dice is unknown")
             return record
         raise BundleError(
