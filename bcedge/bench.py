@@ -961,8 +961,12 @@ def _measure_into(row: dict[str, Any], bundle: Any, record: Any, job: RowJob, it
     )
     if job.profile_ops and record.format == "tflite":
         path = bundle.artifact_path(record, verify=False)
-        ops = profile_tflite_ops(path, threads=job.threads, runs=max(3, min(job.runs, 20)), warmup=2)
-        row["op_profile"] = summarise_ops(ops, model_p50_ms=latency["p50"])
+        try:
+            ops = profile_tflite_ops(path, threads=job.threads, runs=max(3, min(job.runs, 20)), warmup=2)
+        except BcedgeError as exc:  # a device without the flatbuffer schema: the row itself stands
+            row["op_profile_error"] = str(exc)
+        else:
+            row["op_profile"] = summarise_ops(ops, model_p50_ms=latency["p50"])
 
 
 # --------------------------------------------------------------------------- the whole run

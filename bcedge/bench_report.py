@@ -486,6 +486,24 @@ def to_markdown(doc: dict[str, Any], title: str = "bcedge benchmark") -> str:
         lines += [
             f"- {_md_escape(row_label(row))}: **{row['status']}**: {_md_escape(str(row['reason']))}" for row in notes
         ]
+    # Masks do not depend on the thread count: one entry per artifact.
+    grouped = list(
+        {(r.get("bundle"), r["file"]): r for r in doc["rows"][::-1] if len(r.get("groups") or {}) > 1}.values()
+    )
+    if grouped:
+        lines += [
+            "",
+            "## Dice by ground truth (pixel masks, circle masks; normal images: share with any finding)",
+            "",
+            "| model | format | precision | group | images | Dice | IoU | false-positive rate |",
+            "|---|---|---|---|---:|---:|---:|---:|",
+        ]
+        for r in grouped[::-1]:
+            for name, g in r["groups"].items():
+                lines.append(
+                    f"| {r['model']} | {r['format']} | {r['precision']} | {name} | {g['n']} | "
+                    f"{_f(g.get('dice'), 4)} | {_f(g.get('iou'), 4)} | {_f(g.get('false_positive_rate'), 2)} |"
+                )
     speedups = int8_speedups(doc)
     if speedups:
         lines += [
