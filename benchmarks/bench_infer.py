@@ -21,8 +21,10 @@ uncompressed MG DICOM into a temporary folder whose name has a space:
 
 Everything runs pinned to one core by default (children inherit the pinning), the
 backend with ``--threads`` (default 1). The results go to
-``benchmarks/results/infer_speed.json`` with the machine, its load before and after
-and the busiest other processes, so a figure from a busy machine can be told apart.
+``benchmarks/results/infer_speed.json`` with the machine, its load before and after,
+the busiest other processes and the CPU time everything else used during the run
+(from /proc/stat minus this process tree), so a figure from a busy machine can be
+told apart.
 
 Usage::
 
@@ -122,6 +124,36 @@ def load_snapshot() -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError, ValueError):
         pass
     return {"load_average_1_5_15": [round(v, 2) for v in os.getloadavg()], "busy_processes": busy[:6]}
+
+
+def cpu_clock() -> tuple[float, float, float]:
+    """(wall s, busy CPU s of the whole machine, CPU s of this process and its children) now."""
+    import resource
+
+    busy = float("nan")
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+        busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        pass
+    own = sum(
+        r.ru_utime + r.ru_stime
+        for r in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
+    )
+    return time.perf_counter(), busy, own
+
+
+def others_cpu(start: tuple[float, float, float]) -> dict[str, float]:
+    """CPU time other processes used since ``start``, in seconds and as a fraction of all cores' time."""
+    wall0, busy0, own0 = start
+    wall1, busy1, own1 = cpu_clock()
+    others = max(0.0, (busy1 - busy0) - (own1 - own0))
+    return {
+        "wall_s": round(wall1 - wall0, 1),
+        "others_cpu_s": round(others, 2),
+        "others_fraction_of_all_cores": round(others / ((wall1 - wall0) * (os.cpu_count() or 1)), 3),
+    }
 
 
 def source_state() -> dict[str, Any]:
@@ -308,7 +340,10 @@ def bench_cold(model: Path, path: Path, out: Path, runs: int, threads: int) -> d
         totals.append(timing.get("total", float("nan")))
         beyond.append(wall - timing["infer"])
     return {
-        "command": " ".join(command[len(bcedge_command()) - 1 :]),
+        "command": " ".join(["bcedge", *command[len(bcedge_command()) :]])
+        .replace(str(path), "SCAN")
+        .replace(str(out), "OUT")
+        .replace(str(model), "MODEL"),
         "wall_ms": summary(walls),
         "infer_ms": summary(infers),
         "in_process_total_ms": summary(totals),
@@ -339,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model = (args.model or default_model()).resolve()
     cores = pin(args.cpu)
+    clock = cpu_clock()
     load_before = load_snapshot()
     report: dict[str, Any] = {
         "benchmark": "infer_speed",
@@ -375,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{desc['rows']}x{desc['columns']}: cold start of bcedge infer ...", file=sys.stderr)
             entry["cold_start"] = bench_cold(model, path, out, args.cold_runs, args.threads)
     report["load_after"] = load_snapshot()
+    # The machine is shared: how much CPU did everything else take while this ran? (> ~0.05: not quiet.)
+    report["others_during_run"] = others_cpu(clock)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     from bcedge.imageio import atomic_write_bytes
 
@@ -391,7 +429,9 @@ def print_table(report: dict[str, Any]) -> None:
         f"\n{model['name']} {model['format']}/{model['precision']} on {model['backend']} "
         f"({model.get('runtime')}), threads {report['threads']}, cores {report['pinned_cores']}, "
         f"load before {report['load_before']['load_average_1_5_15']} "
-        f"after {report['load_after']['load_average_1_5_15']}"
+        f"after {report['load_after']['load_average_1_5_15']}; other processes used "
+        f"{report['others_during_run']['others_cpu_s']} CPU s "
+        f"({100 * report['others_during_run']['others_fraction_of_all_cores']:.1f} % of all cores) during the run"
     )
     rows = [
         ("decode", lambda e: e["warm"]["decode"]["median"]),
