@@ -832,6 +832,9 @@ def measure_row(job: RowJob, *, items: list[BenchItem] | None = None, isolated: 
         except Exception as exc:  # a backend library failing mid-run: report the row, keep the others going
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             row.update(status=FAILED, reason=f"{type(exc).__name__}: {first}")
+    if record.backend == "keras":
+        # Keras' thread pools are process-wide: only a fresh worker can size them (see worker_env).
+        row["threads_applied"] = isolated
     peak = peak_rss_mb() if isolated else (_proc_peak_mb() or peak_rss_mb())
     row["peak_rss_mb"] = peak
     row["peak_rss_scope"] = "process per row" if isolated else ("row (peak reset)" if peak_reset else "whole run")
@@ -1169,13 +1172,31 @@ def run_isolated(job: RowJob, timeout_s: float | None = None) -> dict[str, Any]:
         atomic_write_bytes(job_path, json.dumps(asdict(job)).encode())
         cmd = [sys.executable, "-m", "bcedge.bench", "row", str(job_path), str(out_path)]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+            proc = subprocess.run(
+                cmd, env=worker_env(job.threads), capture_output=True, text=True, timeout=timeout_s, check=False
+            )
         except subprocess.TimeoutExpired:
             return {"status": FAILED, "reason": f"timed out after {timeout_s} s"}
         if proc.returncode != 0 or not out_path.is_file():
             why = _last_line(proc.stderr) or f"worker exit code {proc.returncode}"
             return {"status": FAILED, "reason": f"worker failed: {why}"}
         return json.loads(out_path.read_text(encoding="utf-8"))
+
+
+def worker_env(threads: int) -> dict[str, str]:
+    """The environment of a row's worker: BLAS and TensorFlow thread pools sized to the row's threads.
+
+    LiteRT and onnxruntime take the thread count as an argument; TensorFlow (the Keras
+    reference) and BLAS libraries fix their pools from these variables when they start,
+    which only a fresh process allows.
+    """
+    env = dict(os.environ)
+    for var in BLAS_THREAD_VARS:
+        env[var] = str(threads)
+    env["TF_NUM_INTRAOP_THREADS"] = str(threads)
+    env["TF_NUM_INTEROP_THREADS"] = "1"
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
 
 
 def _last_line(text: str | None) -> str:
