@@ -27,8 +27,11 @@ class SegmenterProcessor:
     """
 
     def __init__(self, model: ModelConfig) -> None:
+        from bcedge.outputs import preload_seg
         from bcedge.pipeline import Segmenter, default_bundle_path
 
+        # highdicom missing must stop the node at start, not quarantine every scan later.
+        preload_seg()
         self.bundle_path = Path(model.bundle) if model.bundle is not None else default_bundle_path()
         self.kinds = list(model.outputs)
         self.segmenter = Segmenter(
@@ -46,10 +49,17 @@ class SegmenterProcessor:
         return f"{self.bundle_path} ({file}) on {self.segmenter.backend_name}"
 
     def __call__(self, source: Path, out_dir: Path) -> Mapping[str, Path]:
+        from bcedge.errors import InputError
         from bcedge.outputs import write_outputs
 
         result = self.segmenter.segment(source)
-        written = write_outputs(result, out_dir, self.kinds, bundle=self.segmenter.bundle)
+        try:
+            written = write_outputs(result, out_dir, self.kinds, bundle=self.segmenter.bundle)
+        except InputError as exc:
+            if isinstance(exc.__cause__, OSError):
+                # The node's own disk, not the scan: retried by the worker instead of quarantining the scan.
+                raise OSError(exc.__cause__.errno, f"writing outputs: {exc}") from exc
+            raise
         return {kind: Path(os.fspath(path)) for kind, path in written.items()}
 
     def close(self) -> None:
