@@ -865,15 +865,6 @@ def _open_segmenter(bundle: Any, record: Any, threads: int | None) -> Any:
     return Segmenter(bundle, backend=record.backend, artifact=record, threads=threads)
 
 
-def _segmenter_backend(seg: Any) -> Any:
-    backend = getattr(seg, "backend", None)
-    if backend is None or not hasattr(backend, "predict"):
-        backend = getattr(seg, "_backend", None)
-    if backend is None or not hasattr(backend, "predict"):
-        raise BcedgeError("the Segmenter exposes no backend to time (expected Segmenter.backend)")
-    return backend
-
-
 def _measure_into(row: dict[str, Any], bundle: Any, record: Any, job: RowJob, items: list[BenchItem]) -> None:
     from bcedge.metrics import MetricAccumulator
     from bcedge.preprocess import preprocess
@@ -883,7 +874,7 @@ def _measure_into(row: dict[str, Any], bundle: Any, record: Any, job: RowJob, it
     seg = _open_segmenter(bundle, record, job.threads)
     try:
         load_ms = (time.perf_counter_ns() - start) / 1e6
-        backend = _segmenter_backend(seg)
+        backend = seg.backend
         config = bundle.preprocess_config()
         # Accuracy and end-to-end stages: every image through the runtime path, decode timed here.
         all_acc, lesion_acc = MetricAccumulator(), MetricAccumulator()
@@ -894,15 +885,27 @@ def _measure_into(row: dict[str, Any], bundle: Any, record: Any, job: RowJob, it
         tensors: list[np.ndarray] = []
         passes = max(1, math.ceil(MIN_E2E_TIMINGS / len(items)))
         # The first call of a backend allocates and sets up its delegate: not part of any stage.
-        warm_mammo = items[0].decode()
-        tensors.append(preprocess(warm_mammo, config)[0])
-        backend.predict(tensors[0])
+        warm_id = None
+        for item in items:
+            with contextlib.suppress(InputError):  # an unreadable scan is reported by the pass below
+                tensors.append(preprocess(item.decode(), config)[0])
+                warm_id = item.id
+                break
+        if tensors:
+            backend.predict(tensors[0])
+        skipped: dict[str, str] = {}
         for p in range(passes):
-            for k, item in enumerate(items):
-                t0 = time.perf_counter_ns()
-                mammo = item.decode()
-                decode_ms = (time.perf_counter_ns() - t0) / 1e6
-                result = seg.segment(mammo)
+            for item in items:
+                if item.id in skipped:
+                    continue
+                try:
+                    t0 = time.perf_counter_ns()
+                    mammo = item.decode()
+                    decode_ms = (time.perf_counter_ns() - t0) / 1e6
+                    result = seg.segment(mammo)
+                except InputError as exc:  # a bad scan is reported and left out; a backend failure is not caught
+                    skipped[item.id] = str(exc)
+                    continue
                 timing = dict(result.timing_ms)
                 timing["decode"] = decode_ms
                 for stage in E2E_STAGES:
@@ -910,7 +913,7 @@ def _measure_into(row: dict[str, Any], bundle: Any, record: Any, job: RowJob, it
                 totals.append(sum(float(timing.get(s, 0.0)) for s in E2E_STAGES))
                 if p:
                     continue
-                if k and len(tensors) < MIN_DISTINCT_INPUTS * 2:
+                if item.id != warm_id and len(tensors) < MIN_DISTINCT_INPUTS * 2:
                     tensors.append(preprocess(mammo, config)[0])
                 truth = item.mask(mammo.pixels.shape[:2])
                 pred = np.asarray(result.mask)
@@ -921,6 +924,8 @@ def _measure_into(row: dict[str, Any], bundle: Any, record: Any, job: RowJob, it
                     groups.setdefault(item.mask_kind, MetricAccumulator()).add(pred, truth)
                 else:
                     normal_flagged.append(bool(pred.any()))
+        if not totals:
+            raise InputError(f"no evaluation image could be read; first error: {next(iter(skipped.values()))}")
         # Model latency: batch 1, rotating distinct inputs, warm-up excluded.
         inputs = distinct_inputs(tensors)
         ns = time_calls(backend.predict, inputs, job.runs, job.warmup)
@@ -961,6 +966,7 @@ def _measure_into(row: dict[str, Any], bundle: Any, record: Any, job: RowJob, it
         load_ms=load_ms,
         rss_before_model_mb=rss_before,
         backend_details={k: v for k, v in details.items() if k not in ("path",)},
+        skipped_images=[{"id": key, "error": why} for key, why in skipped.items()],
     )
     if job.profile_ops and record.format == "tflite":
         path = bundle.artifact_path(record, verify=False)

@@ -440,3 +440,14 @@ def test_bench_models_script_smoke(tiny_bundle: Path, bcedge_data: Path, tmp_pat
     assert doc["data"]["split"] == "benchmarks/splits/combined.json" and doc["source"]["git_commit"]
     assert [r["n_images"] for r in doc["rows"]] == [2]
     assert "| tiny | tflite | fp32 |" in out.with_suffix(".md").read_text()
+
+
+def test_unreadable_scan_is_skipped_and_reported(tiny_bundle: Path, sample: BenchData, tmp_path: Path) -> None:
+    bad = tmp_path / "broken scan.dcm"
+    bad.write_bytes(b"DICM" * 64)
+    data = BenchData.from_files([(bad, None), *sample.files])
+    row = measure_row(_job(tiny_bundle, data, runs=2))
+    assert row["status"] == VALIDATED and row["n_images"] == len(sample.files)
+    assert [s["id"] for s in row["skipped_images"]] == ["broken scan"]
+    only_bad = measure_row(_job(tiny_bundle, BenchData.from_files([(bad, None)])))
+    assert only_bad["status"] == FAILED and "no evaluation image could be read" in only_bad["reason"]
