@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -177,6 +178,8 @@ def test_dicom_tls_in_and_out(spaced_dir: Path, certs: Path) -> None:
     try:
         wait_for(lambda: port_open(pacs_port), what="storescp with TLS")
         node.start()
+        # a caller that connects and says nothing must not hold up the others (TLS handshake per connection)
+        silent = socket.create_connection(("127.0.0.1", port), timeout=5)
         scan = write_mg(spaced_dir / "in" / "scan.dcm")
         tls_args = ["+tls", str(c / "modality.key"), str(c / "modality.pem"), "+cf", str(c / "ca.pem")]
         sent = storescu(port, [scan], extra=tls_args)
@@ -190,6 +193,7 @@ def test_dicom_tls_in_and_out(spaced_dir: Path, certs: Path) -> None:
             acknowledged(plain.stdout + plain.stderr) == [] and acknowledged(anonymous.stdout + anonymous.stderr) == []
         )
         assert node.state.totals["received"] == 1
+        silent.close()
     finally:
         node.stop(timeout=10)
         pacs.kill()

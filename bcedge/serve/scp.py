@@ -93,13 +93,24 @@ def _status(code: int, comment: str) -> Dataset:
     return ds
 
 
-def _address_filter(allowed: list[str]) -> type[ThreadedAssociationServer]:
+def _server_class(allowed: list[str], handshake_timeout: float) -> type[ThreadedAssociationServer]:
+    """pynetdicom's threaded server with an address allow-list and TLS handshakes off the accept loop."""
     networks = [ipaddress.ip_network(text, strict=False) for text in allowed]
 
-    class _FilteredServer(ThreadedAssociationServer):
-        """Closes connections from addresses outside ``allowed_addresses`` before association."""
+    class _NodeServer(ThreadedAssociationServer):
+        bcedge_state: NodeState | None = None
+
+        def get_request(self) -> tuple[Any, Any]:
+            # pynetdicom wraps the socket here with an immediate handshake, in the accept loop: one
+            # silent TLS client would block every other caller. Defer it to the connection's thread.
+            client, address = self.socket.accept()  # type: ignore[union-attr]
+            if self.ssl_context:
+                client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+            return client, address
 
         def verify_request(self, request: Any, client_address: Any) -> bool:
+            if not networks:
+                return True
             host = client_address[0] if isinstance(client_address, tuple) else str(client_address)
             try:
                 ip = ipaddress.ip_address(host.split("%")[0])
@@ -109,14 +120,29 @@ def _address_filter(allowed: list[str]) -> type[ThreadedAssociationServer]:
                 ip = ip.ipv4_mapped
             ok = ip is not None and any(ip.version == n.version and ip in n for n in networks)
             if not ok:
-                LOG.warning("refused a connection from %s: not in [node] allowed_addresses", host)
-                state = getattr(self, "bcedge_state", None)
-                if state is not None:
-                    state.count("associations_rejected")
-                    state.error("scp", f"connection from {host} refused: address not allowed")
+                self._refused(f"connection from {host} refused: address not in [node] allowed_addresses")
             return ok
 
-    return _FilteredServer
+        def process_request_thread(self, request: Any, client_address: Any) -> None:
+            if isinstance(request, ssl.SSLSocket):
+                host = client_address[0] if isinstance(client_address, tuple) else str(client_address)
+                try:
+                    request.settimeout(handshake_timeout)
+                    request.do_handshake()
+                    request.settimeout(None)  # as pynetdicom expects: blocking, it polls with select
+                except (OSError, ValueError) as exc:
+                    self._refused(f"TLS handshake with {host} failed: {type(exc).__name__}: {exc}")
+                    self.shutdown_request(request)
+                    return
+            super().process_request_thread(request, client_address)
+
+        def _refused(self, message: str) -> None:
+            LOG.warning(message)
+            if self.bcedge_state is not None:
+                self.bcedge_state.count("associations_rejected")
+                self.bcedge_state.error("scp", message)
+
+    return _NodeServer
 
 
 class StorageSCP:
@@ -168,14 +194,13 @@ class StorageSCP:
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
         ]
-        server_class = _address_filter(self.config.allowed_addresses) if self.config.allowed_addresses else None
         server = self.ae.make_server(
             (self.config.bind, self.config.port),
             ssl_context=self.ssl_context,
             evt_handlers=handlers,
-            server_class=server_class or ThreadedAssociationServer,
+            server_class=_server_class(self.config.allowed_addresses, self.config.network_timeout_s),
         )
-        server.bcedge_state = self.state  # type: ignore[attr-defined]
+        server.bcedge_state = self.state
         # As AE.start_server(block=False) does; registered so AE.shutdown() stops it too.
         self.ae._servers.append(server)
         self._thread = threading.Thread(target=server.serve_forever, name="bcedge-serve-scp", daemon=True)
