@@ -9,6 +9,7 @@ marked failed in the outbox (see README, "bcedge serve").
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -60,6 +61,13 @@ def _check(cfg) -> list[str]:
             path = default_bundle_path()
             load_bundle(path)
             notes.append(f"bundle: {path} read and checked")
+    root = cfg.storage.root
+    existing = next((p for p in (root, *root.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        from bcedge.errors import ConfigError
+
+        raise ConfigError(f"[storage] root {root}: cannot be created or written by this user (checked {existing})")
+    notes.append(f"storage: {root} " + ("exists and is writable" if existing == root else "will be created"))
     if cfg.tls.enabled or cfg.destination.tls.enabled:
         from bcedge.serve.tls import client_context, server_context
 

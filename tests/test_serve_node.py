@@ -242,3 +242,31 @@ def test_logs_and_state_carry_no_patient_data(spaced_dir: Path, pacs: Storescp, 
     for needle in ("Doe", "Jane", "PID-SECRET"):
         assert needle not in blob
     assert not [p for p in node.layout.root.rglob("*") if "Doe" in p.name or "PID" in p.name]
+
+
+def test_out_of_resources_when_the_scan_cannot_be_stored(spaced_dir: Path, start_node: Callable) -> None:
+    node, port, _ = start_node(free_port(), storage={"min_free_mb": 2**40})  # more than any disk has
+    sent = storescu(port, [write_mg(spaced_dir / "in" / "scan.dcm")])
+    log = sent.stderr + sent.stdout
+    assert "OutOfResources" in log and acknowledged(log) == []
+    assert node.layout.counts()["spool"] == 0 and not list(node.layout.incoming.iterdir())
+    assert "0xA700" in node.state.errors[-1]["message"]
+
+
+def test_undecodable_dataset_is_answered_cannot_understand(start_node: Callable) -> None:
+    """storescu will not send a broken file, so the handler is called with one directly."""
+    from types import SimpleNamespace
+
+    node, _port, _ = start_node(free_port())
+
+    class Broken:
+        @property
+        def dataset(self) -> None:
+            raise ValueError("truncated element")
+
+        assoc = SimpleNamespace(requestor=SimpleNamespace(ae_title="MODALITY", address="127.0.0.1"))
+        context = SimpleNamespace(abstract_syntax="1.2.840.10008.5.1.4.1.1.1.2")
+
+    status = node.scp._on_store(Broken())
+    assert status.Status == 0xC210 and "cannot be decoded" in status.ErrorComment
+    assert node.state.totals["refused"] == 1 and node.layout.counts()["spool"] == 0

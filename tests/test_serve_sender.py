@@ -213,3 +213,20 @@ def test_storage_root_is_locked_against_a_second_node(spaced_dir: Path) -> None:
             second.start()
     finally:
         first.stop(timeout=10)
+
+
+def test_a_port_in_use_is_a_config_error(spaced_dir: Path) -> None:
+    from bcedge.errors import ConfigError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        node = Node(parse_config(config_text(spaced_dir / "node", port, free_port())), process=FakeSeg())
+        with pytest.raises(ConfigError, match=f"port {port}: cannot listen"):
+            node.start()
+    assert not (node.worker and node.worker.is_alive()) and not (node.sender and node.sender.is_alive())
+    # the storage root is free again for the next start
+    node2 = Node(parse_config(config_text(spaced_dir / "node", 0, free_port())), process=FakeSeg())
+    node2.start()
+    node2.stop(timeout=10)

@@ -161,7 +161,14 @@ class Node:
         self.scp = StorageSCP(cfg.node, spool, state, ssl_context=server_ctx)
         self.worker.start()
         self.sender.start()
-        host, port = self.scp.start()
+        try:
+            host, port = self.scp.start()
+        except OSError as exc:
+            self.stop(timeout=10)
+            hint = " (ports below 1024 need privileges: see the systemd unit in README)" if cfg.node.port < 1024 else ""
+            raise ConfigError(
+                f"[node] bind {cfg.node.bind} port {cfg.node.port}: cannot listen ({exc.strerror or exc}){hint}"
+            ) from None
         state.set_status(
             "running",
             ae_title=cfg.node.ae_title,
