@@ -271,10 +271,10 @@ class Sender(threading.Thread):
         if retry.attempts >= self.dest.max_attempts:
             retry.failed = True
             wait = self.dest.retry_failed_every_s or float("inf")
-            message = f"{item.name}: not delivered after {retry.attempts} attempts; last: {reason}; stays in the outbox"
+            message = f"not delivered after {retry.attempts} attempts; last: {reason}; stays in the outbox"
             write_durable(item / "reason.txt", (message + "\n").encode("utf-8"))
-            LOG.error("sender: %s", message)
-            self.state.error("sender", message)
+            LOG.error("sender: %s: %s", item.name, message)
+            self.state.error("sender", f"{item.name}: {message}")
         else:
             wait = self._backoff(retry.attempts)
             LOG.warning(
