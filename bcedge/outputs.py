@@ -542,7 +542,8 @@ def build_seg(
         result: the segmentation; ``result.mask`` (H, W) uint8 {0, 1} on the source grid.
         bundle: the model bundle that produced it.
         source_path: the source DICOM (default :func:`source_file` of ``result``).
-        artifact: the artifact that ran (default: every artifact of the bundle identifies the model).
+        artifact: the artifact that ran (default: the one ``result.model`` names, :func:`artifact_of`;
+            failing that, every artifact of the bundle together identifies the model).
         source: an already read header (:func:`read_source_header`), instead of reading ``source_path``.
 
     Returns:
@@ -555,6 +556,8 @@ def build_seg(
     hd = _highdicom()
     from pydicom.sr.codedict import codes
 
+    if artifact is None:
+        artifact = artifact_of(result, bundle)
     mask = np.asarray(result.mask)
     if source_path is None:
         source_path = source_file(result)
@@ -640,8 +643,6 @@ def write_seg(
     artifact: ArtifactRecord | None = None,
 ) -> Path:
     """Build the SEG of ``result`` (:func:`build_seg`) and write it to ``path`` atomically."""
-    if artifact is None:
-        artifact = artifact_of(result, bundle)
     seg = build_seg(result, bundle=bundle, source_path=source_path, artifact=artifact)
     return atomic_write_bytes(path, encode_seg(seg))
 
