@@ -72,6 +72,10 @@ def train_command(
     ] = "none",
     base_filters: Annotated[int, typer.Option("--base-filters", min=4, help="Plain UNet first-stage filters.")] = 64,
     upsampling: Annotated[str, typer.Option("--upsampling", help="nearest, bilinear or transpose.")] = "nearest",
+    width: Annotated[
+        float,
+        typer.Option("--width", min=0.05, max=1.0, help="Encoder UNets: decoder width and MobileNetV2 alpha."),
+    ] = 1.0,
     patience: Annotated[int, typer.Option("--patience", min=1, help="Early stopping (epochs).")] = 15,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     mixed_precision: Annotated[bool, typer.Option("--mixed-precision", help="float16 compute on GPUs.")] = False,
@@ -134,6 +138,7 @@ def train_command(
         encoder_weights=encoder_weights,
         base_filters=base_filters,
         upsampling=upsampling,
+        width=width,
         patience=patience,
         seed=seed,
         mixed_precision=mixed_precision,

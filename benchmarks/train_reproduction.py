@@ -62,6 +62,7 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--loss", default="bce-dice")
     ap.add_argument("--base-filters", type=int, default=64)
+    ap.add_argument("--width", type=float, default=1.0, help="encoder UNets: decoder width and MobileNetV2 alpha")
     ap.add_argument("--patience", type=int, default=20)
     ap.add_argument("--time-budget-min", type=float, default=None, help="per model; resumable")
     ap.add_argument("--mixed-precision", action="store_true")
@@ -101,6 +102,7 @@ def main() -> int:
             lr=args.lr,
             loss=args.loss,
             base_filters=args.base_filters,
+            width=args.width if name != "unet" else 1.0,
             patience=args.patience,
             mixed_precision=args.mixed_precision,
             time_budget_s=None if args.time_budget_min is None else args.time_budget_min * 60,

@@ -551,6 +551,7 @@ def build_bundle(opts: ExportOptions, log: Log = print, progress=None) -> Export
             "params": int(model.count_params()),
             "upsampling": cfg.get("upsampling"),
             "base_filters": cfg.get("base_filters") if cfg.get("model") == "unet" else None,
+            "width": cfg.get("width", 1.0) if cfg.get("model") != "unet" else None,
             "encoder_weights": cfg.get("encoder_weights"),
         },
         input=input_spec,

@@ -66,6 +66,18 @@ def test_upsampling_variants() -> None:
     assert "Conv2DTranspose" in kinds(transpose)
 
 
+def test_width_shrinks_the_encoder_unets() -> None:
+    full = models.build_model("unet-mobilenetv2", 64)
+    small = models.build_model("unet-mobilenetv2", 64, width=0.25)
+    assert small.count_params() < full.count_params() / 3
+    assert small.get_layer("decoder_stage4a_conv").filters == 4  # 16 * 0.25
+    assert small.predict(np.zeros((1, 64, 64, 1), np.float32), verbose=0).shape == (1, 64, 64, 1)
+    with pytest.raises(ConfigError, match="--base-filters"):
+        models.build_model("unet", 64, width=0.5)
+    with pytest.raises(ConfigError, match="width"):
+        models.build_model("unet-vgg19", 64, width=0.0)
+
+
 def test_bad_options_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown model"):
         models.build_model("resnet", 64)

@@ -78,7 +78,7 @@ ENCODERS: dict[str, EncoderSpec] = {
         bottleneck="out_relu",
         scale=2.0,  # tf mode: [0, 1] -> [-1, 1]
         offsets=(-1.0, -1.0, -1.0),
-        weights_file="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{size}_no_top.h5",
+        weights_file="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha}_{size}_no_top.h5",
     ),
 }
 
@@ -192,16 +192,20 @@ def resolve_encoder_weights(encoder_weights: str | os.PathLike[str] | None) -> s
     return path
 
 
-def _encoder(spec: EncoderSpec, input_size: int, weights: str | Path | None):
+def _encoder(spec: EncoderSpec, input_size: int, weights: str | Path | None, alpha: float = 1.0):
     keras = _keras()
     constructor = getattr(keras.applications, spec.application)
-    kwargs = {"include_top": False, "input_shape": (input_size, input_size, 3)}
+    kwargs: dict = {"include_top": False, "input_shape": (input_size, input_size, 3)}
+    if spec.application == "MobileNetV2":
+        kwargs["alpha"] = alpha
     if weights == "imagenet":
         try:
             return constructor(weights="imagenet", **kwargs)
         except Exception as exc:  # network errors surface as many types (URLError, OSError, Exception)
             cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
-            fname = spec.weights_file.format(size=input_size if input_size in (96, 128, 160, 192, 224) else 224)
+            fname = spec.weights_file.format(
+                alpha=alpha, size=input_size if input_size in (96, 128, 160, 192, 224) else 224
+            )
             raise BcedgeError(
                 f"downloading ImageNet weights for {spec.application} failed ({type(exc).__name__}); "
                 f"put {fname} into {cache}/ or pass --encoder-weights none|PATH"
@@ -225,6 +229,7 @@ def build_encoder_unet(
     decoder_filters: tuple[int, ...] = DECODER_FILTERS,
     upsampling: Upsampling = "nearest",
     freeze_encoder: bool = False,
+    alpha: float = 1.0,
 ):
     """UNet decoder on a ``keras.applications`` encoder, in the style of segmentation_models.
 
@@ -235,6 +240,8 @@ def build_encoder_unet(
         decoder_filters: filters of the five decoder stages, deepest first.
         upsampling: decoder upsampling, see the module doc.
         freeze_encoder: make the encoder non-trainable (for warm-up with ImageNet weights).
+        alpha: MobileNetV2 width multiplier (ImageNet weights exist for 0.35, 0.5, 0.75, 1.0, 1.3, 1.4);
+            ignored by VGG19, which has none.
 
     Returns:
         ``keras.Model`` named ``unet-<backbone>``: (N, S, S, 1) float32 -> (N, S, S, 1) sigmoid.
@@ -245,7 +252,7 @@ def build_encoder_unet(
         raise ConfigError(f"unknown backbone {backbone!r}; expected one of {sorted(ENCODERS)}")
     spec = ENCODERS[backbone]
     _check_size(f"unet-{backbone}", input_size, 32)
-    encoder = _encoder(spec, input_size, resolve_encoder_weights(encoder_weights))
+    encoder = _encoder(spec, input_size, resolve_encoder_weights(encoder_weights), alpha)
     encoder.trainable = not freeze_encoder
     for layer in encoder.layers:
         if isinstance(layer, layers.BatchNormalization):
@@ -279,6 +286,7 @@ def build_model(
     base_filters: int = 64,
     batch_norm: bool = True,
     upsampling: Upsampling = "nearest",
+    width: float = 1.0,
 ):
     """Build one of :data:`MODEL_NAMES` for a (input_size, input_size, 1) input in [0, 1].
 
@@ -289,15 +297,24 @@ def build_model(
         base_filters: plain UNet only: filters of the first stage.
         batch_norm: plain UNet only: batch normalisation.
         upsampling: ``nearest`` (default), ``bilinear`` or ``transpose``.
+        width: encoder UNets only: multiplies the decoder filters and is MobileNetV2's
+            ``alpha`` (0.35 gives the ~1.5 M-parameter demo model); 1.0 is the study's model.
     """
+    if not 0.05 <= width <= 1.0:
+        raise ConfigError(f"width must be in [0.05, 1.0], got {width}")
     if upsampling not in ("nearest", "bilinear", "transpose"):
         raise ConfigError(f"unknown upsampling {upsampling!r}; expected nearest, bilinear or transpose")
     if name == "unet":
         if resolve_encoder_weights(encoder_weights) is not None:
             raise ConfigError("the plain UNet has no pretrained encoder; use --encoder-weights none")
+        if width != 1.0:
+            raise ConfigError("--width applies to the encoder UNets; the plain UNet takes --base-filters")
         return build_unet(input_size, base_filters=base_filters, batch_norm=batch_norm, upsampling=upsampling)
     if name.startswith("unet-") and name[5:] in ENCODERS:
-        return build_encoder_unet(name[5:], input_size, encoder_weights, upsampling=upsampling)
+        decoder = tuple(max(4, round(f * width)) for f in DECODER_FILTERS)
+        return build_encoder_unet(
+            name[5:], input_size, encoder_weights, decoder_filters=decoder, upsampling=upsampling, alpha=width
+        )
     raise ConfigError(f"unknown model {name!r}; expected one of {', '.join(MODEL_NAMES)}")
 
 

@@ -59,6 +59,7 @@ class TrainConfig:
     encoder_weights: str = "none"
     base_filters: int = 64
     upsampling: str = "nearest"
+    width: float = 1.0
     positive_fraction: float | None = 0.5
     augment: bool = True
     patience: int = 15
@@ -258,6 +259,7 @@ def train(
                 None if config.model == "unet" else config.encoder_weights,
                 base_filters=config.base_filters,
                 upsampling=config.upsampling,  # type: ignore[arg-type]
+                width=config.width,
             )
             compile_model(model, config)
     state["replicas"] = replicas

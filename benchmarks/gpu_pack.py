@@ -1,0 +1,105 @@
+"""Carry a trained run back from a machine whose file transfer is size-limited.
+
+The lent GPU machine returns at most 16 MiB per file. ``pack`` stores a run's
+``best.keras`` as float16 weights plus the run's ``config.json`` in one ``.npz``,
+split into numbered chunks; ``unpack`` (on the desktop, TensorFlow backend) rebuilds
+the model from the config, loads the weights and writes a run folder that
+``bcedge export`` takes. Float16 storage rounds each weight to 11 significant bits;
+the exported artifacts and their gate are measured on the rebuilt model, so every
+figure downstream describes exactly what was carried back.
+
+    python benchmarks/gpu_pack.py pack RUN_DIR OUT_PREFIX [--chunk-mib 15]
+    python benchmarks/gpu_pack.py unpack OUT_PREFIX RUN_DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def pack(run_dir: Path, prefix: Path, chunk_mib: float) -> list[Path]:
+    """Write ``PREFIX.partNN`` chunks of an npz holding the run's config and float16 weights."""
+    from training.models import load_trained
+
+    model = load_trained(run_dir / "best.keras")
+    arrays = {f"w{i:04d}": w.astype(np.float16) for i, w in enumerate(model.get_weights())}
+    meta = {"config": json.loads((run_dir / "config.json").read_text())}
+    for name in ("state.json",):
+        if (run_dir / name).is_file():
+            meta[name] = json.loads((run_dir / name).read_text())
+    buf = io.BytesIO()
+    np.savez(buf, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+    data = buf.getvalue()
+    step = int(chunk_mib * 2**20)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(0, len(data), step):
+        path = prefix.with_name(f"{prefix.name}.part{i // step:02d}")
+        path.write_bytes(data[i : i + step])
+        paths.append(path)
+    return paths
+
+
+def unpack(prefix: Path, run_dir: Path) -> Path:
+    """Rebuild ``RUN_DIR/best.keras`` (+ config.json, state.json) from the chunks."""
+    from training.models import build_model
+    from training.train import TrainConfig
+
+    parts = sorted(prefix.parent.glob(f"{prefix.name}.part*"))
+    if not parts:
+        raise SystemExit(f"no chunks {prefix}.partNN")
+    npz = np.load(io.BytesIO(b"".join(p.read_bytes() for p in parts)))
+    meta = json.loads(npz["meta"].tobytes().decode())
+    cfg = meta["config"]
+    known = set(TrainConfig.__dataclass_fields__)
+    config = TrainConfig(**{**{k: v for k, v in cfg.items() if k in known}, "data": tuple(cfg["data"])})
+    model = build_model(
+        config.model,
+        config.size,
+        None,
+        base_filters=config.base_filters,
+        upsampling=config.upsampling,  # type: ignore[arg-type]
+        width=config.width,
+    )
+    weights = [npz[f"w{i:04d}"].astype(np.float32) for i in range(len(model.get_weights()))]
+    model.set_weights(weights)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps(cfg, indent=2))
+    if "state.json" in meta:
+        (run_dir / "state.json").write_text(json.dumps(meta["state.json"], indent=2))
+    model.save(run_dir / "best.keras")
+    return run_dir
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("pack")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("prefix", type=Path)
+    p.add_argument("--chunk-mib", type=float, default=15.0)
+    u = sub.add_parser("unpack")
+    u.add_argument("prefix", type=Path)
+    u.add_argument("run_dir", type=Path)
+    args = ap.parse_args()
+    if args.cmd == "pack":
+        for path in pack(args.run_dir, args.prefix, args.chunk_mib):
+            print(path, path.stat().st_size)
+    else:
+        print(unpack(args.prefix, args.run_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
