@@ -26,6 +26,19 @@ SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 TIMEOUT = 30  # seconds: the upper bound of every wait in these tests
 
 
+def detach_logging() -> None:
+    """Undo :func:`bcedge.serve.node.configure_logging` (its handlers point at a test's captured stderr)."""
+    import logging
+
+    for name in ("bcedge.serve", "pynetdicom"):
+        logger = logging.getLogger(name)
+        for handler in [h for h in logger.handlers if getattr(h, "_bcedge_serve", False)]:
+            logger.removeHandler(handler)
+            handler.close()
+        logger.propagate = True
+        logger.setLevel(logging.NOTSET)
+
+
 def have_dcmtk() -> bool:
     return all(shutil.which(tool) for tool in DCMTK)
 
@@ -127,14 +140,20 @@ def referenced_source(seg_path: Path) -> str:
 
 
 def received_segs(folder: Path) -> list[tuple[str, str]]:
-    """(SEG SOP Instance UID, referenced source UID) of every file the fake PACS wrote."""
+    """(SEG SOP Instance UID, referenced source UID) of every complete file the fake PACS wrote.
+
+    storescp writes in place, so a file still being written is skipped (the callers poll).
+    """
     import pydicom
 
     out = []
     for path in sorted(folder.iterdir()):
         if path.is_file() and not path.name.startswith("."):
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-            out.append((str(ds.SOPInstanceUID), referenced_source(path)))
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+                out.append((str(ds.SOPInstanceUID), referenced_source(path)))
+            except (pydicom.errors.InvalidDicomError, AttributeError, IndexError, EOFError, OSError, ValueError):
+                continue
     return out
 
 

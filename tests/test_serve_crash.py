@@ -100,7 +100,7 @@ def _check_delivery(pacs: Storescp, must_have: set[str]) -> dict[str, set[str]]:
 
 def test_kill9_during_a_burst_loses_nothing(spaced_dir: Path, cluster: tuple[NodeProcess, Storescp, Layout]) -> None:
     node, pacs, layout = cluster
-    scans = [write_mg(spaced_dir / "in" / f"s{i:02d}.dcm", seed=i) for i in range(30)]
+    scans = [write_mg(spaced_dir / "in" / f"s{i:02d}.dcm", seed=i, shape=(256, 200)) for i in range(40)]
     uid_of = {str(p): sop_uid(p) for p in scans}
     node.start()
     sender = subprocess.Popen(
@@ -128,15 +128,15 @@ def test_kill9_during_a_burst_loses_nothing(spaced_dir: Path, cluster: tuple[Nod
     )
     try:
         # kill when some scans are delivered and others are still waiting in the spool/outbox
-        wait_for(lambda: layout.counts()["done"] >= 3 and layout.counts()["spool"] >= 2, what="a backlog", timeout=30)
+        wait_for(lambda: layout.counts()["done"] >= 2 and layout.counts()["spool"] >= 2, what="a backlog", timeout=30)
         node.kill9()
         first_log = sender.communicate(timeout=30)[0]
     finally:
         sender.kill()
     acked = {uid_of[f] for f in acknowledged(first_log)}
-    assert 5 <= len(acked) < len(scans), first_log[-1500:]
     counts = layout.counts()
-    assert counts["spool"] + counts["outbox"] > 0  # the kill left work behind
+    assert len(acked) >= 3, first_log[-1500:]  # the last spooled one may have died before its response
+    assert counts["spool"] + counts["outbox"] > 0  # the kill left acknowledged work behind
 
     # restart, and kill again while it is catching up
     node.start()

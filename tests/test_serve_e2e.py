@@ -65,16 +65,21 @@ def test_bcedge_serve_cli_scan_in_seg_out(spaced_dir: Path, capsys: pytest.Captu
         source_uid = str(pydicom.dcmread(SCAN, stop_before_pixels=True).SOPInstanceUID)
         sent = storescu(port, [SCAN])
         assert acknowledged(sent.stdout + sent.stderr) == [str(SCAN)], sent.stdout + sent.stderr
-        first = wait_for(lambda: sorted(pacs.folder.iterdir()), what="the SEG at PACS", timeout=60)
-        seg = pydicom.dcmread(first[0])
+        done_dir = spaced_dir / "node" / "done"
+        # an item reaches done/ only after PACS answered success, i.e. after storescp wrote the file
+        wait_for(lambda: done_dir.is_dir() and len(list(done_dir.iterdir())) == 1, what="delivery", timeout=60)
+        (first,) = sorted(pacs.folder.iterdir())
+        seg = pydicom.dcmread(first)
         assert seg.SOPClassUID == SEGMENTATION_STORAGE and seg.Modality == "SEG"
-        assert referenced_source(first[0]) == source_uid
+        assert referenced_source(first) == source_uid
         assert seg.StudyInstanceUID == pydicom.dcmread(SCAN, stop_before_pixels=True).StudyInstanceUID
         # the same scan again (a modality retry): a second SEG with the same SOP Instance UID
         storescu(port, [SCAN])
-        both = wait_for(lambda: len(list(pacs.folder.iterdir())) == 2 and sorted(pacs.folder.iterdir()), what="2nd")
+        wait_for(lambda: len(list(done_dir.iterdir())) == 2, what="the second delivery", timeout=60)
+        both = sorted(pacs.folder.iterdir())
+        assert len(both) == 2
         assert {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in both} == {seg.SOPInstanceUID}
-        done = wait_for(lambda: sorted((spaced_dir / "node" / "done").iterdir()), what="done items")
+        done = sorted(done_dir.iterdir())
         item = json.loads((done[0] / "item.json").read_text())
         assert item["seg_sop_instance_uid"] == seg.SOPInstanceUID and "json" in item["outputs"]
         findings = json.loads((done[0] / item["outputs"]["json"]).read_text())

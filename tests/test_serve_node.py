@@ -19,6 +19,7 @@ from serve_support import (
     Storescp,
     acknowledged,
     config_text,
+    detach_logging,
     echoscu,
     fake_seg_uid,
     free_port,
@@ -68,6 +69,7 @@ def start_node(spaced_dir: Path) -> Iterator[Callable[..., tuple[Node, int, Path
     finally:
         for node in nodes:
             node.stop(timeout=10)
+        detach_logging()
 
 
 def _outbox_and_spool_empty(layout: Layout) -> bool:
