@@ -739,16 +739,50 @@ LIBRARIES = (
 )
 
 
-def library_versions() -> dict[str, str]:
-    """Python and the installed versions of :data:`LIBRARIES` (read from metadata; nothing imported)."""
+def library_versions(extra: Sequence[str] = ()) -> dict[str, str]:
+    """Python and the installed versions of :data:`LIBRARIES` (read from metadata; nothing imported).
+
+    Args:
+        extra: more distribution names to record (e.g. ``highdicom`` for a SEG timing); absent ones
+            are left out like the others.
+    """
     out = {"python": platform.python_version()}
-    for dist in LIBRARIES:
+    for dist in (*LIBRARIES, *extra):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             out[dist] = importlib.metadata.version(dist)
     blas = _blas_name()
     if blas:
         out["numpy_blas"] = blas
     return out
+
+
+def source_state(root: str | os.PathLike[str]) -> dict[str, Any]:
+    """Git commit of the checkout at ``root`` and which ``bcedge/`` files differ from it.
+
+    Benchmark scripts record this beside their figures: timings depend on the code that ran.
+
+    Returns:
+        ``{"git_commit": str | None, "uncommitted_bcedge_files": [path, ...]}``; None and an
+        empty list where ``root`` is not a git checkout or git is missing.
+    """
+
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return done.stdout if done.returncode == 0 else ""
+
+    # -z: NUL-separated "XY path" entries (two status letters, a space, the path), paths not quoted
+    # (plain --porcelain puts a name with a space in quotes); a rename or copy is followed by its source.
+    entries = iter(git("status", "--porcelain", "-z", "--", "bcedge").split("\0"))
+    dirty = []
+    for entry in entries:
+        if len(entry) > 3:
+            dirty.append(entry[3:])
+            if entry[0] in "RC":
+                next(entries, None)
+    return {"git_commit": git("rev-parse", "HEAD").strip() or None, "uncommitted_bcedge_files": dirty}
 
 
 # --------------------------------------------------------------------------- one row

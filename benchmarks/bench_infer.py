@@ -40,9 +40,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUME
     os.environ[_var] = "1"
 
 import argparse  # noqa: E402
-import datetime as dt  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -81,33 +79,6 @@ _FIRST_WRITE = textwrap.dedent(
 
 
 # --------------------------------------------------------------------------- machine
-
-
-def machine() -> dict[str, Any]:
-    """CPU model, core counts, library versions and date of this run."""
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = {}
-    for name in ("numpy", "cv2", "pydicom", "highdicom", "ai_edge_litert"):
-        try:
-            module = __import__(name)
-            versions[name] = getattr(module, "__version__", "?")
-        except ImportError:
-            versions[name] = None
-    return {
-        "cpu_model": model,
-        "logical_cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "versions": versions,
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
 
 
 def load_snapshot() -> dict[str, Any]:
@@ -154,20 +125,6 @@ def others_cpu(start: tuple[float, float, float]) -> dict[str, float]:
         "others_cpu_s": round(others, 2),
         "others_fraction_of_all_cores": round(others / ((wall1 - wall0) * (os.cpu_count() or 1)), 3),
     }
-
-
-def source_state() -> dict[str, Any]:
-    """Git commit of the checkout and which runtime files differ from it (timings depend on both)."""
-
-    def git(*args: str) -> str:
-        try:
-            done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return ""
-        return done.stdout if done.returncode == 0 else ""
-
-    dirty = [line[3:] for line in git("status", "--porcelain", "--", "bcedge").splitlines() if len(line) > 3]
-    return {"git_commit": git("rev-parse", "HEAD").strip() or None, "uncommitted_bcedge_files": dirty}
 
 
 def pin(cpu: int | None) -> list[int]:
@@ -370,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
+    from bcedge.bench import library_versions, machine_info, source_state
+    from bcedge.bundle import utc_now
     from bcedge.pipeline import Segmenter
 
     model = (args.model or default_model()).resolve()
@@ -378,12 +337,14 @@ def main(argv: list[str] | None = None) -> int:
     load_before = load_snapshot()
     report: dict[str, Any] = {
         "benchmark": "infer_speed",
-        "machine": machine(),
+        "created": utc_now(),
+        "machine": machine_info([args.threads]),
+        "libraries": library_versions(extra=("highdicom",)),
         "pinned_cores": cores,
         "threads": args.threads,
         "runs": args.runs,
         "cold_runs": args.cold_runs,
-        "source": source_state(),
+        "source": source_state(ROOT),
         "load_before": load_before,
         "targets": {
             "non_model_pct_of_infer": TARGET_NON_MODEL_PCT,

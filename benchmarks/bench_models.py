@@ -19,28 +19,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPLIT = ROOT / "benchmarks" / "splits" / "combined.json"
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "benchmark_real"
-
-
-def source_state() -> dict[str, object]:
-    """Git commit of the checkout and which runtime files differ from it (timings depend on both)."""
-
-    def git(*args: str) -> str:
-        try:
-            done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return ""
-        return done.stdout if done.returncode == 0 else ""
-
-    # Porcelain lines are "XY path": two status letters, a space, the path.
-    dirty = [line[3:] for line in git("status", "--porcelain", "--", "bcedge").splitlines() if len(line) > 3]
-    return {"git_commit": git("rev-parse", "HEAD").strip() or None, "uncommitted_bcedge_files": dirty}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -66,7 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from bcedge.bench import BenchData, BenchOptions, run_benchmark
+    from bcedge.bench import BenchData, BenchOptions, run_benchmark, source_state
     from bcedge.bench_report import int8_speedups, plot_pareto, print_table, write_json, write_markdown
     from bcedge.errors import BcedgeError
 
@@ -96,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     except (BcedgeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    doc["source"] = source_state()
+    doc["source"] = source_state(ROOT)
     # The data folder is machine-local: record it as the variable the script reads.
     if args.root is None:
         doc["data"]["root"] = "$BCEDGE_DATA"

@@ -30,9 +30,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUME
     os.environ[_var] = "1"
 
 import argparse  # noqa: E402
-import datetime as dt  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -44,6 +42,8 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import pydicom  # noqa: E402
 
+from bcedge.bench import library_versions, machine_info, source_state  # noqa: E402
+from bcedge.bundle import utc_now  # noqa: E402
 from bcedge.dicom import read_mammogram  # noqa: E402
 from bcedge.imageio import atomic_write_bytes  # noqa: E402
 from bcedge.preprocess import PreprocessConfig, preprocess  # noqa: E402
@@ -51,47 +51,6 @@ from bcedge.preprocess import PreprocessConfig, preprocess  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results" / "preprocess.json"
 TARGET_LUT_PREPROCESS_MS = 60.0
 TARGET_TOTAL_MS = 150.0
-
-
-def machine() -> dict[str, object]:
-    """CPU model, core counts, library versions, load and date of this run."""
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu_model": model,
-        "logical_cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "opencv": cv2.__version__,
-        "pydicom": pydicom.__version__,
-        "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-def source_state() -> dict[str, object]:
-    """Git commit of the checkout and which runtime files differ from it (timings depend on both)."""
-    import subprocess
-
-    root = Path(__file__).resolve().parent.parent
-
-    def git(*args: str) -> str:
-        try:
-            done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return ""
-        return done.stdout if done.returncode == 0 else ""
-
-    # Porcelain lines are "XY path": two status letters (either may be a space), a space, the path.
-    dirty = [line[3:] for line in git("status", "--porcelain", "--", "bcedge").splitlines() if len(line) > 3]
-    return {"git_commit": git("rev-parse", "HEAD").strip() or None, "uncommitted_bcedge_files": dirty}
 
 
 def pin(cpu: int | None) -> int:
@@ -222,8 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "preprocess",
         "runs": args.runs,
         "pinned_core": core,
-        "machine": machine(),
-        "source": source_state(),
+        "created": utc_now(),
+        "machine": machine_info([1]),
+        "libraries": library_versions(),
+        "source": source_state(Path(__file__).resolve().parent.parent),
         "scan": scan,
         "targets": {"lut+preprocess_median_ms": TARGET_LUT_PREPROCESS_MS, "total_median_ms": TARGET_TOTAL_MS},
         **timings,
@@ -234,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         return f"  {name:<34s} median {s['median_ms']:7.2f} ms   p95 {s['p95_ms']:7.2f} ms"
 
     print(f"{scan['columns']}x{scan['rows']} {scan['bits_stored']}-bit MG DICOM, core {core}, {args.runs} runs")
-    print(f"  machine: {result['machine']['cpu_model']}, load {result['machine']['load_average_1_5_15']}")
+    print(f"  machine: {result['machine']['cpu_model']}, load {result['machine'].get('load_avg')}")
     print(row("decode (pydicom pixel_array)", timings["decode"]))
     print(row("read_mammogram (decode + LUT)", timings["read_mammogram"]))
     print(row("LUT (read - decode)", timings["lut"]))

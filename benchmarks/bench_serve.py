@@ -28,10 +28,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -45,6 +43,9 @@ from pathlib import Path
 
 import pydicom
 from pydicom.uid import generate_uid
+
+from bcedge.bench import library_versions, machine_info, source_state
+from bcedge.bundle import utc_now
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "serve_load.json"
@@ -71,37 +72,9 @@ def wait(check: Callable[[], bool], what: str, timeout: float) -> None:
         time.sleep(0.1)
 
 
-def machine() -> dict[str, object]:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import pynetdicom
-
-    dcmtk = subprocess.run(["storescu", "--version"], capture_output=True, text=True).stdout.splitlines()
-    return {
-        "cpu_model": model,
-        "logical_cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "pydicom": pydicom.__version__,
-        "pynetdicom": pynetdicom.__version__,
-        "dcmtk": dcmtk[0].strip("$ ") if dcmtk else "unknown",
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-def git_state() -> dict[str, object]:
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
-        return done.stdout if done.returncode == 0 else ""
-
-    dirty = [line[3:] for line in git("status", "--porcelain", "--", "bcedge").splitlines() if len(line) > 3]
-    return {"git_commit": git("rev-parse", "HEAD").strip() or None, "uncommitted_bcedge_files": dirty}
+def dcmtk_version() -> str:
+    lines = subprocess.run(["storescu", "--version"], capture_output=True, text=True).stdout.splitlines()
+    return lines[0].strip("$ ") if lines else "unknown"
 
 
 def make_scans(folder: Path, count: int, distinct: int, scale: float, seed: int) -> list[Path]:
@@ -280,12 +253,14 @@ def main(argv: list[str] | None = None) -> int:
             "process_ms": {"p50": round(percentile(process_ms, 0.5), 1), "p95": round(percentile(process_ms, 0.95), 1)},
             "load_average_before": load_before,
             "load_average_after": load_after,
-            "machine": machine(),
-            **git_state(),
+            "created": utc_now(),
+            "machine": machine_info(),
+            "libraries": {**library_versions(extra=("pynetdicom", "highdicom")), "dcmtk": dcmtk_version()},
+            **source_state(ROOT),
         }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k not in ("machine",)}, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("machine", "libraries")}, indent=2))
     ok = acked == received == len(pacs_files) == args.scans and result["all_sent_scans_have_a_seg"]
     print("OK: every scan in, one SEG out" if ok else "MISMATCH: see the counts above")
     return 0 if ok else 1

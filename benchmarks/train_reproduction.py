@@ -17,39 +17,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bcedge import bench
 from training.data import load_arrays
 from training.evaluate import format_row, predict, table
 from training.train import TrainConfig, machine_info, train, write_json
 
 MODELS = ("unet", "unet-mobilenetv2", "unet-vgg19")
-
-
-def _gpu_name() -> str | None:
-    try:
-        import subprocess
-
-        cmd = ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        return out.stdout.strip() or None
-    except OSError:
-        return None
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main() -> int:
@@ -79,6 +58,7 @@ def main() -> int:
     from training.losses import dice_loss, get_loss
     from training.models import load_trained
 
+    host = bench.machine_info()  # CPU model and GPU names (nvidia-smi) of this machine
     sets, meta = load_arrays(args.arrays)
     if args.train_on == "lesions":
         sets = {k: (v if k == "test" else v.subset(v.positive)) for k, v in sets.items()}
@@ -87,7 +67,7 @@ def main() -> int:
         "arrays": {"file": args.arrays.name, "meta": meta, "counts": {k: len(v) for k, v in sets.items()}},
         "train_on": args.train_on,
         "args": {k: str(v) for k, v in vars(args).items()},
-        "machine": {**machine_info(), "cpu": _cpu_name(), "gpu": _gpu_name()},
+        "machine": {**machine_info(), "cpu": host["cpu_model"], "gpu": "; ".join(host["gpu"]) or None},
         "models": {},
     }
     for name in args.models.split(","):

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +154,37 @@ def test_machine_and_libraries() -> None:
     assert isinstance(info["gpu"], list)
     libs = bench.library_versions()
     assert libs["numpy"] == np.__version__ and "python" in libs
+    more = bench.library_versions(extra=("pytest", "bcedge-no-such-distribution"))
+    assert more["pytest"] == pytest.__version__ and "bcedge-no-such-distribution" not in more
+    assert "pytest" not in libs
+
+
+def test_source_state_of_a_checkout(tmp_path: Path) -> None:
+    """Commit and uncommitted bcedge/ files of a git checkout; None and [] elsewhere."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = tmp_path / "check out"
+    (repo / "bcedge").mkdir(parents=True)
+    (repo / "bcedge" / "a.py").write_text("x = 1\n")
+    (repo / "notes.txt").write_text("not runtime code\n")
+    who = {"NAME": "bcedge test", "EMAIL": "test@example.invalid"}
+    env = {**os.environ, **{f"GIT_{role}_{k}": v for role in ("AUTHOR", "COMMITTER") for k, v in who.items()}}
+    for cmd in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "one"]):
+        subprocess.run(["git", *cmd], cwd=repo, env=env, check=True, capture_output=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    assert bench.source_state(repo) == {"git_commit": head, "uncommitted_bcedge_files": []}
+    (repo / "bcedge" / "a.py").write_text("x = 2\n")
+    (repo / "bcedge" / "new file.py").write_text("y = 1\n")
+    (repo / "notes.txt").write_text("changed, but not under bcedge/\n")
+    state = bench.source_state(repo)
+    assert state["git_commit"] == head
+    assert sorted(state["uncommitted_bcedge_files"]) == ["bcedge/a.py", "bcedge/new file.py"]
+    subprocess.run(["git", "mv", "bcedge/a.py", "bcedge/b.py"], cwd=repo, check=True, capture_output=True)
+    state = bench.source_state(repo)
+    assert sorted(state["uncommitted_bcedge_files"]) == ["bcedge/b.py", "bcedge/new file.py"]
+    plain = tmp_path / "not a checkout"
+    plain.mkdir()
+    assert bench.source_state(plain) == {"git_commit": None, "uncommitted_bcedge_files": []}
 
 
 def test_peak_rss_sees_an_allocation() -> None:
