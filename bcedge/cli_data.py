@@ -179,12 +179,9 @@ def prepare(
         from bcedge.datasets.splits import filter_samples, load_split
 
         samples = filter_samples(samples, load_split(split), subset)
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from bcedge.cli_progress import progress_bar
 
-    console = Console(stderr=True)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
+    with progress_bar() as progress:
         task = progress.add_task(f"preprocessing {reader.name} ({config.hash()})", total=len(samples))
         cache = prepare_cache(
             samples,

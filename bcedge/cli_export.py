@@ -11,7 +11,8 @@ from typing import Annotated
 
 import typer
 
-from bcedge.cli_train import DEFAULT_CACHE, _progress
+from bcedge.cli_progress import progress_bar
+from bcedge.cli_train import DEFAULT_CACHE
 from bcedge.errors import MissingDependencyError
 
 _STATUS_STYLE = {
@@ -134,7 +135,7 @@ def export_command(
         include_keras=keras,
     )
     check_options(opts)  # one-line errors before the progress display starts
-    with _progress() as progress:
+    with progress_bar(info=True, transient=False) as progress:
         task = progress.add_task("preprocessing", total=None, info="")
         result = build_bundle(
             opts,

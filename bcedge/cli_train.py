@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from bcedge.cli_progress import progress_bar
 from bcedge.errors import ConfigError, MissingDependencyError
 
 DEFAULT_CACHE = Path(".bcedge-cache")
@@ -24,26 +25,11 @@ def _need_keras() -> None:
         raise MissingDependencyError("training and evaluation", "train", "keras>=3 (with tensorflow, jax or torch)")
 
 
-def _progress():
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
-        console=Console(stderr=True),
-        transient=False,
-    )
-
-
 def _load_sets(datasets: tuple[str, ...], root: Path, split: Path, config, cache: Path, options: list[str] | None):
     from bcedge.datasets.registry import parse_options
     from training.data import prepare_split_sets
 
-    with _progress() as progress:
+    with progress_bar(info=True, transient=False) as progress:
         task = progress.add_task("preprocessing", total=None, info="")
         return prepare_split_sets(
             datasets,
@@ -150,7 +136,7 @@ def train_command(
         f"training {model} on {'+'.join(datasets)} (train {len(sets['train'])}, val {len(sets['val'])}) "
         f"with the {backend_name()} backend into {out}"
     )
-    with _progress() as progress:
+    with progress_bar(info=True, transient=False) as progress:
         steps = progress.add_task("epoch", total=None, info="")
 
         def report(kind: str, index: int, logs: dict) -> None:
