@@ -159,7 +159,9 @@ def write_tiny_onnx(path: Path, size: int = SIZE, channels: int = CHANNELS) -> P
 
 def make_tiny_bundle(out: Path, size: int = SIZE, *, onnx_gate: str = "not-measured") -> Path:
     """A bundle holding the tiny network as TFLite fp32 (gate passed) and ONNX fp32 (gate ``onnx_gate``)."""
-    from bcedge.bundle import ArtifactRecord, Manifest, io_specs, write_manifest
+    from bundle_support import write_test_manifest
+
+    from bcedge.bundle import ArtifactRecord
     from bcedge.preprocess import PreprocessConfig
 
     out.mkdir(parents=True, exist_ok=True)
@@ -194,15 +196,6 @@ def make_tiny_bundle(out: Path, size: int = SIZE, *, onnx_gate: str = "not-measu
                 tolerance=0.001 if onnx_gate == "failed" else None,
             )
         )
-    config = PreprocessConfig(size=size, work_size=128)
-    inp, outp = io_specs(size)
-    manifest = Manifest(
-        model={"name": "tiny", "architecture": "tiny-cnn", "params": 0},
-        input=inp,
-        output=outp,
-        preprocess=config.to_dict(),
-        preprocess_hash=config.hash(),
-        artifacts=records,
-    )
-    write_manifest(out, manifest)
+    model = {"name": "tiny", "architecture": "tiny-cnn", "params": 0}
+    write_test_manifest(out, records, PreprocessConfig(size=size, work_size=128), model=model)
     return out

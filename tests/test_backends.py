@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from bundle_support import write_test_manifest
 
 from bcedge.backends import (
     BACKENDS,
@@ -33,7 +34,7 @@ from bcedge.backends import (
     open_backend,
 )
 from bcedge.backends.base import RANGE_TOLERANCE
-from bcedge.bundle import FORMATS, ONNX_GPU, ArtifactRecord, Manifest, io_specs, load_bundle, write_manifest
+from bcedge.bundle import FORMATS, ONNX_GPU, ArtifactRecord, load_bundle
 from bcedge.errors import ConfigError, InputError, MissingDependencyError
 
 SIZE = 32
@@ -399,17 +400,8 @@ def test_bundle_opens_its_best_artifact(tiny: TinyModels, spaced_dir: Path) -> N
         records.append(
             ArtifactRecord.from_file(spaced_dir, file, format=fmt, precision=precision, backend=fmt, gate="passed")
         )
-    config = PreprocessConfig(size=SIZE)
-    inp, out = io_specs(SIZE)
-    manifest = Manifest(
-        model={"name": "unet", "architecture": "unet", "params": int(tiny.keras_model.count_params())},
-        input=inp,
-        output=out,
-        preprocess=config.to_dict(),
-        preprocess_hash=config.hash(),
-        artifacts=records,
-    )
-    write_manifest(spaced_dir, manifest)
+    model = {"name": "unet", "architecture": "unet", "params": int(tiny.keras_model.count_params())}
+    write_test_manifest(spaced_dir, records, PreprocessConfig(size=SIZE), model=model)
     bundle = load_bundle(spaced_dir)
     available = auto_backend_names()
     if "tflite" not in available:

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from bundle_support import write_test_manifest
 
 from bcedge.backends import BACKENDS
 from bcedge.bundle import (
@@ -19,7 +20,6 @@ from bcedge.bundle import (
     SCHEMA_VERSION,
     ArtifactRecord,
     Manifest,
-    io_specs,
     load_bundle,
     sha256_file,
     write_manifest,
@@ -43,8 +43,6 @@ ARTIFACTS = (
 
 def make_bundle(root: Path, artifacts: tuple[tuple[str, str, str, str, str], ...] = ARTIFACTS) -> Manifest:
     """Write artifact files with distinct bytes and a valid manifest into ``root``; return the manifest."""
-    config = PreprocessConfig(size=SIZE)
-    inp, out = io_specs(SIZE)
     records = []
     for i, (file, fmt, precision, backend, gate) in enumerate(artifacts):
         path = root / file
@@ -64,18 +62,14 @@ def make_bundle(root: Path, artifacts: tuple[tuple[str, str, str, str, str], ...
                 details={"note": f"artifact {i}"},
             )
         )
-    manifest = Manifest(
+    return write_test_manifest(
+        root,
+        records,
+        PreprocessConfig(size=SIZE),
         model={"name": "unet", "architecture": "unet base_filters=4", "params": 1234},
-        input=inp,
-        output=out,
-        preprocess=config.to_dict(),
-        preprocess_hash=config.hash(),
         threshold=0.4,
         provenance={"run_dir": "runs/x", "epochs": 3, "eval_split": "val"},
-        artifacts=records,
     )
-    write_manifest(root, manifest)
-    return manifest
 
 
 def edit_manifest(root: Path, edit: Any) -> None:

@@ -15,8 +15,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from bundle_support import write_test_manifest
 
-from bcedge.bundle import ArtifactRecord, Manifest, io_specs, write_manifest
+from bcedge.bundle import ArtifactRecord
 from bcedge.cli import main
 from bcedge.phantom import make_phantom
 from bcedge.preprocess import PreprocessConfig
@@ -193,18 +194,8 @@ def tiny_bundle(folder: Path) -> Path:
     (folder / "model.tflite").write_bytes(b"not really a model " * 8)
     record = ArtifactRecord.from_file(folder, "model.tflite", format="tflite", precision="fp32", backend="tflite")
     record.gate = "passed"
-    config = PreprocessConfig(size=64)
-    inp, out = io_specs(64)
-    write_manifest(
-        folder,
-        Manifest(
-            model={"name": "tiny", "architecture": "test", "params": 0},
-            input=inp,
-            output=out,
-            preprocess=config.to_dict(),
-            preprocess_hash=config.hash(),
-            artifacts=[record],
-        ),
+    write_test_manifest(
+        folder, [record], PreprocessConfig(size=64), model={"name": "tiny", "architecture": "test", "params": 0}
     )
     return folder
 

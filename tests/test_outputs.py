@@ -15,9 +15,10 @@ import cv2
 import numpy as np
 import pydicom
 import pytest
+from bundle_support import write_test_manifest
 
 from bcedge import outputs
-from bcedge.bundle import ArtifactRecord, Bundle, Manifest, io_specs, load_bundle, write_manifest
+from bcedge.bundle import ArtifactRecord, Bundle, load_bundle
 from bcedge.dicom import ImageMeta, Mammogram, read_mammogram
 from bcedge.errors import ConfigError, DicomError, MissingDependencyError
 from bcedge.phantom import make_phantom
@@ -36,22 +37,12 @@ needs_dciodvfy = pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy (Debian p
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
     """A bundle with two (dummy) artifacts: outputs only read the manifest."""
     root = tmp_path_factory.mktemp("bundle")
-    config = PreprocessConfig(size=32)
-    inp, out = io_specs(32)
     records = []
     for i, (file, precision) in enumerate((("model_int8.tflite", "int8"), ("model_fp32.tflite", "fp32"))):
         (root / file).write_bytes(bytes([i + 1]) * 64)
         records.append(ArtifactRecord.from_file(root, file, format="tflite", precision=precision, backend="tflite"))
-    manifest = Manifest(
-        model={"name": "unet-mobilenetv2", "architecture": "unet-mobilenetv2", "params": 1},
-        input=inp,
-        output=out,
-        preprocess=config.to_dict(),
-        preprocess_hash=config.hash(),
-        threshold=0.5,
-        artifacts=records,
-    )
-    write_manifest(root, manifest)
+    model = {"name": "unet-mobilenetv2", "architecture": "unet-mobilenetv2", "params": 1}
+    write_test_manifest(root, records, PreprocessConfig(size=32), model=model, threshold=0.5)
     return load_bundle(root)
 
 

@@ -18,11 +18,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from bundle_support import write_test_manifest
 
 import bcedge.backends as backends_mod
 from bcedge.backends import BackendSpec
 from bcedge.backends.base import Backend
-from bcedge.bundle import ArtifactRecord, Manifest, io_specs, load_bundle, write_manifest
+from bcedge.bundle import ArtifactRecord, load_bundle
 from bcedge.dicom import read_mammogram
 from bcedge.errors import BundleError, ConfigError, InputError
 from bcedge.phantom import Phantom, make_phantom
@@ -90,18 +91,8 @@ def make_bundle(folder: Path, *, backend: str = "oracle", gate: str = "passed", 
     record = ArtifactRecord.from_file(
         folder, "model.bin", format="tflite", precision="fp32", backend=backend, gate=gate
     )
-    config = PreprocessConfig(size=SIZE)
-    inp, out = io_specs(SIZE)
-    manifest = Manifest(
-        model={"name": "oracle", "architecture": "test", "params": 0},
-        input=inp,
-        output=out,
-        preprocess=config.to_dict(),
-        preprocess_hash=config.hash(),
-        threshold=threshold,
-        artifacts=[record],
-    )
-    write_manifest(folder, manifest)
+    model = {"name": "oracle", "architecture": "test", "params": 0}
+    write_test_manifest(folder, [record], PreprocessConfig(size=SIZE), model=model, threshold=threshold)
     return folder
 
 
