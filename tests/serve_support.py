@@ -273,17 +273,21 @@ def wait_for(check: Callable[[], Any], *, what: str, timeout: float = TIMEOUT, e
         time.sleep(every)
 
 
-def storescu(
+def storescu_command(
     port: int,
     files: Iterable[Path],
     *,
     aet: str = "MODALITY",
     aec: str = "BCEDGE",
-    timeout: float = TIMEOUT,
+    dimse_timeout: int = 20,
     extra: Iterable[str] = (),
-) -> subprocess.CompletedProcess[str]:
-    """Send ``files`` with dcmtk storescu (verbose, so each response is in the output; no halt on a failure)."""
-    cmd = [
+) -> list[str]:
+    """The dcmtk storescu command line that sends ``files`` to 127.0.0.1:``port``.
+
+    Verbose, so each response is in the output; no halt on a failure. For a sender that runs
+    beside the test (``subprocess.Popen``); :func:`storescu` runs it to the end.
+    """
+    return [
         "storescu",
         "-v",
         "-nh",
@@ -296,12 +300,25 @@ def storescu(
         "-ta",
         "10",
         "-td",
-        "20",
+        str(dimse_timeout),
         *extra,
         "127.0.0.1",
         str(port),
         *map(str, files),
     ]
+
+
+def storescu(
+    port: int,
+    files: Iterable[Path],
+    *,
+    aet: str = "MODALITY",
+    aec: str = "BCEDGE",
+    timeout: float = TIMEOUT,
+    extra: Iterable[str] = (),
+) -> subprocess.CompletedProcess[str]:
+    """Send ``files`` with :func:`storescu_command` and wait for it to finish."""
+    cmd = storescu_command(port, files, aet=aet, aec=aec, extra=extra)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 

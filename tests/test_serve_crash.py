@@ -28,6 +28,7 @@ from serve_support import (
     received_segs,
     sop_uid,
     storescu,
+    storescu_command,
     wait_for,
     write_mg,
 )
@@ -104,24 +105,7 @@ def test_kill9_during_a_burst_loses_nothing(spaced_dir: Path, cluster: tuple[Nod
     uid_of = {str(p): sop_uid(p) for p in scans}
     node.start()
     sender = subprocess.Popen(
-        [
-            "storescu",
-            "-v",
-            "-nh",
-            "-aet",
-            "MODALITY",
-            "-aec",
-            "BCEDGE",
-            "-to",
-            "10",
-            "-ta",
-            "10",
-            "-td",
-            "10",
-            "127.0.0.1",
-            str(node.port),
-            *map(str, scans),
-        ],
+        storescu_command(node.port, scans, dimse_timeout=10),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -27,6 +27,7 @@ from serve_support import (
     received_segs,
     sop_uid,
     storescu,
+    storescu_command,
     wait_for,
     write_mg,
 )
@@ -206,7 +207,7 @@ def test_several_associations_at_once(spaced_dir: Path, pacs: Storescp, start_no
     batches = [[write_mg(spaced_dir / f"in{k}" / f"s{i}.dcm", seed=10 * k + i) for i in range(4)] for k in range(3)]
     procs = [
         subprocess.Popen(
-            ["storescu", "-v", "-aet", "MODALITY", "-aec", "BCEDGE", "-to", "10", "127.0.0.1", str(port), *map(str, b)],
+            storescu_command(port, b),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
