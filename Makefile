@@ -6,7 +6,6 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-DEMO   ?= bcedge/examples/phantom_lcc.dcm
 
 .PHONY: demo test lint clean
 
@@ -16,16 +15,15 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.runtime: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q -e '.[dicom]'
+	$(BIN)/pip install -q -e '.[dicom,tflite,seg]'
 	@touch $@
 
 $(VENV)/.dev: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q -e '.[dicom,seg,tflite,onnx,train,serve,dev]'
+	$(BIN)/pip install -q -e '.[dicom,seg,tflite,onnx,train,serve,plot,dev]'
 	@touch $@ $(VENV)/.runtime
 
 demo: $(VENV)/.runtime
-	$(BIN)/bcedge inspect $(DEMO) --save-preprocessed out/demo_input.png
-	@echo "model input written to out/demo_input.png"
+	$(BIN)/bcedge demo --out out/demo
 
 test: $(VENV)/.dev
 	BCEDGE_DATA=$${BCEDGE_DATA:-$(abspath ../shared/data)} $(BIN)/python -m pytest -q
