@@ -29,6 +29,7 @@ RANGE_TOLERANCE = 1e-6
 #: Largest batch handed to a dynamic-batch model in one call (larger inputs are chunked).
 MAX_DYNAMIC_BATCH = 8
 
+
 class Backend(ABC):
     """A loaded model that maps (N, S, S, 1) float32 images in [0, 1] to probabilities.
 
