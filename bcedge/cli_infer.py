@@ -123,13 +123,14 @@ def run_infer(
     min_area_mm2: float | None,
     batch_size: int,
     progress: bool,
+    providers: list[str] | None = None,
 ) -> tuple[Segmenter, list[Result], list[ScanFailure]]:
     """Segment ``scans`` and write their outputs; returns (segmenter (closed), results, failures).
 
     Raises:
         BcedgeError: a problem that concerns every scan (bundle, backend, options); exit code 3 or 2.
     """
-    from bcedge.errors import BcedgeError, MissingDependencyError
+    from bcedge.errors import BcedgeError, ConfigError, MissingDependencyError
     from bcedge.pipeline import ScanFailure, Segmenter, default_bundle_path
 
     if "seg" in kinds and importlib.util.find_spec("highdicom") is None:
@@ -138,7 +139,14 @@ def run_infer(
     results: list[Result] = []
     failures: list[ScanFailure] = []
     stems = _unique_stems([os.fspath(s) for s in scans])
-    with Segmenter(bundle_path, backend, threads=threads, threshold=threshold, min_area_mm2=min_area_mm2) as seg:
+    options: dict[str, Any] = {}
+    if providers:
+        if backend != "onnx":
+            raise ConfigError(f"--providers applies to --backend onnx (got --backend {backend})")
+        options["providers"] = providers
+    with Segmenter(
+        bundle_path, backend, threads=threads, threshold=threshold, min_area_mm2=min_area_mm2, **options
+    ) as seg:
         for note in seg.warnings:
             typer.echo(f"warning: {note}", err=True)
         for i, item in enumerate(seg.segment_many(scans, batch_size=batch_size), start=1):
@@ -261,6 +269,14 @@ MinAreaOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout (nothing else).")]
+ProvidersOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--providers",
+        help="--backend onnx: onnxruntime execution providers, best first, comma-separated "
+        "(default: TensorRT, CUDA, CPU, those this onnxruntime has).",
+    ),
+]
 
 
 def infer_command(
@@ -273,6 +289,7 @@ def infer_command(
     outputs: OutputsOpt = None,
     min_area: MinAreaOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Scans per model call.")] = 4,
+    providers: ProvidersOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Segment breast masses in SCAN(s); write mask, overlay, JSON and DICOM SEG under --out.
@@ -294,6 +311,7 @@ def infer_command(
             min_area_mm2=min_area,
             batch_size=batch_size,
             progress=not as_json and len(scans) > 1,
+            providers=[p.strip() for p in providers.split(",") if p.strip()] if providers else None,
         )
     finally:
         logging.getLogger("bcedge").removeHandler(handler)
