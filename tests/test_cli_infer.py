@@ -375,11 +375,15 @@ def test_onnx_providers(capsys: pytest.CaptureFixture[str], scans: dict[str, Pat
 
     bundle = make_tiny_bundle(tmp_path / "tiny onnx", onnx_gate="passed")
     base: list[str | Path] = ["infer", scans["rmlo"], "--model", bundle, "--outputs", "json", "--json"]
-    rc, stdout, err = run(capsys, *base, "--out", tmp_path / "a", "--backend", "onnx", "--providers", "CPUExecutionProvider")
+    rc, stdout, err = run(
+        capsys, *base, "--out", tmp_path / "a", "--backend", "onnx", "--providers", "CPUExecutionProvider"
+    )
     assert rc == 0, err
     assert json.loads(stdout)["model"]["format"] == "onnx"
     # A provider this onnxruntime lacks is a backend problem (3); --providers without --backend onnx a bad option (2).
-    rc, _, err = run(capsys, *base, "--out", tmp_path / "b", "--backend", "onnx", "--providers", "NoSuchExecutionProvider")
+    rc, _, err = run(
+        capsys, *base, "--out", tmp_path / "b", "--backend", "onnx", "--providers", "NoSuchExecutionProvider"
+    )
     assert rc == 3 and "NoSuchExecutionProvider" in err and not (tmp_path / "b").exists()
     rc, _, err = run(capsys, *base, "--out", tmp_path / "c", "--providers", "CPUExecutionProvider")
     assert rc == 2 and "--providers applies to --backend onnx" in err
