@@ -8,8 +8,14 @@ the model from the config, loads the weights and writes a run folder that
 the exported artifacts and their gate are measured on the rebuilt model, so every
 figure downstream describes exactly what was carried back.
 
+A weight that does not fit float16 (batch-norm moving means and variances of VGG19's
+0-255-scaled activations exceed 65504) is stored as float32. Chunks written before
+that rule hold inf there: ``unpack --recalibrate ARRAYS`` resets such statistics and
+re-estimates every batch-norm layer's moving statistics on the training images
+(``training.batchnorm.recalibrate``), and records that in ``state.json``.
+
     python benchmarks/gpu_pack.py pack RUN_DIR OUT_PREFIX [--chunk-mib 15]
-    python benchmarks/gpu_pack.py unpack OUT_PREFIX RUN_DIR
+    python benchmarks/gpu_pack.py unpack OUT_PREFIX RUN_DIR [--recalibrate ARRAYS.npz [--lesions-only]]
 """
 
 from __future__ import annotations
@@ -31,7 +37,10 @@ def pack(run_dir: Path, prefix: Path, chunk_mib: float) -> list[Path]:
     from training.models import load_trained
 
     model = load_trained(run_dir / "best.keras")
-    arrays = {f"w{i:04d}": w.astype(np.float16) for i, w in enumerate(model.get_weights())}
+    arrays = {}
+    for i, w in enumerate(model.get_weights()):
+        half = w.astype(np.float16)
+        arrays[f"w{i:04d}"] = half if np.isfinite(half).all() == np.isfinite(w).all() else w
     meta = {"config": json.loads((run_dir / "config.json").read_text())}
     for name in ("state.json",):
         if (run_dir / name).is_file():
@@ -49,8 +58,17 @@ def pack(run_dir: Path, prefix: Path, chunk_mib: float) -> list[Path]:
     return paths
 
 
-def unpack(prefix: Path, run_dir: Path) -> Path:
-    """Rebuild ``RUN_DIR/best.keras`` (+ config.json, state.json) from the chunks."""
+def unpack(prefix: Path, run_dir: Path, recalibrate_on: Path | None = None, lesions_only: bool = False) -> Path:
+    """Rebuild ``RUN_DIR/best.keras`` (+ config.json, state.json) from the chunks.
+
+    Args:
+        prefix: chunk prefix (``PREFIX.part00``, ...).
+        run_dir: run folder to (re)create.
+        recalibrate_on: split arrays (``bcedge train --export-arrays``): re-estimate the
+            batch-norm statistics on their train images; needed when a statistic is not finite.
+        lesions_only: recalibrate on the train images with a lesion (runs trained with
+            ``--train-on lesions``).
+    """
     from training.models import build_model
     from training.train import TrainConfig
 
@@ -71,7 +89,30 @@ def unpack(prefix: Path, run_dir: Path) -> Path:
         width=config.width,
     )
     weights = [npz[f"w{i:04d}"].astype(np.float32) for i in range(len(model.get_weights()))]
+    broken = [i for i, w in enumerate(weights) if not np.isfinite(w).all()]
+    if broken and recalibrate_on is None:
+        raise SystemExit(f"weights {broken} are not finite (float16 overflow): pass --recalibrate ARRAYS.npz")
+    for i in broken:  # moving statistics only: recalibration below replaces them
+        weights[i] = np.nan_to_num(weights[i], nan=0.0, posinf=0.0, neginf=0.0)
     model.set_weights(weights)
+    if recalibrate_on is not None:
+        from training.batchnorm import batch_norm_layers, recalibrate
+        from training.data import load_arrays
+
+        stats = {id(v) for layer in batch_norm_layers(model) for v in (layer.moving_mean, layer.moving_variance)}
+        trainable_broken = [i for i in broken if id(model.weights[i]) not in stats]
+        if trainable_broken:
+            raise SystemExit(f"weights {trainable_broken} are not finite and are not batch-norm statistics")
+        sets, _ = load_arrays(recalibrate_on)
+        train = sets["train"].subset(sets["train"].positive) if lesions_only else sets["train"]
+        layers = recalibrate(model, train.images, int(cfg.get("batch", 8)))
+        meta.setdefault("state.json", {})["gpu_pack_recalibration"] = {
+            "arrays": recalibrate_on.name,
+            "images": len(train.images),
+            "lesions_only": lesions_only,
+            "layers": layers,
+            "non_finite_weights": broken,
+        }
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
@@ -92,12 +133,14 @@ def main() -> int:
     u = sub.add_parser("unpack")
     u.add_argument("prefix", type=Path)
     u.add_argument("run_dir", type=Path)
+    u.add_argument("--recalibrate", type=Path, default=None, metavar="ARRAYS", help="split arrays .npz")
+    u.add_argument("--lesions-only", action="store_true")
     args = ap.parse_args()
     if args.cmd == "pack":
         for path in pack(args.run_dir, args.prefix, args.chunk_mib):
             print(path, path.stat().st_size)
     else:
-        print(unpack(args.prefix, args.run_dir))
+        print(unpack(args.prefix, args.run_dir, args.recalibrate, args.lesions_only))
     return 0
 
 
