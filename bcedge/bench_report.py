@@ -589,6 +589,10 @@ def plot_available() -> bool:
     return importlib.util.find_spec("matplotlib") is not None
 
 
+#: Plots with fewer measured rows than this label every point; larger ones label the Pareto front only.
+_LABEL_ALL_BELOW = 13
+
+
 def plot_pareto(doc: dict[str, Any], path: str | os.PathLike[str], title: str | None = None) -> Path:
     """Dice against p50 model latency (log x), one marker per measured row, the Pareto front drawn.
 
@@ -624,10 +628,13 @@ def plot_pareto(doc: dict[str, Any], path: str | os.PathLike[str], title: str | 
                 linewidths=1.4,
                 zorder=3,
             )
-            # Colour names the model; the label names the artifact.
-            label = row_label(row) if len(models) > 1 else row_label(row).split(" ", 1)[1]
-            ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, -10), fontsize=7)
         front = pareto_front(points)
+        # Colour names the model, the marker the precision; text labels only where they stay legible
+        # (every point of a small plot, else the Pareto front: 36 rows of labels overprint each other).
+        labelled = range(len(rows)) if len(rows) <= _LABEL_ALL_BELOW else front
+        for i in labelled:
+            label = row_label(rows[i]) if len(models) > 1 else row_label(rows[i]).split(" ", 1)[1]
+            ax.annotate(label, points[i], textcoords="offset points", xytext=(6, -10), fontsize=7)
         if front:
             fx = [points[i][0] for i in front]
             fy = [points[i][1] for i in front]
