@@ -16,11 +16,14 @@ import numpy as np
 from bcedge.errors import InputError
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None], *, durable: bool = False) -> Path:
     """Call ``write(tmp_path)`` then rename ``tmp_path`` onto ``path``.
 
     The temporary file lives in the destination folder (same file system, so the
-    rename is atomic) and is removed when ``write`` fails.
+    rename is atomic) and is removed when ``write`` fails. Atomic is not durable: a
+    power cut may still lose the new file. ``durable=True`` (the DICOM node, which
+    acknowledges only what is on disk) fsyncs the data before the rename and the
+    folder after it.
     """
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -30,11 +33,24 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
         write(Path(tmp))
         # mkstemp makes the file 0600; give it the mode a plain open() would have.
         os.chmod(tmp, 0o666 & ~_umask())
+        if durable:
+            fsync_path(tmp)
         os.replace(tmp, out)
+        if durable:
+            fsync_path(out.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return out
+
+
+def fsync_path(path: str | os.PathLike[str]) -> None:
+    """Flush a file's data, or a folder's entries (new, renamed or removed names), to disk."""
+    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if os.path.isdir(path) else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:
@@ -43,9 +59,9 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically."""
-    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, durable: bool = False) -> Path:
+    """Write ``data`` to ``path`` atomically (and durably with ``durable=True``, see :func:`atomic_write`)."""
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data), durable=durable)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

@@ -39,3 +39,21 @@ def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
         atomic_write(out, broken)
     assert out.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+
+
+def test_durable_write_fsyncs_data_then_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    target = tmp_path / "with space" / "state.json"
+    atomic_write_bytes(target, b"{}")
+    assert synced == []  # atomic only
+    atomic_write_bytes(target, b'{"n": 1}', durable=True)
+    assert target.read_bytes() == b'{"n": 1}'
+    assert len(synced) == 2 and synced[0].startswith(str(target.parent / ".state.json."))
+    assert synced[1] == str(target.parent)

@@ -1,10 +1,9 @@
 """Durable file steps: data fsync'd before a rename, the folder fsync'd after it.
 
-``bcedge.imageio.atomic_write`` makes a write atomic (never half a file) but not durable (a
-power cut may lose it). The node acknowledges a scan only after it is on disk, so every step
-here syncs: a file is written and fsync'd under a temporary name, renamed, and the folder that
-holds the new name is fsync'd. A rename inside one file system is atomic, so after a crash
-either the old or the new state is there, never a mix.
+The node acknowledges a scan only after it is on disk, so every step here syncs: a file is
+written and fsync'd under a temporary name, renamed, and the folder that holds the new name is
+fsync'd (``bcedge.imageio.atomic_write(..., durable=True)`` for whole files). A rename inside
+one file system is atomic, so after a crash either the old or the new state is there, never a mix.
 """
 
 from __future__ import annotations
@@ -16,31 +15,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-
-def fsync_dir(path: str | os.PathLike[str]) -> None:
-    """Flush a folder's entries (new, renamed or removed names) to disk."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: str | os.PathLike[str]) -> None:
-    """Flush a file's data to disk (for files written by code that does not fsync)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from bcedge.imageio import atomic_write_bytes, fsync_path
 
 
 def fsync_tree(path: Path) -> None:
     """fsync every file and folder under ``path`` (itself included)."""
     for folder, _dirs, files in os.walk(path):
         for name in files:
-            fsync_file(Path(folder) / name)
-        fsync_dir(folder)
+            fsync_path(Path(folder) / name)
+        fsync_path(folder)
 
 
 def write_temp(folder: Path, data: bytes, *, prefix: str = "") -> Path:
@@ -66,15 +49,7 @@ def write_temp(folder: Path, data: bytes, *, prefix: str = "") -> Path:
 
 def write_durable(path: Path, data: bytes) -> Path:
     """Replace ``path`` with ``data`` atomically and durably (temp file, fsync, rename, fsync folder)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = write_temp(path.parent, data, prefix=f".{path.name}.")
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-    return path
+    return atomic_write_bytes(path, data, durable=True)
 
 
 def write_json_durable(path: Path, obj: Any) -> Path:
@@ -93,9 +68,9 @@ def read_json(path: Path, default: Any = None) -> Any:
 def move_durable(src: Path, dst: Path) -> Path:
     """Rename ``src`` to ``dst`` (same file system) and fsync both parent folders."""
     os.replace(src, dst)
-    fsync_dir(dst.parent)
+    fsync_path(dst.parent)
     if src.parent != dst.parent:
-        fsync_dir(src.parent)
+        fsync_path(src.parent)
     return dst
 
 

@@ -31,7 +31,7 @@ from pynetdicom import AE, build_context, evt
 from pynetdicom.association import Association
 
 from bcedge.serve.config import DestinationConfig
-from bcedge.serve.fsutil import fsync_dir, move_durable, read_json, remove_tree, write_durable, write_json_durable
+from bcedge.serve.fsutil import fsync_path, move_durable, read_json, remove_tree, write_durable, write_json_durable
 from bcedge.serve.spool import Layout
 from bcedge.serve.state import NodeState
 
@@ -321,7 +321,7 @@ class Sender(threading.Thread):
         for item in doomed:
             remove_tree(item)
         if doomed:
-            fsync_dir(self.layout.done)
+            fsync_path(self.layout.done)
             LOG.info("retention: removed %d delivered items from %s", len(doomed), self.layout.done)
         return len(doomed)
 

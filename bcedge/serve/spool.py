@@ -29,7 +29,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from bcedge.serve.fsutil import fsync_dir, move_durable, read_json, remove_tree, write_json_durable, write_temp
+from bcedge.serve.fsutil import fsync_path, move_durable, read_json, remove_tree, write_json_durable, write_temp
 
 LOG = logging.getLogger("bcedge.serve")
 
@@ -100,7 +100,7 @@ class Layout:
         for folder in (self.incoming, self.work, self.outbox, self.done, self.quarantine):
             folder.mkdir(parents=True, exist_ok=True)
         for folder in (self.spool, self.root):
-            fsync_dir(folder)
+            fsync_path(folder)
         return self
 
     @staticmethod
@@ -179,7 +179,7 @@ class Spool:
                 final = self.layout.spool / f"{item_name(self._next, sop_uid)}.dcm"
                 os.rename(tmp, final)
                 self._next += 1
-            fsync_dir(self.layout.spool)
+            fsync_path(self.layout.spool)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -227,7 +227,7 @@ def recover(layout: Layout) -> dict[str, int]:
             report["work_deleted"] += 1
         remove_tree(item)
     if any(report.values()):
-        fsync_dir(layout.work)
+        fsync_path(layout.work)
         LOG.warning("recovered after an unclean stop: %s", report)
     return report
 
