@@ -1475,15 +1475,13 @@ def _worker(argv: Sequence[str]) -> int:
 
 
 def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (set, tuple)):
-        return list(value)
-    if isinstance(value, Path):
+    # A benchmark row must always be written: what JSON cannot hold is recorded as text.
+    from bcedge.imageio import json_default
+
+    try:
+        return json_default(value)
+    except TypeError:
         return str(value)
-    return str(value)
 
 
 def _main() -> int:

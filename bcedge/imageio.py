@@ -10,6 +10,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -87,3 +88,20 @@ def write_png(path: str | os.PathLike[str], image: np.ndarray) -> Path:
     if not ok:
         raise InputError(f"{path}: could not encode a PNG from an array of shape {image.shape}, dtype {image.dtype}")
     return atomic_write_bytes(path, buf.tobytes())
+
+
+def json_default(value: Any) -> Any:
+    """``json.dumps(..., default=json_default)``: NumPy scalars and arrays, paths, sets and tuples as JSON.
+
+    Raises:
+        TypeError: anything else (as ``json.dumps`` expects from ``default``).
+    """
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

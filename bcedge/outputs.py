@@ -51,7 +51,7 @@ import numpy as np
 
 from bcedge import __version__
 from bcedge.errors import ConfigError, DicomError, InputError, MissingDependencyError
-from bcedge.imageio import atomic_write_bytes
+from bcedge.imageio import atomic_write_bytes, json_default
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -261,19 +261,9 @@ def write_overlay(path: str | os.PathLike[str], result: Result, *, long_side: in
 # --------------------------------------------------------------------------- JSON
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
 def result_json(result: Result) -> bytes:
     """``result.to_dict()`` as UTF-8 JSON (indent 2, trailing newline)."""
-    return (json.dumps(result.to_dict(), indent=2, default=_json_default) + "\n").encode("utf-8")
+    return (json.dumps(result.to_dict(), indent=2, default=json_default) + "\n").encode("utf-8")
 
 
 def write_json(path: str | os.PathLike[str], result: Result) -> Path:

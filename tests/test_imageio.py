@@ -57,3 +57,14 @@ def test_durable_write_fsyncs_data_then_folder(tmp_path: Path, monkeypatch: pyte
     assert target.read_bytes() == b'{"n": 1}'
     assert len(synced) == 2 and synced[0].startswith(str(target.parent / ".state.json."))
     assert synced[1] == str(target.parent)
+
+
+def test_json_default_converts_numpy_paths_and_refuses_the_rest() -> None:
+    import json
+
+    from bcedge.imageio import json_default
+
+    doc = {"a": np.float32(0.5), "b": np.arange(3, dtype=np.int64), "p": Path("x y/z"), "t": (1, 2)}
+    assert json.loads(json.dumps(doc, default=json_default)) == {"a": 0.5, "b": [0, 1, 2], "p": "x y/z", "t": [1, 2]}
+    with pytest.raises(TypeError, match="object"):
+        json.dumps({"o": object()}, default=json_default)
