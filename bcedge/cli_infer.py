@@ -22,7 +22,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -70,47 +69,6 @@ def _error_line(source: str, exc: BaseException) -> str:
     return f"error: {text}" if not source or source in text else f"error: {source}: {text}"
 
 
-def _unique_stems(sources: list[str]) -> dict[str, str]:
-    """Output stem per input: the file's stem, with ``_2``, ``_3``... when two inputs share one."""
-    from bcedge.outputs import output_stem
-
-    seen: dict[str, int] = {}
-    out: dict[str, str] = {}
-    for source in sources:
-        if source in out:
-            continue
-        stem = output_stem(source)
-        n = seen.get(stem, 0) + 1
-        seen[stem] = n
-        out[source] = stem if n == 1 else f"{stem}_{n}"
-    return out
-
-
-def _stat_key(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_ino, st.st_mtime_ns
-
-
-def _write(result: Result, out: Path, kinds: tuple[str, ...], seg: Segmenter, stem: str) -> None:
-    """Write one scan's outputs; on failure remove what this call wrote, so no scan is left half done."""
-    from bcedge.outputs import output_paths, write_outputs
-
-    planned = output_paths(out, stem, kinds)
-    before = {kind: _stat_key(path) for kind, path in planned.items()}
-    try:
-        write_outputs(result, out, kinds, bundle=seg.bundle, artifact=seg.artifact, stem=stem)
-    except BaseException:
-        for kind, path in planned.items():
-            now = _stat_key(path)
-            if now is not None and now != before[kind]:
-                path.unlink(missing_ok=True)
-        result.outputs.clear()
-        raise
-
-
 def run_infer(
     scans: list[Path],
     *,
@@ -125,20 +83,24 @@ def run_infer(
     progress: bool,
     providers: list[str] | None = None,
 ) -> tuple[Segmenter, list[Result], list[ScanFailure]]:
-    """Segment ``scans`` and write their outputs; returns (segmenter (closed), results, failures).
+    """Segment ``scans`` and write their outputs (:func:`bcedge.scanjob.process_scans`).
+
+    Returns:
+        (segmenter (closed), results, failures).
 
     Raises:
         BcedgeError: a problem that concerns every scan (bundle, backend, options); exit code 3 or 2.
     """
-    from bcedge.errors import BcedgeError, ConfigError, MissingDependencyError
+    from bcedge.errors import ConfigError, MissingDependencyError
     from bcedge.pipeline import ScanFailure, Segmenter, default_bundle_path
+    from bcedge.scanjob import process_scans, unique_stems
 
     if "seg" in kinds and importlib.util.find_spec("highdicom") is None:
         raise MissingDependencyError("--outputs seg (a DICOM Segmentation)", "seg", "highdicom")
     bundle_path = default_bundle_path() if model is None else model
     results: list[Result] = []
     failures: list[ScanFailure] = []
-    stems = _unique_stems([os.fspath(s) for s in scans])
+    stems = unique_stems(scans)
     options: dict[str, Any] = {}
     if providers:
         if backend != "onnx":
@@ -149,18 +111,12 @@ def run_infer(
     ) as seg:
         for note in seg.warnings:
             typer.echo(f"warning: {note}", err=True)
-        for i, item in enumerate(seg.segment_many(scans, batch_size=batch_size), start=1):
+        jobs = process_scans(seg, scans, out, kinds, stems=stems, batch_size=batch_size)
+        for i, item in enumerate(jobs, start=1):
             if isinstance(item, ScanFailure):
                 typer.echo(_error_line(item.source, item.error), err=True)
                 failures.append(item)
                 continue
-            try:
-                _write(item, out, kinds, seg, stems[item.source])
-            except BcedgeError as exc:
-                typer.echo(_error_line(item.source, exc), err=True)
-                failures.append(ScanFailure(item.source, exc))
-                continue
-            item.timing_ms["total"] = sum(v for k, v in item.timing_ms.items() if k != "total")
             results.append(item)
             if progress:
                 typer.echo(f"[{i}/{len(scans)}] {item.source}: {len(item.findings)} finding(s)", err=True)

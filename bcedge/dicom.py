@@ -43,7 +43,7 @@ import os
 import struct
 import threading
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -148,14 +148,20 @@ class Mammogram:
         pixels: (H, W) float32 in [0, 1], as displayed: dense tissue bright,
             background dark. Original resolution, no geometric change.
         meta: what was read about it.
+        header: for a DICOM file, the pydicom ``Dataset`` the reader parsed, with its file meta
+            and without Pixel Data (7FE0,0010): what a DICOM SEG references and copies, so no
+            writer has to read the file again (a file without the 128-byte preamble, read here,
+            may not parse the same way elsewhere). None for rasters and in-memory images.
+            Treat it as read-only: it is shared by copies made with :meth:`with_meta`.
     """
 
     pixels: np.ndarray
     meta: ImageMeta
+    header: Any = field(default=None, repr=False, compare=False)
 
     def with_meta(self, **changes: object) -> Mammogram:
         """A copy whose meta has ``changes`` applied (e.g. laterality from a file name)."""
-        return Mammogram(self.pixels, replace(self.meta, **changes))  # type: ignore[arg-type]
+        return Mammogram(self.pixels, replace(self.meta, **changes), self.header)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- file checks
@@ -976,7 +982,10 @@ def _read_dicom(p: Path, allow_non_mg: bool, voi: VoiMode) -> Mammogram:
         voi_function=info["voi_function"],  # type: ignore[arg-type]
         transfer_syntax=str(ts) if ts else None,
     )
-    return Mammogram(pixels, meta)
+    # The pixels are decoded; the header is kept without them (a full-field scan's Pixel Data is
+    # ~17 MB, the rest a few kB). ``stored`` may view those bytes; it is not used after this.
+    del ds["PixelData"]
+    return Mammogram(pixels, meta, ds)
 
 
 def _with_path(exc: DicomError, p: Path) -> DicomError:

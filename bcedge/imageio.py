@@ -6,9 +6,11 @@ the complete new one is there.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,11 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None], *,
     """
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp" + out.suffix, dir=out.parent)
+    # The temporary name carries at most 64 bytes of the final one, so a 255-byte file name
+    # still has a temporary that the file system accepts.
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{_clip_utf8(out.name, 64)}.", suffix=".tmp" + _clip_utf8(out.suffix, 16), dir=out.parent
+    )
     os.close(fd)
     try:
         write(Path(tmp))
@@ -43,6 +49,106 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None], *,
         if os.path.exists(tmp):
             os.unlink(tmp)
     return out
+
+
+def _clip_utf8(text: str, max_bytes: int) -> str:
+    """``text`` cut to at most ``max_bytes`` UTF-8 bytes, never inside a character."""
+    return text.encode("utf-8", "surrogateescape")[:max_bytes].decode("utf-8", "ignore")
+
+
+def _checkpoint(step: str) -> None:
+    """Called between the steps of :func:`replace_files`; tests replace it to inject a failure after each step."""
+
+
+def replace_files(files: Mapping[Path, bytes], *, durable: bool = False) -> list[Path]:
+    """Write several files all-or-nothing: afterwards either every one has its new content or none changed.
+
+    Steps: (1) write every new content to a temporary file beside its destination; (2) keep each
+    existing destination under a backup name (a hard link, so the file never disappears; a copy
+    where the file system has no hard links); (3) rename the temporaries into place; (4) remove
+    the backups. A failure in any step removes the temporaries, puts every backup back over the
+    file that replaced it, removes new files that had no predecessor, and re-raises: a re-run that
+    fails part-way never loses or half-replaces what the previous run wrote. Temporary and backup
+    names are short (``.bcedge-XXXXXXXX.tmp``), whatever the destination's length.
+
+    Args:
+        files: destination -> content. Parent folders must exist.
+        durable: fsync the data before the renames and the folders after (see :func:`atomic_write`).
+
+    Returns:
+        The destinations, in the order given.
+
+    Raises:
+        OSError: a step failed (everything was rolled back first, as far as the OS allowed).
+    """
+    dests = [Path(p) for p in files]
+    temps: dict[Path, str] = {}
+    backups: dict[Path, str] = {}
+    replaced: list[Path] = []
+    mode = 0o666 & ~_umask()
+    try:
+        for dest in dests:
+            fd, tmp = tempfile.mkstemp(prefix=".bcedge-", suffix=".tmp", dir=dest.parent)
+            temps[dest] = tmp
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(files[dest])
+                if durable:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            os.chmod(tmp, mode)
+            _checkpoint(f"write {dest.name}")
+        for dest in dests:
+            if os.path.lexists(dest):
+                backups[dest] = _backup(dest)
+                _checkpoint(f"backup {dest.name}")
+        for dest in dests:
+            os.replace(temps[dest], dest)
+            del temps[dest]
+            replaced.append(dest)
+            _checkpoint(f"rename {dest.name}")
+        if durable:
+            for folder in {dest.parent for dest in dests}:
+                fsync_path(folder)
+    except BaseException:
+        _roll_back(replaced, backups, temps)
+        raise
+    for backup in backups.values():
+        _unlink_quietly(backup)
+    return dests
+
+
+def _backup(dest: Path) -> str:
+    """A new name in ``dest``'s folder for the same file (hard link; copy without link support)."""
+    for _ in range(100):
+        name = os.path.join(dest.parent, f".bcedge-{os.urandom(4).hex()}.bak")
+        try:
+            os.link(dest, name, follow_symlinks=False)
+            return name
+        except FileExistsError:
+            continue
+        except OSError:  # no hard links here (FAT, some network file systems): a copy keeps the content
+            shutil.copy2(dest, name, follow_symlinks=False)
+            return name
+    raise FileExistsError(f"no free backup name in {dest.parent}")
+
+
+def _roll_back(replaced: list[Path], backups: dict[Path, str], temps: dict[Path, str]) -> None:
+    """Undo :func:`replace_files`: restore replaced files, drop new ones, remove temporaries and backups."""
+    for dest in replaced:
+        if dest in backups:
+            backup = backups.pop(dest)
+            # On failure the backup stays on disk under its .bak name: better than losing it.
+            with contextlib.suppress(OSError):
+                os.replace(backup, dest)
+        else:
+            _unlink_quietly(dest)
+    for name in [*temps.values(), *backups.values()]:
+        _unlink_quietly(name)
+
+
+def _unlink_quietly(path: str | os.PathLike[str]) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 def fsync_path(path: str | os.PathLike[str]) -> None:

@@ -33,6 +33,7 @@ Speed (the issue #6 budget for everything that is not the model is a few ms):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import mmap
@@ -51,7 +52,7 @@ import numpy as np
 
 from bcedge import __version__
 from bcedge.errors import ConfigError, DicomError, InputError, MissingDependencyError
-from bcedge.imageio import atomic_write_bytes, json_default
+from bcedge.imageio import atomic_write_bytes, json_default, replace_files
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -70,6 +71,9 @@ CONTOUR_BGR = (0, 0, 255)
 LABEL_BGR = (0, 255, 255)
 #: zlib level of the mask PNG (with Z_RLE the level hardly changes speed or size on a mask).
 MASK_PNG_ZLIB_LEVEL = 1
+#: Longest output stem in UTF-8 bytes: the longest output name adds "_overlay.png" (12 bytes) and a
+#: de-duplicating "_NNNN" may follow; 200 leaves room under the usual 255-byte name limit.
+MAX_STEM_BYTES = 200
 #: Suffixes stripped from an input name to make the output stem (anything else stays, e.g. UID names).
 _KNOWN_SUFFIXES = {".dcm", ".dicom", ".dic", ".ima", ".png", ".pgm", ".pnm", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 
@@ -134,13 +138,30 @@ def parse_kinds(kinds: str | Sequence[str]) -> tuple[str, ...]:
 def output_stem(source: str | os.PathLike[str]) -> str:
     """Output name stem for an input path: ``/a/scan.dcm`` -> ``scan``; ``1.2.840.1`` (no image suffix) stays whole.
 
-    An in-memory image (empty source) gets ``mammogram``.
+    An in-memory image (empty source) gets ``mammogram``. A name longer than
+    :data:`MAX_STEM_BYTES` (UTF-8) is cut and given a hash of the whole name
+    (:func:`shorten_stem`), so every output name stays under the 255-byte limit of
+    common file systems, and two long names that differ only at the end still differ.
     """
     name = Path(source).name if str(source) else ""
     if not name:
         return "mammogram"
     suffix = Path(name).suffix
-    return name[: -len(suffix)] if suffix.lower() in _KNOWN_SUFFIXES and len(name) > len(suffix) else name
+    stem = name[: -len(suffix)] if suffix.lower() in _KNOWN_SUFFIXES and len(name) > len(suffix) else name
+    return shorten_stem(stem)
+
+
+def shorten_stem(stem: str, max_bytes: int | None = None) -> str:
+    """``stem`` when it fits in ``max_bytes`` UTF-8 bytes (default :data:`MAX_STEM_BYTES`), else a
+    deterministic shorter name: its head (cut at a character boundary) + ``-`` + 16 hex digits of
+    the SHA-256 of the whole stem."""
+    limit = MAX_STEM_BYTES if max_bytes is None else max_bytes
+    raw = stem.encode("utf-8", "surrogateescape")
+    if len(raw) <= limit:
+        return stem
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    head = raw[: limit - len(digest) - 1].decode("utf-8", "ignore")
+    return f"{head}-{digest}"
 
 
 def output_paths(out_dir: str | os.PathLike[str], stem: str, kinds: Sequence[str]) -> dict[str, Path]:
@@ -247,15 +268,20 @@ def render_overlay(
     return image
 
 
-def write_overlay(path: str | os.PathLike[str], result: Result, *, long_side: int = OVERLAY_LONG_SIDE) -> Path:
-    """Write :func:`render_overlay` of ``result`` as a PNG, atomically."""
+def encode_overlay_png(result: Result, *, long_side: int = OVERLAY_LONG_SIDE) -> bytes:
+    """:func:`render_overlay` of ``result`` as PNG file bytes."""
     import cv2
 
     image = render_overlay(result.mammogram.pixels, result.mask, result.findings, long_side=long_side)
     ok, buf = cv2.imencode(".png", image)
     if not ok:
-        raise InputError(f"{path}: could not encode the overlay PNG")
-    return atomic_write_bytes(path, buf.tobytes())
+        raise InputError(f"{result.source or 'overlay'}: could not encode the overlay PNG")
+    return buf.tobytes()
+
+
+def write_overlay(path: str | os.PathLike[str], result: Result, *, long_side: int = OVERLAY_LONG_SIDE) -> Path:
+    """Write :func:`render_overlay` of ``result`` as a PNG, atomically."""
+    return atomic_write_bytes(path, encode_overlay_png(result, long_side=long_side))
 
 
 # --------------------------------------------------------------------------- JSON
@@ -668,12 +694,15 @@ def write_outputs(
     artifact: ArtifactRecord | None = None,
     stem: str | None = None,
 ) -> dict[str, Path]:
-    """Write the requested outputs of one scan under ``out_dir``; each file atomically.
+    """Write the requested outputs of one scan under ``out_dir``, all or nothing.
 
-    Order: mask, overlay, SEG, then the JSON (so it lists every other output). A raster input
-    cannot have a SEG: ``seg`` is then skipped with a one-line warning (logged), not an error.
-    Adds ``result.timing_ms["write"]`` (ms; the JSON file holds the time up to its own writing)
-    and fills ``result.outputs`` (kind -> path).
+    Every output is first encoded in memory (mask, overlay, SEG, then the JSON, so it lists every
+    other output), then all are written together by :func:`bcedge.imageio.replace_files`: either
+    every file has its new content, or (a failure part-way: disk full, permissions, a name the
+    file system refuses) every file the folder held before is back as it was and no new file is
+    left. A raster input cannot have a SEG: ``seg`` is then skipped with a one-line warning
+    (logged), not an error. Adds ``result.timing_ms["write"]`` (ms; the JSON file holds the time
+    up to its own encoding) and fills ``result.outputs`` (kind -> path) once the files are there.
 
     Args:
         result: what :meth:`bcedge.pipeline.Segmenter.segment` returned.
@@ -689,33 +718,39 @@ def write_outputs(
 
     Raises:
         ConfigError: unknown kind.
-        InputError / DicomError: a file could not be written, or the SEG source is unusable.
+        InputError / DicomError: a file could not be written (the cause is the OSError), or the
+            SEG source is unusable; nothing under ``out_dir`` changed.
         MissingDependencyError: ``seg`` asked for without highdicom.
     """
     start = time.perf_counter()
     paths = output_paths(out_dir, stem or output_stem(result.source), kinds)
-    written: dict[str, Path] = {}
     try:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create the output folder {out_dir}: {exc.strerror or exc}") from exc
+    content: dict[str, bytes] = {}
+    if "mask" in paths:
+        content["mask"] = encode_mask_png(result.mask)
+    if "overlay" in paths:
+        content["overlay"] = encode_overlay_png(result)
+    if "seg" in paths:
+        if is_dicom_source(result):
+            content["seg"] = encode_seg(build_seg(result, bundle=bundle, artifact=artifact))
+        else:
+            what = source_file(result) or "in-memory image"
+            _log.warning("%s: not read from a DICOM file, so no DICOM SEG was written (a SEG references one)", what)
+    before = dict(result.outputs)
+    if "json" in paths:
+        result.outputs.update({kind: str(paths[kind]) for kind in (*content, "json")})
+        result.timing_ms["write"] = (time.perf_counter() - start) * 1000.0
+        content["json"] = result_json(result)
     try:
-        if "mask" in paths:
-            written["mask"] = write_mask(paths["mask"], result.mask)
-        if "overlay" in paths:
-            written["overlay"] = write_overlay(paths["overlay"], result)
-        if "seg" in paths:
-            if is_dicom_source(result):
-                written["seg"] = write_seg(paths["seg"], result, bundle=bundle, artifact=artifact)
-            else:
-                what = source_file(result) or "in-memory image"
-                _log.warning("%s: not read from a DICOM file, so no DICOM SEG was written (a SEG references one)", what)
-        result.outputs.update({kind: str(path) for kind, path in written.items()})
-        if "json" in paths:
-            result.outputs["json"] = str(paths["json"])
-            result.timing_ms["write"] = (time.perf_counter() - start) * 1000.0
-            written["json"] = write_json(paths["json"], result)
+        replace_files({paths[kind]: data for kind, data in content.items()})
     except OSError as exc:
+        result.outputs.clear()
+        result.outputs.update(before)
         raise InputError(f"cannot write outputs under {out_dir}: {exc.strerror or exc}") from exc
+    written = {kind: paths[kind] for kind in content}
+    result.outputs.update({kind: str(path) for kind, path in written.items()})
     result.timing_ms["write"] = (time.perf_counter() - start) * 1000.0
     return written

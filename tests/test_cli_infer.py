@@ -271,14 +271,14 @@ def test_same_stem_twice_does_not_overwrite(
 def test_failed_write_leaves_no_partial_scan(
     capsys: pytest.CaptureFixture[str], scans: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The overlay fails after the mask was written: the scan is reported and its mask removed."""
+    """The overlay fails after the mask was encoded: the scan is reported and nothing of it is written."""
     import bcedge.outputs
     from bcedge.errors import InputError
 
-    def broken(path: object, result: object, **_: object) -> None:
-        raise InputError(f"{path}: disk full (simulated)")
+    def broken(result: object, **_: object) -> None:
+        raise InputError("overlay: disk full (simulated)")
 
-    monkeypatch.setattr(bcedge.outputs, "write_overlay", broken)
+    monkeypatch.setattr(bcedge.outputs, "encode_overlay_png", broken)
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("the user's file")

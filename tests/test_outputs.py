@@ -17,6 +17,7 @@ import pydicom
 import pytest
 from bundle_support import write_test_manifest
 
+import bcedge.imageio
 from bcedge import outputs
 from bcedge.bundle import ArtifactRecord, Bundle, load_bundle
 from bcedge.dicom import ImageMeta, Mammogram, read_mammogram
@@ -256,12 +257,11 @@ def test_interrupted_write_leaves_old_file_and_no_partial(
     target = outputs.output_paths(spaced_dir, "scan R", [kind])[kind]
     target.write_bytes(b"previous run")
 
-    def write_half_then_die(self: Path, data: bytes) -> int:
-        with open(self, "wb") as f:
-            f.write(bytes(data)[: len(data) // 2])
-        raise KeyboardInterrupt  # e.g. Ctrl-C in the middle of the write
+    def die_after_the_temporary(step: str) -> None:
+        if step.startswith("write"):
+            raise KeyboardInterrupt  # e.g. Ctrl-C once the new content is in its temporary file
 
-    monkeypatch.setattr(Path, "write_bytes", write_half_then_die)
+    monkeypatch.setattr(bcedge.imageio, "_checkpoint", die_after_the_temporary)
     with pytest.raises(KeyboardInterrupt):
         outputs.write_outputs(phantom_result, spaced_dir, [kind], bundle=bundle)
     assert target.read_bytes() == b"previous run"
