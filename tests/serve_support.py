@@ -9,8 +9,8 @@ runs the node of CONFIG with :class:`FakeSeg` instead of the model.
 
 from __future__ import annotations
 
+import functools
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -39,8 +39,37 @@ def detach_logging() -> None:
         logger.setLevel(logging.NOTSET)
 
 
+@functools.cache
+def dcmtk_tool(name: str) -> str | None:
+    """Absolute path of dcmtk's ``name`` (``storescu``, ``storescp``, ``echoscu``), or None.
+
+    The Debian path ``/usr/bin/<name>`` first, then PATH; a candidate counts only when its
+    ``--version`` says ``dcmtk``: an activated virtualenv puts pynetdicom's own ``storescu``/
+    ``echoscu`` (other options, other output) ahead of dcmtk's on PATH.
+    """
+    candidates = [f"/usr/bin/{name}", *(os.path.join(d, name) for d in os.get_exec_path())]
+    for candidate in dict.fromkeys(candidates):
+        if not (os.path.isfile(candidate) and os.access(candidate, os.X_OK)):
+            continue
+        try:
+            out = subprocess.run([candidate, "--version"], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if "dcmtk" in (out.stdout + out.stderr).lower():
+            return candidate
+    return None
+
+
 def have_dcmtk() -> bool:
-    return all(shutil.which(tool) for tool in DCMTK)
+    return all(dcmtk_tool(tool) for tool in DCMTK)
+
+
+def dcmtk(name: str) -> str:
+    """:func:`dcmtk_tool` for a test that already checked :func:`have_dcmtk`."""
+    path = dcmtk_tool(name)
+    if path is None:
+        raise FileNotFoundError(f"dcmtk's {name} is not installed (apt-get install dcmtk)")
+    return path
 
 
 def free_port() -> int:
@@ -228,7 +257,7 @@ class Storescp:
     def start(self) -> Storescp:
         self.proc = subprocess.Popen(
             [
-                "storescp",
+                dcmtk("storescp"),
                 "-aet",
                 self.aet,
                 "-od",
@@ -288,7 +317,7 @@ def storescu_command(
     beside the test (``subprocess.Popen``); :func:`storescu` runs it to the end.
     """
     return [
-        "storescu",
+        dcmtk("storescu"),
         "-v",
         "-nh",
         "-aet",
@@ -323,7 +352,7 @@ def storescu(
 
 
 def echoscu(port: int, *, aet: str = "MODALITY", aec: str = "BCEDGE") -> subprocess.CompletedProcess[str]:
-    cmd = ["echoscu", "-v", "-aet", aet, "-aec", aec, "-to", "10", "-ta", "10", "127.0.0.1", str(port)]
+    cmd = [dcmtk("echoscu"), "-v", "-aet", aet, "-aec", aec, "-to", "10", "-ta", "10", "127.0.0.1", str(port)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT)
 
 

@@ -16,6 +16,7 @@ from serve_support import (
     Storescp,
     acknowledged,
     config_text,
+    dcmtk,
     fake_seg_uid,
     free_port,
     have_dcmtk,
@@ -148,7 +149,7 @@ def test_dicom_tls_in_and_out(spaced_dir: Path, certs: Path) -> None:
     # storescp with TLS as PACS: it requires the node's client certificate, signed by the test CA
     pacs = subprocess.Popen(
         [
-            "storescp",
+            dcmtk("storescp"),
             "-aet",
             "PACS",
             "-od",
