@@ -66,15 +66,36 @@ class StorageConfig:
             system would keep less than this many MiB free after storing the scan.
         done_retention_days: delivered items older than this are deleted from ``done/`` (0: keep).
         done_max_items: at most this many delivered items are kept, oldest deleted first (0: no cap).
-        max_process_attempts: a scan whose processing failed (or crashed the node) this many times
-            is quarantined instead of blocking the queue.
+        max_process_attempts: a scan whose processing failed, or was cut short by a worker process
+            that died or a node that was killed, this many times is quarantined (at the latest
+            when the node starts again) instead of being retried for ever.
     """
 
     root: Path = Path("/var/lib/bcedge")
     min_free_mb: int = 500
     done_retention_days: float = 7.0
     done_max_items: int = 10000
-    max_process_attempts: int = 3
+    max_process_attempts: int = 2
+
+
+@dataclass
+class WorkerConfig:
+    """``[worker]``: the processes that decode and segment scans (untrusted pixels never touch the node).
+
+    Attributes:
+        processes: worker processes, each with the model loaded once; a scan that hangs one of
+            them does not hold back the scans the others take.
+        timeout_s: wall-clock seconds one scan may take (decode, segment, write); a worker over it
+            is killed and the scan quarantined (``reason.txt`` names the limit).
+        memory_mb: address space (``RLIMIT_AS``, MiB) a worker may add to its size once its model
+            is loaded; an allocation beyond it fails, the scan is quarantined and the worker replaced.
+            The default is about 4x the peak of the largest legitimate scan measured (see README).
+            0: no limit.
+    """
+
+    processes: int = 2
+    timeout_s: float = 60.0
+    memory_mb: int = 2048
 
 
 @dataclass
@@ -187,6 +208,7 @@ class ServeConfig:
 
     node: NodeConfig = field(default_factory=NodeConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     destination: DestinationConfig = field(default_factory=DestinationConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
@@ -229,6 +251,7 @@ class ServeConfig:
             ("[destination] max_attempts", d.max_attempts),
             ("[destination] batch_size", d.batch_size),
             ("[storage] max_process_attempts", self.storage.max_process_attempts),
+            ("[worker] processes", self.worker.processes),
         ):
             if value < 1:
                 raise ConfigError(f"{where}: {key} is {value}; expected an integer >= 1")
@@ -238,6 +261,7 @@ class ServeConfig:
             ("[node] network_timeout_s", n.network_timeout_s),
             ("[destination] timeout_s", d.timeout_s),
             ("[destination] backoff_initial_s", d.backoff_initial_s),
+            ("[worker] timeout_s", self.worker.timeout_s),
         ):
             if value <= 0:
                 raise ConfigError(f"{where}: {key} is {value}; expected a number of seconds > 0")
@@ -252,6 +276,7 @@ class ServeConfig:
             ("[storage] done_retention_days", self.storage.done_retention_days),
             ("[storage] done_max_items", self.storage.done_max_items),
             ("[node] max_pdu", n.max_pdu),
+            ("[worker] memory_mb", self.worker.memory_mb),
         ):
             if value < 0:
                 raise ConfigError(f"{where}: {key} is {value}; expected a number >= 0")
@@ -301,6 +326,9 @@ class ServeConfig:
             f"model: {m.bundle or 'bundled demo model'} on backend '{m.backend}'"
             + (f", {m.threads} threads" if m.threads else "")
             + f"; outputs {', '.join(m.outputs)}",
+            f"work: {self.worker.processes} worker processes, each scan at most {self.worker.timeout_s:g} s and "
+            + (f"{self.worker.memory_mb} MiB above the loaded model" if self.worker.memory_mb else "no memory limit")
+            + f"; quarantined after {s.max_process_attempts} unfinished attempts",
             f"send: SEG to AE '{d.ae_title}' at {d.host}:{d.port} as '{self.calling_ae_title}'"
             + (" with TLS" if d.tls.enabled else "")
             + f"; {d.max_attempts} attempts, backoff {d.backoff_initial_s:g}s doubling to {d.backoff_max_s:g}s",
@@ -340,6 +368,7 @@ def _check_file(where: str, key: str, value: Path | None, *, required: bool) -> 
 _SECTIONS = {
     "node": NodeConfig,
     "storage": StorageConfig,
+    "worker": WorkerConfig,
     "model": ModelConfig,
     "destination": DestinationConfig,
     "tls": TLSConfig,

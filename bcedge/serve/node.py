@@ -1,26 +1,29 @@
 """The node: recovery, then the worker, the sender and the Storage SCP, until SIGTERM/SIGINT.
 
 Start order matters: the folders are recovered first (a crash may have left a half-built
-item), the model is loaded before the port opens (a bad bundle stops the node before any
+item), the worker processes load the model before the port opens (a bad bundle stops the node before any
 scan is acknowledged), and the port opens last. Stop order is the reverse: no new scans,
 then the worker and the sender finish what they are doing.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from bcedge.errors import ConfigError, MissingDependencyError
 from bcedge.serve.config import LoggingConfig, ServeConfig
+from bcedge.serve.isolation import IsolatedProcessor, Limits, ProcessorFactory
 from bcedge.serve.spool import Layout, Spool, recover
 from bcedge.serve.state import NodeState
-from bcedge.serve.worker import Processor, Worker
+from bcedge.serve.worker import Processor, Worker, WorkQueue
 
 LOG = logging.getLogger("bcedge.serve")
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -84,21 +87,40 @@ class Node:
 
     Args:
         config: the validated config.
-        process: the processing step; None builds the real one
-            (:class:`~bcedge.serve.processing.SegmenterProcessor`) from ``config.model``.
+        process: a processing step run in the node's own process by one worker thread (tests);
+            None: ``[worker] processes`` worker processes, each running what ``factory`` builds.
+        factory: builds the processing step inside each worker process (picklable); None: the
+            real one, :class:`~bcedge.serve.processing.SegmenterProcessor` of ``config.model``.
     """
 
-    def __init__(self, config: ServeConfig, *, process: Processor | None = None) -> None:
+    def __init__(
+        self,
+        config: ServeConfig,
+        *,
+        process: Processor | None = None,
+        factory: ProcessorFactory | None = None,
+    ) -> None:
         self.config = config
         self.layout = Layout(config.storage.root)
         self._process = process
-        self._owned_processor: Any = None
+        self._factory = factory
+        self._isolated: list[IsolatedProcessor] = []
         self._lock = _Lock(config.storage.root)
         self._stopping = threading.Event()
         self.state: NodeState | None = None
         self.scp: Any = None
-        self.worker: Worker | None = None
+        self.workers: list[Worker] = []
         self.sender: Any = None
+
+    @property
+    def worker(self) -> Worker | None:
+        """The first worker thread (there is one per worker process)."""
+        return self.workers[0] if self.workers else None
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """Process ids of the running worker processes (empty when scans run in the node's process)."""
+        return [pid for pid in (p.pid for p in self._isolated) if pid is not None]
 
     def start(self) -> tuple[str, int]:
         """Recover, load the model, start the threads and listen; returns the bound (host, port).
@@ -125,14 +147,27 @@ class Node:
         self.state = state
         if any(report.values()):
             state.error("node", f"recovered after an unclean stop: {report}")
-        process = self._process
-        model = "injected processing step"
-        if process is None:
-            from bcedge.serve.processing import SegmenterProcessor
+        processes: list[Processor]
+        if self._process is not None:
+            processes, model = [self._process], "injected processing step (in the node's process)"
+        else:
+            factory = self._factory
+            if factory is None:
+                from bcedge.serve.processing import SegmenterProcessor
 
-            self._owned_processor = SegmenterProcessor(cfg.model)
-            process = self._owned_processor
-            model = self._owned_processor.describe()
+                factory = functools.partial(SegmenterProcessor, cfg.model)
+            limits = Limits(timeout_s=cfg.worker.timeout_s, memory_mb=cfg.worker.memory_mb)
+            for index in range(cfg.worker.processes):
+                isolated = IsolatedProcessor(factory, limits, name=f"worker-{index + 1}")
+                self._isolated.append(isolated)
+                try:
+                    isolated.start()  # the model loads before the port opens: a bad bundle stops the node here
+                except BaseException:
+                    self._close_workers()
+                    self._lock.release()
+                    raise
+            processes = list(self._isolated)
+            model = f"{self._isolated[0].info.get('model', '?')} in {len(processes)} worker processes"
         server_ctx = client_ctx = None
         if cfg.tls.enabled or cfg.destination.tls.enabled:
             from bcedge.serve.tls import client_context, server_context
@@ -150,16 +185,26 @@ class Node:
             retention_days=cfg.storage.done_retention_days,
             retention_items=cfg.storage.done_max_items,
         )
-        self.worker = Worker(
-            self.layout,
-            spool,
-            process,
-            state,
-            max_attempts=cfg.storage.max_process_attempts,
-            on_item=self.sender.notify,
-        )
+        queue = WorkQueue(self.layout, spool)
+        self.workers = [
+            Worker(
+                self.layout,
+                spool,
+                process,
+                state,
+                max_attempts=cfg.storage.max_process_attempts,
+                on_item=self.sender.notify,
+                queue=queue,
+                name=f"bcedge-serve-worker-{index + 1}",
+            )
+            for index, process in enumerate(processes)
+        ]
+        poison = self.workers[0].quarantine_poison()
+        if poison:
+            LOG.warning("quarantined %d spooled scans already tried %d times", poison, cfg.storage.max_process_attempts)
         self.scp = StorageSCP(cfg.node, spool, state, ssl_context=server_ctx)
-        self.worker.start()
+        for worker in self.workers:
+            worker.start()
         self.sender.start()
         try:
             host, port = self.scp.start()
@@ -194,20 +239,26 @@ class Node:
         self._stopping.set()
         if self.scp is not None:
             self.scp.stop()
-        for thread in (self.worker, self.sender):
+        threads = [*self.workers, self.sender]
+        for thread in threads:
             if thread is not None:
                 thread.stop()
-        for thread in (self.worker, self.sender):
+        deadline = time.monotonic() + timeout
+        for thread in threads:
             if thread is not None and thread.is_alive():
-                thread.join(timeout)
+                thread.join(max(0.0, deadline - time.monotonic()))
+        # Killing a worker process mid-scan loses nothing: the scan is still in the spool (or is
+        # rolled back from work/ at the next start), and its attempt was counted.
+        self._close_workers()
         if self.state is not None:
             self.state.set_status("stopped")
             self.state.save(force=True)
-        if self._owned_processor is not None:
-            self._owned_processor.close()
-            self._owned_processor = None
         self._lock.release()
         LOG.info("stopped")
+
+    def _close_workers(self) -> None:
+        for isolated in self._isolated:
+            isolated.close()
 
     def request_stop(self, *_args: Any) -> None:
         """Signal handler: ask :meth:`run_forever` to return."""

@@ -237,6 +237,7 @@ class Attempts:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._lock = threading.Lock()  # several worker threads count attempts
         data = read_json(path, {})
         self._counts: dict[str, int] = {
             k: int(v) for k, v in (data.items() if isinstance(data, dict) else []) if isinstance(v, int)
@@ -247,19 +248,22 @@ class Attempts:
 
     def begin(self, name: str) -> int:
         """Count one more attempt for ``name`` (durably, before the attempt); returns the new count."""
-        self._counts[name] = self._counts.get(name, 0) + 1
-        write_json_durable(self.path, self._counts)
-        return self._counts[name]
+        with self._lock:
+            self._counts[name] = self._counts.get(name, 0) + 1
+            write_json_durable(self.path, self._counts)
+            return self._counts[name]
 
     def prune(self, keep: set[str]) -> None:
         """Forget names no longer in the spool (left over by a crash after an item was committed)."""
-        stale = [k for k in self._counts if k not in keep]
-        for k in stale:
-            del self._counts[k]
-        if stale:
-            write_json_durable(self.path, self._counts)
+        with self._lock:
+            stale = [k for k in self._counts if k not in keep]
+            for k in stale:
+                del self._counts[k]
+            if stale:
+                write_json_durable(self.path, self._counts)
 
     def clear(self, name: str) -> None:
         """Forget ``name`` (it left the spool)."""
-        if self._counts.pop(name, None) is not None:
-            write_json_durable(self.path, self._counts)
+        with self._lock:
+            if self._counts.pop(name, None) is not None:
+                write_json_durable(self.path, self._counts)

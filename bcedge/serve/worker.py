@@ -12,10 +12,16 @@ is the real one; tests inject fakes). For one scan ``spool/<name>.dcm``:
    puts the scan back in the spool), a crash after it leaves a complete outbox item.
 
 Bad input (a :class:`~bcedge.errors.BcedgeError` with exit code 2: unreadable pixels, not a
-mammogram bcedge can read, ...) goes to ``quarantine/<name>/`` with ``reason.txt`` and the
-worker takes the next scan. Other failures (a backend error, a bug) are retried with a pause;
-after ``max_process_attempts`` attempts the scan is quarantined too, so one scan never blocks
-the queue for ever.
+mammogram bcedge can read, a scan that exceeded its worker's time or memory limit, see
+:mod:`bcedge.serve.isolation`) goes to ``quarantine/<name>/`` with ``reason.txt`` and the
+worker takes the next scan. Other failures (a backend error, a worker process that died, a
+bug) are retried after a pause that belongs to that scan alone (:class:`WorkQueue`): the other
+scans go on meanwhile. After ``max_process_attempts`` attempts (counted on disk, so attempts cut
+short by a ``kill -9`` of the node count too) the scan is quarantined, at the latest when the
+node starts again, so one scan never blocks the queue for ever.
+
+Several workers (one thread each, each with its own worker process) share one
+:class:`WorkQueue`, which hands each scan to one of them.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from bcedge.errors import BcedgeError
@@ -55,17 +62,90 @@ def read_uids(path: Path) -> dict[str, str]:
     }
 
 
+@dataclass
+class _Backoff:
+    failures: int = 0
+    next_at: float = 0.0
+
+
+class WorkQueue:
+    """Which spooled scan each worker takes next: the oldest one no other worker holds and not waiting.
+
+    A scan whose processing failed waits ``min(max_pause_s, retry_pause_s * 2 ** (failures - 1))``
+    before it is taken again; the wait is that scan's own, so the scans behind it are not held.
+    Thread-safe.
+    """
+
+    def __init__(self, layout: Layout, spool: Spool, *, retry_pause_s: float = 1.0, max_pause_s: float = 60.0) -> None:
+        self.spool = spool
+        self.retry_pause_s = retry_pause_s
+        self.max_pause_s = max_pause_s
+        self.attempts = Attempts(layout.attempts_file)
+        self.attempts.prune({p.stem for p in spool.pending()})
+        self._lock = threading.Lock()
+        self._held: set[str] = set()
+        self._backoff: dict[str, _Backoff] = {}
+
+    def claim(self, now: float | None = None) -> Path | None:
+        """The oldest spooled scan that is free and due, now held by the caller; None when there is none."""
+        now = time.monotonic() if now is None else now
+        pending = self.spool.pending()
+        with self._lock:
+            names = {p.stem for p in pending}
+            for gone in [n for n in self._backoff if n not in names]:
+                del self._backoff[gone]
+            for path in pending:
+                name = path.stem
+                backoff = self._backoff.get(name)
+                if name in self._held or (backoff is not None and backoff.next_at > now):
+                    continue
+                self._held.add(name)
+                return path
+        return None
+
+    def release(self, name: str) -> None:
+        """The caller is done with ``name`` (processed, quarantined, or failed and waiting)."""
+        with self._lock:
+            self._held.discard(name)
+
+    def failed(self, name: str, now: float | None = None) -> float:
+        """Count a failure of ``name``; returns its wait in seconds before it is taken again."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            backoff = self._backoff.setdefault(name, _Backoff())
+            backoff.failures += 1
+            wait = min(self.max_pause_s, self.retry_pause_s * 2 ** min(backoff.failures - 1, 16))
+            backoff.next_at = now + wait
+            return wait
+
+    def forget(self, name: str) -> None:
+        """``name`` left the spool: drop its wait."""
+        with self._lock:
+            self._backoff.pop(name, None)
+
+    def idle_wait(self, default: float = 1.0, now: float | None = None) -> float:
+        """Seconds until the soonest waiting scan is due (at most ``default``)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            soonest = min((b.next_at for b in self._backoff.values()), default=now + default)
+        return float(min(default, max(0.01, soonest - now)))
+
+
 class Worker(threading.Thread):
     """Background thread moving scans from the spool to the outbox (or quarantine).
 
     Args:
         layout: the node's folders.
         spool: the intake (for its wake-ups).
-        process: the processing step (see :data:`Processor`).
+        process: the processing step (see :data:`Processor`); an
+            :class:`~bcedge.serve.isolation.IsolatedProcessor` runs it in a worker process.
         state: counters and errors.
         max_attempts: processing attempts before a scan is quarantined.
         on_item: called after each committed outbox item (wakes the sender).
-        retry_pause_s: first pause after a failure that is not the scan's fault (doubles, max 60 s).
+        retry_pause_s: first pause of a scan after a failure that is not the scan's fault
+            (doubles per failure of that scan, max 60 s); ignored when ``queue`` is given.
+        queue: shared with the other workers of the node; None: a queue of this worker alone.
+        name: thread name.
     """
 
     def __init__(
@@ -75,22 +155,22 @@ class Worker(threading.Thread):
         process: Processor,
         state: NodeState,
         *,
-        max_attempts: int = 3,
+        max_attempts: int = 2,
         on_item: Callable[[], None] | None = None,
         retry_pause_s: float = 1.0,
+        queue: WorkQueue | None = None,
+        name: str = "bcedge-serve-worker",
     ) -> None:
-        super().__init__(name="bcedge-serve-worker", daemon=True)
+        super().__init__(name=name, daemon=True)
         self.layout = layout
         self.spool = spool
         self.process = process
         self.state = state
         self.max_attempts = max_attempts
         self.on_item = on_item or (lambda: None)
-        self.retry_pause_s = retry_pause_s
-        self.attempts = Attempts(layout.attempts_file)
-        self.attempts.prune({p.stem for p in spool.pending()})
+        self.queue = queue or WorkQueue(layout, spool, retry_pause_s=retry_pause_s)
+        self.attempts = self.queue.attempts
         self._stop_event = threading.Event()
-        self._failures = 0
 
     def stop(self) -> None:
         """Ask the thread to finish after the current scan."""
@@ -101,28 +181,41 @@ class Worker(threading.Thread):
         while not self._stop_event.is_set():
             try:
                 busy = self.step()
-            except Exception as exc:  # a bug or a file system error; keep the node alive and retry
+            except Exception as exc:  # a bug or a file system error outside one scan; keep the node alive
                 LOG.exception("worker: unexpected error")
                 self.state.error("worker", _one_line(exc))
                 busy = False
-                self._stop_event.wait(min(60.0, self.retry_pause_s * 2 ** min(self._failures, 6)))
-                self._failures += 1
+                self._stop_event.wait(1.0)
             if not busy:
-                self.spool.wait(1.0)
+                self.spool.wait(self.queue.idle_wait())
+
+    def quarantine_poison(self) -> int:
+        """Quarantine every spooled scan already tried ``max_attempts`` times (run at start); returns how many."""
+        count = 0
+        for source in self.spool.pending():
+            previous = self.attempts.get(source.stem)
+            if previous >= self.max_attempts:
+                self._quarantine(source, source.stem, _poison_reason(previous))
+                count += 1
+        return count
 
     def step(self) -> bool:
-        """Process the oldest spooled scan, if any; returns False when the spool was empty."""
-        pending = self.spool.pending()
-        if not pending:
+        """Process the oldest free spooled scan, if any; returns False when none was due."""
+        source = self.queue.claim()
+        if source is None:
             return False
-        source = pending[0]
         name = source.stem
+        try:
+            self._process_one(source, name)
+        finally:
+            self.queue.release(name)
+        return True
+
+    def _process_one(self, source: Path, name: str) -> None:
         previous = self.attempts.get(name)
         if previous >= self.max_attempts:
-            self._quarantine(
-                source, name, f"processing failed or stopped the node {previous} times; not retried automatically"
-            )
-            return True
+            self._quarantine(source, name, _poison_reason(previous))
+            return
         self.attempts.begin(name)
         work = self.layout.work / name
         remove_tree(work)
@@ -135,16 +228,19 @@ class Worker(threading.Thread):
             remove_tree(work)
             if exc.exit_code == 2:  # the scan's fault: quarantine it now
                 self._quarantine(source, name, _one_line(exc))
-                return True
-            return self._failed(name, exc)
+                return
+            self._failed(name, exc)
+            return
         except Exception as exc:
             remove_tree(work)
-            return self._failed(name, exc)
+            self._failed(name, exc)
+            return
         elapsed_ms = (time.perf_counter() - t0) * 1000.0
         seg = outputs.get("seg")
         if seg is None or Path(seg).parent.resolve() != work.resolve() or not Path(seg).is_file():
             remove_tree(work)
-            return self._failed(name, RuntimeError(f"the processing step wrote no SEG into {work}: {outputs}"))
+            self._failed(name, RuntimeError(f"the processing step wrote no SEG into {work}: {outputs}"))
+            return
         try:
             source_uids = read_uids(source)
         except Exception:  # the SEG was made from it, so this is unlikely; keep going without the UID
@@ -168,7 +264,7 @@ class Worker(threading.Thread):
         move_durable(source, work / "source.dcm")
         move_durable(work, self.layout.outbox / name)  # the commit
         self.attempts.clear(name)
-        self._failures = 0
+        self.queue.forget(name)
         self.state.count("processed")
         LOG.info(
             "processed %s sop=%s seg=%s in %.0f ms",
@@ -178,17 +274,17 @@ class Worker(threading.Thread):
             elapsed_ms,
         )
         self.on_item()
-        return True
 
-    def _failed(self, name: str, exc: BaseException) -> bool:
-        """A failure that may not be the scan's fault: pause, then retry (attempts are counted)."""
-        self._failures += 1
+    def _failed(self, name: str, exc: BaseException) -> None:
+        """A failure that may not be the scan's fault: this scan waits, then is retried (attempts are counted)."""
+        wait = self.queue.failed(name)
         self.state.count("process_failures")
-        message = f"{name}: processing failed (attempt {self.attempts.get(name)}/{self.max_attempts}): {_one_line(exc)}"
+        message = (
+            f"{name}: processing failed (attempt {self.attempts.get(name)}/{self.max_attempts}; "
+            f"retried in {wait:.1f} s): {_one_line(exc)}"
+        )
         LOG.error("worker: %s", message)
         self.state.error("worker", message)
-        self._stop_event.wait(min(60.0, self.retry_pause_s * 2 ** min(self._failures - 1, 6)))
-        return True
 
     def _quarantine(self, source: Path, name: str, reason: str) -> None:
         work = self.layout.work / name
@@ -198,6 +294,14 @@ class Worker(threading.Thread):
         move_durable(source, work / "source.dcm")
         move_durable(work, self.layout.quarantine / name)
         self.attempts.clear(name)
+        self.queue.forget(name)
         self.state.count("quarantined")
         LOG.warning("quarantined %s: %s", name, reason)
         self.state.error("worker", f"{name} quarantined: {reason}")
+
+
+def _poison_reason(attempts: int) -> str:
+    return (
+        f"processing was started {attempts} times without finishing (it failed, or the node or its worker "
+        "process stopped mid-scan); not retried automatically"
+    )
