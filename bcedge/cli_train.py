@@ -54,7 +54,12 @@ def train_command(
     lr: Annotated[float, typer.Option("--lr", min=0.0)] = 1e-3,
     loss: Annotated[str, typer.Option("--loss", help="bce-dice, dice or focal-dice.")] = "bce-dice",
     encoder_weights: Annotated[
-        str, typer.Option("--encoder-weights", help="imagenet (download), none, or a weights file.")
+        str,
+        typer.Option(
+            "--encoder-weights",
+            help="imagenet (download), none, a Keras weights file, or (unet-mobilenetv2, width 1.0) "
+            "the ImageNet MobileNetV2 int8 .tflite.",
+        ),
     ] = "none",
     base_filters: Annotated[int, typer.Option("--base-filters", min=4, help="Plain UNet first-stage filters.")] = 64,
     upsampling: Annotated[str, typer.Option("--upsampling", help="nearest, bilinear or transpose.")] = "nearest",
@@ -82,7 +87,7 @@ def train_command(
     _need_keras()
     from bcedge.preprocess import PreprocessConfig
     from training.losses import LOSSES
-    from training.models import MODEL_NAMES
+    from training.models import MODEL_NAMES, check_encoder_weights
     from training.train import TrainConfig, backend_name, train
 
     # Check the options before minutes of preprocessing.
@@ -94,6 +99,12 @@ def train_command(
         raise ConfigError(f"unknown upsampling {upsampling!r}; expected nearest, bilinear or transpose")
     if train_on not in ("all", "lesions"):
         raise ConfigError(f"--train-on {train_on!r}; expected all or lesions")
+    weights = check_encoder_weights(model, encoder_weights, width)
+    weights_sha256 = ""
+    if isinstance(weights, Path):
+        from bcedge.bundle import sha256_file
+
+        weights_sha256 = sha256_file(weights)
 
     config = PreprocessConfig(size=size)
     datasets = tuple(d.strip() for d in data.split(",") if d.strip())
@@ -122,6 +133,7 @@ def train_command(
         lr=lr,
         loss=loss,
         encoder_weights=encoder_weights,
+        encoder_weights_sha256=weights_sha256,
         base_filters=base_filters,
         upsampling=upsampling,
         width=width,

@@ -192,6 +192,42 @@ def resolve_encoder_weights(encoder_weights: str | os.PathLike[str] | None) -> s
     return path
 
 
+def is_tflite_weights(weights: str | Path | None) -> bool:
+    """True for a ``.tflite`` weights file (read by :mod:`training.imagenet_tflite`)."""
+    return isinstance(weights, Path) and weights.suffix.lower() == ".tflite"
+
+
+def check_encoder_weights(
+    model: str, encoder_weights: str | os.PathLike[str] | None, width: float = 1.0
+) -> str | Path | None:
+    """Resolve ``--encoder-weights`` for ``model`` and refuse what that model cannot take.
+
+    The one ImageNet file reachable here is a full-integer MobileNetV2 alpha 1.0 TFLite
+    (``../shared/weights``): only ``unet-mobilenetv2`` at width 1.0 can use it.
+
+    Raises:
+        ConfigError: a missing file, weights for the plain UNet, a ``.tflite`` for VGG19,
+            or a ``.tflite`` with a MobileNetV2 width other than 1.0.
+    """
+    weights = resolve_encoder_weights(encoder_weights)
+    if weights is None:
+        return None
+    if model == "unet":
+        raise ConfigError("the plain UNet has no pretrained encoder; use --encoder-weights none")
+    if is_tflite_weights(weights):
+        if model != "unet-mobilenetv2":
+            raise ConfigError(
+                f"--encoder-weights {weights}: a TFLite file holds MobileNetV2 weights; "
+                "no ImageNet weights reachable for VGG19; train from scratch (--encoder-weights none)"
+            )
+        if width != 1.0:
+            raise ConfigError(
+                f"--encoder-weights {weights}: the TFLite ImageNet weights are MobileNetV2 alpha 1.0; "
+                f"use --width 1.0 (got {width})"
+            )
+    return weights
+
+
 def _encoder(spec: EncoderSpec, input_size: int, weights: str | Path | None, alpha: float = 1.0):
     keras = _keras()
     constructor = getattr(keras.applications, spec.application)
@@ -211,7 +247,11 @@ def _encoder(spec: EncoderSpec, input_size: int, weights: str | Path | None, alp
                 f"put {fname} into {cache}/ or pass --encoder-weights none|PATH"
             ) from exc
     model = constructor(weights=None, **kwargs)
-    if isinstance(weights, Path):
+    if is_tflite_weights(weights):
+        from training.imagenet_tflite import load_mobilenetv2_tflite
+
+        load_mobilenetv2_tflite(model, weights)
+    elif isinstance(weights, Path):
         try:
             model.load_weights(str(weights))
         except Exception as exc:  # wrong file, wrong architecture
@@ -236,7 +276,8 @@ def build_encoder_unet(
     Args:
         backbone: a key of :data:`ENCODERS` (``vgg19``, ``mobilenetv2``).
         input_size: S of the (S, S, 1) input; a multiple of 32.
-        encoder_weights: ``imagenet`` (Keras download), ``none``/None, or a weights file path.
+        encoder_weights: ``imagenet`` (Keras download), ``none``/None, a Keras weights file, or
+            (MobileNetV2 alpha 1.0) the full-integer ImageNet ``.tflite`` (:mod:`training.imagenet_tflite`).
         decoder_filters: filters of the five decoder stages, deepest first.
         upsampling: decoder upsampling, see the module doc.
         freeze_encoder: make the encoder non-trainable (for warm-up with ImageNet weights).
@@ -252,8 +293,14 @@ def build_encoder_unet(
         raise ConfigError(f"unknown backbone {backbone!r}; expected one of {sorted(ENCODERS)}")
     spec = ENCODERS[backbone]
     _check_size(f"unet-{backbone}", input_size, 32)
-    encoder = _encoder(spec, input_size, resolve_encoder_weights(encoder_weights), alpha)
+    weights = check_encoder_weights(f"unet-{backbone}", encoder_weights, alpha)
+    encoder = _encoder(spec, input_size, weights, alpha)
+    # Setting ``trainable`` on the encoder sets it on every layer; the batch norms that
+    # the TFLite loader froze (identity + folded bias, see training.imagenet_tflite) stay frozen.
+    frozen = [layer for layer in encoder.layers if not layer.trainable]
     encoder.trainable = not freeze_encoder
+    for layer in frozen:
+        layer.trainable = False
     for layer in encoder.layers:
         if isinstance(layer, layers.BatchNormalization):
             # keras.applications builds MobileNetV2 with momentum 0.999; see BN_MOMENTUM.
@@ -293,7 +340,8 @@ def build_model(
     Args:
         name: ``unet``, ``unet-mobilenetv2`` or ``unet-vgg19``.
         input_size: model input side in pixels.
-        encoder_weights: encoder UNets only: ``imagenet``, ``none``/None or a weights file.
+        encoder_weights: encoder UNets only: ``imagenet``, ``none``/None, a weights file or
+            (``unet-mobilenetv2``, width 1.0) the ImageNet ``.tflite``.
         base_filters: plain UNet only: filters of the first stage.
         batch_norm: plain UNet only: batch normalisation.
         upsampling: ``nearest`` (default), ``bilinear`` or ``transpose``.
@@ -305,8 +353,7 @@ def build_model(
     if upsampling not in ("nearest", "bilinear", "transpose"):
         raise ConfigError(f"unknown upsampling {upsampling!r}; expected nearest, bilinear or transpose")
     if name == "unet":
-        if resolve_encoder_weights(encoder_weights) is not None:
-            raise ConfigError("the plain UNet has no pretrained encoder; use --encoder-weights none")
+        check_encoder_weights(name, encoder_weights)
         if width != 1.0:
             raise ConfigError("--width applies to the encoder UNets; the plain UNet takes --base-filters")
         return build_unet(input_size, base_filters=base_filters, batch_norm=batch_norm, upsampling=upsampling)

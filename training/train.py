@@ -57,6 +57,8 @@ class TrainConfig:
     min_lr: float = 1e-5
     loss: str = "bce-dice"
     encoder_weights: str = "none"
+    #: sha256 of the ``--encoder-weights`` file ("" for none/imagenet): which weights, not just which path.
+    encoder_weights_sha256: str = ""
     base_filters: int = 64
     upsampling: str = "nearest"
     width: float = 1.0
