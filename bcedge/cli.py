@@ -117,12 +117,13 @@ def _register_subapps() -> None:
     if getattr(app, "_bcedge_registered", False):
         return
     from bcedge.cli_data import app as data_app
+    from bcedge.cli_evaluate import register as register_evaluate
     from bcedge.cli_export import export_command
-    from bcedge.cli_train import evaluate_command, train_command
+    from bcedge.cli_train import train_command
 
     app.add_typer(data_app, name="data", help="Dataset statistics, splits and preprocessed caches.")
     app.command("train")(train_command)
-    app.command("evaluate")(evaluate_command)
+    register_evaluate(app)
     app.command("export")(export_command)
     from bcedge.cli_infer import register as register_infer
 
@@ -133,6 +134,9 @@ def _register_subapps() -> None:
     from bcedge.cli_serve import register as register_serve
 
     register_serve(app)
+    from bcedge.cli_batch import register as register_batch
+
+    register_batch(app)
     app._bcedge_registered = True  # type: ignore[attr-defined]
 
 

@@ -1,0 +1,334 @@
+"""The ``bcedge batch`` run: enumerate, skip what is done, segment on Ray Data, commit block by block.
+
+::
+
+    summary = run_batch(BatchOptions(source="archive/", out=Path("out"), workers=2))
+
+Steps: open the bundle once in the driver (a bad bundle fails before Ray starts, exit code 3),
+enumerate the source (:mod:`bcedge.batch.sources`), take the results folder's lock and drop the
+scans its committed parts already hold with this run's fingerprint (:mod:`bcedge.batch.ledger`),
+then ``ray.data.from_items(refs).map_batches(ScanWorker, compute=ActorPoolStrategy(size=workers))``:
+one actor per worker, each loading the bundle once. The driver consumes the output blocks as they
+finish (order not kept) and commits each one as a Parquet part before it asks for the next.
+
+Ray is started in-process when no address is given (``num_cpus=workers``, a small object store:
+only refs and rows travel through it); ``address`` joins an existing cluster (``auto`` or
+``ray://host:10001``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bcedge.batch.sources import ScanRef, describe_source
+from bcedge.errors import BcedgeError, ConfigError, MissingDependencyError
+
+_log = logging.getLogger(__name__)
+
+#: Object store of a local Ray (MiB): refs and rows are small; Ray's default (30 % of RAM) is not needed.
+DEFAULT_OBJECT_STORE_MB = 256
+#: Most scans per committed part (a crash redoes at most one part per worker).
+MAX_BLOCK = 1024
+
+
+class RayRunError(BcedgeError):
+    """Ray failed: no cluster at the address, actors that kept dying, a lost object (exit code 4)."""
+
+    exit_code = 4
+
+
+@dataclass
+class BatchOptions:
+    """Options of one ``bcedge batch`` run (see the CLI for their meaning)."""
+
+    source: str
+    out: Path
+    model: Path | None = None
+    backend: str = "auto"
+    threads: int | None = 1
+    workers: int = 1
+    kinds: tuple[str, ...] = ("mask", "json")
+    limit: int | None = None
+    address: str | None = None
+    batch_size: int = 4
+    threshold: float | None = None
+    min_area_mm2: float | None = None
+    study_date: str | None = None
+    modality: str = "MG"
+    stow: bool = False
+    object_store_mb: int = DEFAULT_OBJECT_STORE_MB
+    block_size: int | None = None
+
+
+@dataclass
+class Summary:
+    """What a run did. ``scans_per_s`` counts the scans processed this run over the processing time
+    (from the dataset's start to the last commit: Ray's start-up and the enumeration are not in it)."""
+
+    source: str
+    out: str
+    run_id: str
+    found: int
+    skipped: int
+    processed: int = 0
+    done: int = 0
+    failed: int = 0
+    left: int = 0
+    parts: int = 0
+    enumerate_s: float = 0.0
+    ray_start_s: float = 0.0
+    processing_s: float = 0.0
+    elapsed_s: float = 0.0
+    scans_per_s: float | None = None
+    workers: int = 1
+    model: dict[str, Any] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _refs(opts: BatchOptions) -> list[ScanRef]:
+    from bcedge.batch import sources
+
+    kind = describe_source(opts.source)
+    if kind == "dicomweb":
+        from bcedge.batch.dicomweb import dicomweb_refs
+
+        refs = dicomweb_refs(opts.source, study_date=opts.study_date, modality=opts.modality)
+    elif kind == "manifest":
+        refs = sources.manifest_refs(opts.source)
+    else:
+        out = opts.out.resolve()
+        refs = sources.folder_refs(opts.source, exclude=out)
+    seen: set[str] = set()
+    unique: list[ScanRef] = []
+    for ref in refs:
+        if ref.key not in seen:  # an instance listed twice (two series queries, a repeated path) is one scan
+            seen.add(ref.key)
+            unique.append(ref)
+    return unique
+
+
+def check_options(opts: BatchOptions) -> None:
+    """Reject impossible option combinations before anything starts (ConfigError, exit code 2)."""
+    from bcedge.batch.sources import is_dicomweb_url
+
+    if opts.workers < 1:
+        raise ConfigError(f"--workers is {opts.workers}; expected at least 1")
+    if opts.limit is not None and opts.limit < 0:
+        raise ConfigError(f"--limit is {opts.limit}; expected 0 or more")
+    if opts.stow and not is_dicomweb_url(opts.source):
+        raise ConfigError("--stow sends SEGs back to a DICOMweb source; SOURCE is not an http(s):// URL")
+    if opts.stow and "seg" not in opts.kinds:
+        raise ConfigError("--stow needs 'seg' in --outputs")
+    if opts.study_date is not None and not is_dicomweb_url(opts.source):
+        raise ConfigError("--study-date applies to a DICOMweb source")
+    if opts.object_store_mb < 75:
+        raise ConfigError(f"--object-store-mb is {opts.object_store_mb}; Ray needs at least 75")
+
+
+def start_ray(address: str | None, workers: int, object_store_mb: int) -> bool:
+    """Connect to ``address`` or start a local Ray with ``workers`` CPUs; False when Ray was already up."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    # Worker output is not forwarded: each scan's error is in its row, and a worker's exception
+    # reaches the driver through Ray anyway; forwarded logs would interleave with the progress bar.
+    common: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": False}
+    try:
+        if address:
+            ray.init(address=address, **common)
+        else:
+            ray.init(num_cpus=workers, object_store_memory=object_store_mb * 1024 * 1024, **common)
+    except Exception as exc:  # ConnectionError, RuntimeError, ValueError from a bad address
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RayRunError(f"cannot start or reach Ray{' at ' + address if address else ''}: {first}") from exc
+    return True
+
+
+def _quiet_ray_data() -> None:
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False  # the driver shows one rich bar instead
+    ctx.print_on_execution_start = False
+    ctx.enable_auto_log_stats = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+
+
+def _ray_error(exc: BaseException) -> BcedgeError:
+    """The BcedgeError a worker raised (BackendError: exit 3), else a RayRunError (exit 4)."""
+    seen = exc
+    for _ in range(8):
+        if isinstance(seen, BcedgeError):
+            return seen
+        nxt = getattr(seen, "cause", None) or seen.__cause__
+        if nxt is None or nxt is seen:
+            break
+        seen = nxt
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return RayRunError(f"the Ray run failed: {lines[-1] if lines else type(exc).__name__}")
+
+
+def block_size(pending: int, workers: int, batch_size: int, requested: int | None) -> int:
+    """Scans per block (= per committed part): about 8 blocks per worker, at least one model batch,
+    at most :data:`MAX_BLOCK`, and small enough that every worker gets a block."""
+    if requested is not None:
+        return max(1, requested)
+    size = min(MAX_BLOCK, max(batch_size, math.ceil(pending / (workers * 8))))
+    return int(max(1, min(size, math.ceil(pending / workers))))
+
+
+def run_batch(
+    opts: BatchOptions, *, on_block: Callable[[int, int, int], None] | None = None, progress: bool = False
+) -> Summary:
+    """Run ``opts`` to the end; returns the :class:`Summary`.
+
+    Args:
+        opts: the run's options.
+        on_block: called after each commit with (scans committed so far, of which failed, total to do).
+        progress: show a rich progress bar with ETA on stderr.
+
+    Raises:
+        BcedgeError: a problem with every scan (bundle: exit 3; options, source: exit 2; Ray: exit 4).
+    """
+    t_start = time.perf_counter()
+    check_options(opts)
+    try:
+        import pyarrow  # noqa: F401
+        import ray  # noqa: F401
+    except ImportError as exc:
+        raise MissingDependencyError("bcedge batch", "batch", exc.name or "ray[data]") from None
+    from bcedge.batch.ledger import Ledger
+    from bcedge.batch.table import fingerprint
+    from bcedge.pipeline import Segmenter, default_bundle_path
+
+    bundle = (opts.model or default_bundle_path()).resolve()
+    # Open the model once here: a missing or tampered bundle, or a backend missing, fails now (exit 3).
+    with Segmenter(bundle, opts.backend, threads=1, threshold=opts.threshold, min_area_mm2=opts.min_area_mm2) as seg:
+        model = seg.model_info
+        fp = fingerprint(seg.artifact.sha256, seg.threshold, seg.min_area_mm2)
+    out = opts.out.resolve()
+    with Ledger(out) as ledger:
+        t0 = time.perf_counter()
+        refs = _refs(opts)
+        done = ledger.done_keys(fp)
+        pending = [r for r in refs if r.key not in done]
+        summary = Summary(
+            source=opts.source,
+            out=str(out),
+            run_id=ledger.run_id,
+            found=len(refs),
+            skipped=len(refs) - len(pending),
+            workers=opts.workers,
+            model=model,
+        )
+        if opts.limit is not None:
+            summary.left = max(0, len(pending) - opts.limit)
+            pending = pending[: opts.limit]
+        summary.enumerate_s = time.perf_counter() - t0
+        if pending:
+            _process(opts, pending, ledger, summary, bundle, fp, on_block, progress)
+    summary.elapsed_s = time.perf_counter() - t_start
+    return summary
+
+
+def _process(
+    opts: BatchOptions,
+    pending: list[ScanRef],
+    ledger: Any,
+    summary: Summary,
+    bundle: Path,
+    fp: str,
+    on_block: Callable[[int, int, int], None] | None,
+    progress: bool,
+) -> None:
+    import ray
+
+    from bcedge.batch.sources import is_dicomweb_url
+    from bcedge.batch.worker import ScanWorker, WorkerOptions
+
+    t0 = time.perf_counter()
+    started = start_ray(opts.address, opts.workers, opts.object_store_mb)
+    summary.ray_start_s = time.perf_counter() - t0
+    try:
+        _quiet_ray_data()
+        worker_opts = WorkerOptions(
+            bundle=str(bundle),
+            backend=opts.backend,
+            threads=opts.threads,
+            threshold=opts.threshold,
+            min_area_mm2=opts.min_area_mm2,
+            out=str(summary.out),
+            kinds=tuple(opts.kinds),
+            batch_size=opts.batch_size,
+            dicomweb_url=opts.source.rstrip("/") if is_dicomweb_url(opts.source) else None,
+            stow=opts.stow,
+            fingerprint=fp,
+        )
+        size = block_size(len(pending), opts.workers, opts.batch_size, opts.block_size)
+        t1 = time.perf_counter()
+        n_blocks = math.ceil(len(pending) / size)
+        ds = ray.data.from_items([r.to_dict() for r in pending], override_num_blocks=n_blocks)
+        ds = ds.map_batches(
+            ScanWorker,
+            fn_constructor_kwargs={"options": worker_opts.to_dict()},
+            batch_size=size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=min(opts.workers, n_blocks)),
+            num_cpus=1,
+        )
+        _consume(ds, ledger, summary, len(pending), on_block, progress)
+        summary.processing_s = time.perf_counter() - t1
+        if summary.processed:
+            summary.scans_per_s = summary.processed / summary.processing_s
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _consume(
+    ds: Any,
+    ledger: Any,
+    summary: Summary,
+    total: int,
+    on_block: Callable[[int, int, int], None] | None,
+    progress: bool,
+) -> None:
+    from contextlib import nullcontext
+
+    from bcedge.cli_progress import progress_bar
+
+    bar = progress_bar(info=True, transient=False) if progress else None
+    t0 = time.perf_counter()
+    with bar if bar is not None else nullcontext():
+        task = bar.add_task("bcedge batch", total=total, info="") if bar is not None else None
+        try:
+            for block in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                rows = [json.loads(str(r)) for r in block["row"]]
+                findings = [f for text in block["findings"] for f in json.loads(str(text))]
+                ledger.commit(rows, findings)
+                summary.parts += 1
+                summary.processed += len(rows)
+                failed = [r for r in rows if r["status"] != "done"]
+                summary.failed += len(failed)
+                summary.done += len(rows) - len(failed)
+                summary.errors.extend(f"{r['path']}: {r['error']}" for r in failed)
+                if bar is not None:
+                    rate = summary.processed / max(time.perf_counter() - t0, 1e-9)
+                    bar.update(task, completed=summary.processed, info=f"{rate:.2f} scans/s, {summary.failed} failed")
+                if on_block is not None:
+                    on_block(summary.processed, summary.failed, total)
+        except BcedgeError:
+            raise
+        except Exception as exc:  # Ray's wrappers around a worker's exception, lost actors...
+            raise _ray_error(exc) from exc
