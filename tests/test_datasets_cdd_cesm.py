@@ -52,6 +52,7 @@ def sets_tree(tmp_path: Path) -> Path:
 
 def test_parse_name() -> None:
     assert parse_name("flipped_P108_L_DM_CC") == {
+        "copy": "flipped",
         "flipped": "true",
         "patient": "108",
         "lat": "L",
@@ -116,11 +117,52 @@ def test_missing_mask_in_sets_layout_is_an_error(sets_tree: Path) -> None:
         list(CddCesm(sets_tree).samples())
 
 
-def test_duplicate_image_across_sets_is_an_error(sets_tree: Path) -> None:
+def test_a_view_in_two_sets_is_counted_once_from_the_first(sets_tree: Path) -> None:
     _image(sets_tree / "setB" / "images" / "flipped_P9_R_DM_MLO.jpg")
     _mask(sets_tree / "setB" / "masks" / "flipped_P9_R_DM_MLO.png", [(WHITE, (5, 5), 3)])
-    with pytest.raises(DatasetError, match="appears twice"):
-        list(CddCesm(sets_tree).samples())
+    views = [s for s in CddCesm(sets_tree).samples() if s.id == "P9_R_DM_MLO"]
+    assert len(views) == 1 and views[0].extra["set"] == "setA"
+    assert views[0].extra["other_copies"] == "setB/flipped_P9_R_DM_MLO.jpg"
+
+
+def _asymmetric(path: Path, mask_path: Path, transform=lambda a: a) -> np.ndarray:
+    """An image with a bright top-left corner and its mask (a disc), as ``transform`` stores them."""
+    img = np.zeros((64, 48), np.uint8)
+    img[:, :30] = 100
+    img[:10, :10] = 250
+    mask = np.zeros((64, 48), np.uint8)
+    cv2.circle(mask, (12, 40), 6, 255, thickness=-1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mask_path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), transform(img))
+    cv2.imwrite(str(mask_path), transform(mask))
+    return img
+
+
+def test_copies_merge_to_one_view_in_the_acquired_orientation(tmp_path: Path) -> None:
+    """``flipped_`` is upside down, ``mirrored_`` left-right: each is undone on load."""
+    first, extra = tmp_path / "cdd", tmp_path / "extra"
+    truth = _asymmetric(
+        first / "images" / "flipped_P1_L_DM_CC.png", first / "masks" / "flipped_P1_L_DM_CC.png", np.flipud
+    )
+    _asymmetric(extra / "images" / "mirrored_P2_L_DM_CC.png", extra / "masks" / "mirrored_P2_L_DM_CC.png", np.fliplr)
+    _asymmetric(extra / "images" / "P2_L_DM_CC.png", extra / "masks" / "P2_L_DM_CC.png")
+    _asymmetric(extra / "images" / "mirrored_P3_L_DM_CC.png", extra / "masks" / "mirrored_P3_L_DM_CC.png", np.fliplr)
+    _asymmetric(extra / "images" / "P1_L_DM_CC.png", extra / "masks" / "P1_L_DM_CC.png")  # also in the first root
+    samples = {s.id: s for s in CddCesm(first, roots=[extra]).samples()}
+    assert sorted(samples) == ["P1_L_DM_CC", "P2_L_DM_CC", "P3_L_DM_CC"]
+    assert samples["P1_L_DM_CC"].undo == "vflip" and samples["P1_L_DM_CC"].extra["copy"] == "flipped"
+    assert samples["P2_L_DM_CC"].undo == "" and "extra/mirrored_P2_L_DM_CC.png" in samples["P2_L_DM_CC"].extra["other_copies"]
+    assert samples["P3_L_DM_CC"].undo == "hflip"
+    for sample in samples.values():
+        pixels = sample.load_image().pixels
+        np.testing.assert_allclose(pixels, truth / 255.0, atol=1e-6)
+        mask = sample.load_mask(pixels.shape)
+        assert mask[40, 12] == 1 and mask[40, 35] == 0 and mask[23, 12] == 0, sample.id
+        assert sample.laterality == "L" and sample.patient_id == f"cdd-cesm-{sample.id.split('_')[0]}"
+    # As stored (session 1's reader): no undo, and only flipped_ copies trust the name.
+    stored = {s.id: s for s in CddCesm(first, roots=[extra], restore_orientation=False).samples()}
+    assert stored["P3_L_DM_CC"].undo == "" and stored["P3_L_DM_CC"].laterality is None
 
 
 @pytest.fixture()
@@ -242,6 +284,26 @@ def test_real_chest_wall_is_on_the_side_the_laterality_says() -> None:
         cols = np.flatnonzero(fill > 0.05)
         left, right = fill[cols[0] + 3], fill[cols[-1] - 3]
         assert ("L" if left > right else "R") == sample.laterality, sample.id
+
+
+@needs_data
+def test_real_two_folders_count_each_view_once_and_restore_orientation() -> None:
+    """The counts of the shared data's README: 90 views in the extra folder, 72 DM views in all."""
+    extra = Path(_DATA or "") / "cdd-cesm-extra"
+    if not extra.is_dir():
+        pytest.skip(f"{extra} not found")
+    only_extra = list(CddCesm(extra, kind="both").samples())
+    assert len(only_extra) == 90 and sum(s.extra["kind"] == "DM" for s in only_extra) == 50
+    both = list(CddCesm(_root(), kind="both", roots=[extra]).samples())
+    assert len(both) == 44 + 87 and sum(s.extra["kind"] == "DM" for s in both) == 25 + 47
+    # P119_L_DM_MLO exists as itself and as mirrored_: the restored copy equals the original.
+    mirrored = CddCesm(extra, kind="DM", trust_laterality=None)
+    view = next(s for s in mirrored.samples() if s.id == "P119_L_DM_MLO")
+    assert view.undo == "" and "cdd-cesm-extra/mirrored_P119_L_DM_MLO.jpg" in view.extra["other_copies"]
+    from dataclasses import replace
+
+    alt = replace(view, image_path=extra / "images" / "mirrored_P119_L_DM_MLO.jpg", undo="hflip")
+    assert np.abs(alt.load_image().pixels - view.load_image().pixels).mean() < 2 / 255
 
 
 @needs_data

@@ -226,7 +226,8 @@ def prepare_split_sets(
     chosen: dict[str, list] = {}
     dropped: list[str] = []
     for name in split.splits:
-        members = filter_samples(samples, split, name)
+        # Reader options may narrow the dataset the split was made for (e.g. no contrast views).
+        members = filter_samples(samples, split, name, strict=not options)
         dropped += [s.id for s in members if s.lesion_unlocated]
         chosen[name] = [s for s in members if not s.lesion_unlocated]
     # One prepare over every split keeps one complete cache index for these datasets.

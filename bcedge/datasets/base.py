@@ -7,7 +7,7 @@ A :class:`Sample` names its files and metadata; pixels are read lazily through
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -39,6 +39,11 @@ class Sample:
             (no annotation: a normal image, empty mask).
         split: the official split when the source defines one (``train``/``test``).
         extra: source-specific fields (abnormality ids, assessment, ...).
+        undo: a flip that restores the acquired orientation of a copy the source flipped
+            (``vflip`` upside down, ``hflip`` left-right, ``""`` none); applied to the image
+            and its masks alike on load, so a view reads the same whichever copy was kept.
+        mask_rule: a clean-up rule of :mod:`bcedge.datasets.mask_rules` applied to the
+            merged mask on load (``""``: the mask as published).
     """
 
     id: str
@@ -53,6 +58,8 @@ class Sample:
     mask_kind: MaskKind = "pixel"
     split: str | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
+    undo: Literal["", "vflip", "hflip"] = ""
+    mask_rule: str = ""
 
     @property
     def has_lesion(self) -> bool:
@@ -71,6 +78,8 @@ class Sample:
     def load_image(self) -> Mammogram:
         """Read the image; dataset laterality/view override what the file says (or lacks)."""
         mammo = read_mammogram(self.image_path)
+        if self.undo:
+            mammo = replace(mammo, pixels=np.ascontiguousarray(undo_flip(mammo.pixels, self.undo)))
         changes: dict[str, object] = {}
         if self.laterality and self.laterality != mammo.meta.laterality:
             changes.update(laterality=self.laterality, laterality_source=f"dataset:{self.source}")
@@ -78,11 +87,13 @@ class Sample:
             changes["view"] = self.view
         return mammo.with_meta(**changes) if changes else mammo
 
-    def load_mask(self, shape: tuple[int, int]) -> np.ndarray:
-        """The merged lesion mask on the image grid.
+    def load_mask(self, shape: tuple[int, int], pixels: np.ndarray | None = None) -> np.ndarray:
+        """The merged lesion mask on the image grid, after :attr:`mask_rule`.
 
         Args:
             shape: (H, W) of the image this mask belongs to.
+            pixels: the image as :meth:`load_image` returns it, when at hand (a mask rule
+                needs it; without it the image is read again).
 
         Returns:
             (H, W) uint8 in {0, 1}: the union of every mask file and disc.
@@ -100,7 +111,24 @@ class Sample:
             for row, col, radius in self.circles:
                 cv2.circle(disc, (round(col), round(row)), max(round(radius), 1), 1, thickness=-1)
             masks.append(disc)
-        return merge_masks(masks, shape)
+        # Files and discs are in the stored file's coordinates: undo the source's flip on the union.
+        mask = np.ascontiguousarray(undo_flip(merge_masks(masks, shape), self.undo))
+        if self.mask_rule and mask.any():
+            from bcedge.datasets.mask_rules import clean_mask
+
+            mask = clean_mask(mask, self.load_image().pixels if pixels is None else pixels, self.mask_rule)[0]
+        return mask
+
+
+def undo_flip(pixels: np.ndarray, undo: str) -> np.ndarray:
+    """``pixels`` (H, W) with :attr:`Sample.undo` applied (a view, not a copy; H and W unchanged)."""
+    if undo == "vflip":
+        return pixels[::-1]
+    if undo == "hflip":
+        return pixels[:, ::-1]
+    if undo:
+        raise DatasetError(f"unknown orientation undo {undo!r}; expected 'vflip', 'hflip' or ''")
+    return pixels
 
 
 def read_mask_file(path: Path, shape: tuple[int, int]) -> np.ndarray:

@@ -131,6 +131,11 @@ def sample_key(sample: Sample, fingerprints: Sequence[FileFingerprint]) -> str:
         "laterality": sample.laterality,
         "view": sample.view,
     }
+    # Only when set, so the keys of samples without them stay as they were.
+    if sample.undo:
+        doc["undo"] = sample.undo
+    if sample.mask_rule:
+        doc["mask_rule"] = sample.mask_rule
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -144,7 +149,7 @@ def preprocess_sample(sample: Sample, config: Any) -> tuple[np.ndarray, np.ndarr
 
     mammo = sample.load_image()
     tensor, geometry = preprocess(mammo, config)
-    mask = sample.load_mask(mammo.pixels.shape)
+    mask = sample.load_mask(mammo.pixels.shape, mammo.pixels)
     return tensor[0, :, :, 0], preprocess_mask(mask, geometry).astype(np.uint8), geometry
 
 

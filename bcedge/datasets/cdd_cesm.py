@@ -34,17 +34,29 @@ colour counts when it covers at least 5 % of the lesion pixels (less is anti-ali
 JPEG noise), and malignant wins when both count (a mask with two lesions). White/grey
 masks (``setB``) carry no pathology: ``None``.
 
-Laterality and the ``flipped_`` prefix: the source mirrored these images left-right.
-We checked all 44 shared files: after that flip, every ``L`` image has its chest wall on
-the image's left edge and every ``R`` image on the right edge, which is the standard
-hanging orientation :mod:`bcedge.dicom` assumes for the named laterality. So for
-``flipped_`` files the file-name laterality is kept as ``Sample.laterality`` and
-laterality-based flips in preprocessing act correctly; ``extra["image_flipped"] == "true"``
-records the source's flip. For files without the prefix (TCIA originals, which we cannot
-check here) ``Sample.laterality`` is None by default and the file-name value is kept in
-``extra["name_laterality"]``, so preprocessing falls back to its image-based side detection;
-``trust_laterality=True`` forces the file-name value. Images are resized copies of
-unknown pixel spacing: no mm areas.
+Copies of a view (``flipped_``, ``mirrored_``). The source published some views more
+than once. Compared pixel by pixel on the shared data (``cdd-cesm-extra`` holds views
+with two copies): ``flipped_X`` is ``X`` turned **upside down** (vertical flip: mean
+absolute difference 0.0 after a vertical flip) and ``mirrored_X`` is ``X`` mirrored
+**left-right**. Each view is counted once, as ``P<id>_<L|R>_<kind>_<view>``: the reader
+keeps one copy (the unprefixed file, else ``flipped_``, else ``mirrored_``; across
+``roots``, the first root that has the view) and, with ``restore_orientation`` (default),
+undoes the source's flip on load (:attr:`Sample.undo`), so every view reads in its
+acquired orientation. In that orientation the chest wall lies on the edge the file-name
+laterality names (standard hanging; checked on all 134 DM/CM files of the shared data by
+the image's own side detection: 133 agree, 1 CM view is ambiguous), so the file-name
+laterality is ``Sample.laterality``. ``extra`` records the copy kept
+(``copy``), the others (``other_copies``) and ``name_laterality``.
+Without ``restore_orientation`` (the reader of session 1, kept to reproduce the
+``combined`` recipe's figures) files are read as stored and only ``flipped_`` files
+(whose left-right orientation is untouched) trust the file-name laterality.
+For TCIA originals (``tcia`` layout) ``Sample.laterality`` is None by default and
+preprocessing's image-based side detection decides; ``trust_laterality=True`` forces
+the file-name value. Images are resized copies of unknown pixel spacing: no mm areas.
+
+Mask clean-up: ``mask_rule="skin-line-v1"`` applies :mod:`bcedge.datasets.mask_rules`
+(drops components that trace the skin line, and specks); a view whose mask is left
+empty is flagged ``lesion_unlocated`` (a lesion without usable location).
 """
 
 from __future__ import annotations
@@ -54,6 +66,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -64,7 +77,9 @@ from bcedge.datasets._files import read_colour as _read_colour
 from bcedge.datasets.base import Sample
 from bcedge.errors import ConfigError, DatasetError
 
-NAME = re.compile(r"^(?P<flipped>flipped_)?P(?P<patient>\d+)_(?P<lat>[LR])_(?P<kind>DM|CM)_(?P<view>CC|MLO)$", re.I)
+NAME = re.compile(
+    r"^(?P<copy>flipped_|mirrored_)?P(?P<patient>\d+)_(?P<lat>[LR])_(?P<kind>DM|CM)_(?P<view>CC|MLO)$", re.I
+)
 Kind = Literal["DM", "CM", "both"]
 #: Share of lesion pixels that must be red for a two-colour mask to count as malignant.
 MALIGNANT_SHARE = 0.05
@@ -73,14 +88,20 @@ MALIGNANT_SHARE = 0.05
 def parse_name(stem: str) -> dict[str, str] | None:
     """Fields of a CDD-CESM file stem, or None when it does not follow the naming.
 
+    ``copy`` is ``flipped``, ``mirrored`` or ``""`` (the source's own copies of a view).
+
     >>> parse_name("flipped_P108_L_DM_CC")["patient"]
     '108'
+    >>> parse_name("mirrored_P119_L_DM_MLO")["copy"]
+    'mirrored'
     """
     match = NAME.match(stem)
     if not match:
         return None
     fields = match.groupdict()
-    fields["flipped"] = "true" if fields["flipped"] else "false"
+    copy = (fields.pop("copy") or "").lower().rstrip("_")
+    fields["copy"] = copy
+    fields["flipped"] = "true" if copy == "flipped" else "false"
     fields["lat"] = fields["lat"].upper()
     fields["kind"] = fields["kind"].upper()
     fields["view"] = fields["view"].upper()
@@ -122,7 +143,11 @@ class CddCesm:
         kind: ``DM`` (low-energy, default), ``CM`` (contrast) or ``both``.
         layout: ``auto`` (default), ``sets`` or ``tcia``.
         trust_laterality: use the file-name laterality as ``Sample.laterality``; default
-            (None): yes for ``flipped_`` files (verified), no for the others.
+            (None): see the module doc.
+        roots: more folders of the ``sets`` layout read together with ``root`` (e.g.
+            ``cdd-cesm-extra``); a view in several is taken from the first.
+        restore_orientation: undo the source's flips (module doc); False reads files as stored.
+        mask_rule: a rule of :mod:`bcedge.datasets.mask_rules` (``""``: masks as published).
         mask_dir: TCIA layout: folder of mask files (default ``ROOT/masks`` if present).
         render_dir: TCIA layout: where masks drawn from the segmentation CSV go.
     """
@@ -138,8 +163,24 @@ class CddCesm:
         trust_laterality: bool | None = None,
         mask_dir: str | Path | None = None,
         render_dir: str | Path | None = None,
+        roots: str | Path | list[str | Path] | tuple[str | Path, ...] = (),
+        restore_orientation: bool | str = True,
+        mask_rule: str = "",
     ) -> None:
+        from bcedge.datasets.mask_rules import RULES
+
         self.root = Path(root)
+        if isinstance(roots, (str, Path)):
+            # ``-o roots=a,b`` on the command line arrives as one string.
+            roots = [r for r in str(roots).split(",") if r]
+        self.roots = [Path(r) for r in roots]
+        for extra_root in self.roots:
+            if not extra_root.is_dir():
+                raise DatasetError(f"{extra_root}: CDD-CESM folder not found")
+        self.restore_orientation = str(restore_orientation).lower() not in {"false", "0", "no"}
+        if mask_rule not in RULES:
+            raise ConfigError(f"mask_rule={mask_rule!r}; expected one of {', '.join(repr(r) for r in RULES)}")
+        self.mask_rule = mask_rule
         kind_up = str(kind).upper() if str(kind).lower() != "both" else "both"
         if kind_up not in ("DM", "CM", "both"):
             raise ConfigError(f"kind={kind!r}; expected 'DM' (low energy), 'CM' (contrast) or 'both'")
@@ -155,12 +196,11 @@ class CddCesm:
 
     # ------------------------------------------------------------------ layout
 
-    def _set_dirs(self) -> list[Path]:
-        if (self.root / "images").is_dir() and (self.root / "masks").is_dir() and self.mask_dir is None:
-            return [self.root]
-        return [
-            d for d in sorted(self.root.iterdir()) if d.is_dir() and (d / "images").is_dir() and (d / "masks").is_dir()
-        ]
+    def _set_dirs(self, root: Path | None = None) -> list[Path]:
+        root = self.root if root is None else root
+        if (root / "images").is_dir() and (root / "masks").is_dir() and self.mask_dir is None:
+            return [root]
+        return [d for d in sorted(root.iterdir()) if d.is_dir() and (d / "images").is_dir() and (d / "masks").is_dir()]
 
     def _detect_layout(self) -> str:
         for folder in self._set_dirs():
@@ -171,10 +211,12 @@ class CddCesm:
     def _keep(self, fields: dict[str, str]) -> bool:
         return self.kind == "both" or fields["kind"] == self.kind
 
-    def _laterality(self, fields: dict[str, str]) -> tuple[str | None, dict[str, str]]:
-        flipped = fields["flipped"] == "true"
-        trust = flipped if self.trust_laterality is None else self.trust_laterality
-        extra = {"image_flipped": fields["flipped"], "name_laterality": fields["lat"]}
+    def _laterality(self, fields: dict[str, str], restored: bool) -> tuple[str | None, dict[str, str]]:
+        # Restored views are in their acquired orientation (module doc); unrestored
+        # ``flipped_`` copies are upside down, which leaves the chest-wall side as named.
+        default = restored or fields["copy"] == "flipped"
+        trust = default if self.trust_laterality is None else self.trust_laterality
+        extra = {"image_flipped": fields["flipped"], "name_laterality": fields["lat"], "copy": fields["copy"]}
         return (fields["lat"] if trust else None), extra
 
     # ------------------------------------------------------------------ samples
@@ -204,9 +246,12 @@ class CddCesm:
         masks: tuple[Path, ...],
         pathology: str | None,
         extra: dict[str, str],
+        undo: str = "",
     ) -> Sample:
-        laterality, lat_extra = self._laterality(fields)
-        return Sample(
+        laterality, lat_extra = self._laterality(
+            fields, bool(undo) or (self.restore_orientation and self.layout == "sets")
+        )
+        sample = Sample(
             id=f"P{fields['patient']}_{fields['lat']}_{fields['kind']}_{fields['view']}",
             patient_id=f"cdd-cesm-P{fields['patient']}",
             source=self.name,
@@ -217,13 +262,22 @@ class CddCesm:
             pathology=pathology,
             mask_kind="pixel" if masks else "none",
             extra={"kind": fields["kind"], **lat_extra, **extra},
+            undo=undo,  # type: ignore[arg-type]
+            mask_rule=self.mask_rule if masks else "",
         )
+        if sample.mask_rule and not sample.load_mask(image_size(image)).any():
+            # The rule left nothing: the published mask marked no usable lesion location.
+            sample = replace(sample, extra={**sample.extra, "lesion_unlocated": "true", "mask_rule_emptied": "true"})
+        return sample
 
     def _sets_samples(self) -> Iterator[Sample]:
-        set_dirs = self._set_dirs()
+        set_dirs = [d for root in (self.root, *self.roots) for d in self._set_dirs(root)]
         if not set_dirs:
             raise DatasetError(f"{self.root}: no <set>/images + <set>/masks folders (sets layout)")
-        for folder in set_dirs:
+        # view id -> (rank, image, fields, mask, set folder): the preferred copy of each view.
+        chosen: dict[str, tuple[tuple[int, int], Path, dict[str, str], Path, Path]] = {}
+        copies: dict[str, list[str]] = {}
+        for folder_rank, folder in enumerate(set_dirs):
             masks = {p.stem: p for p in files_with_suffix(folder / "masks", MASK_SUFFIXES)}
             for image in files_with_suffix(folder / "images", IMAGE_SUFFIXES):
                 fields = _stem_fields(image)
@@ -232,9 +286,19 @@ class CddCesm:
                 mask = masks.get(image.stem)
                 if mask is None:
                     raise DatasetError(f"{image}: no mask {folder / 'masks' / image.stem}.* (sets layout needs one)")
-                pathology, colours = mask_colour_pathology(mask)
-                extra = {"set": folder.name if folder != self.root else "", "mask_colours": colours}
-                yield self._sample(image, fields, (mask,), pathology, extra)
+                view = f"P{fields['patient']}_{fields['lat']}_{fields['kind']}_{fields['view']}"
+                rank = (_root_rank(folder, self.roots, self.root), COPY_PREFERENCE.index(fields["copy"]), folder_rank)
+                copies.setdefault(view, []).append(f"{folder.name}/{image.name}")
+                if view not in chosen or rank < chosen[view][0]:
+                    chosen[view] = (rank, image, fields, mask, folder)
+        for view, (_, image, fields, mask, folder) in chosen.items():
+            pathology, colours = mask_colour_pathology(mask)
+            extra = {"set": folder.name if folder != self.root else "", "mask_colours": colours}
+            others = sorted(n for n in copies[view] if n != f"{folder.name}/{image.name}")
+            if others:
+                extra["other_copies"] = ",".join(others)
+            undo = UNDO[fields["copy"]] if self.restore_orientation else ""
+            yield self._sample(image, fields, (mask,), pathology, extra, undo)
 
     # ------------------------------------------------------------------ TCIA
 
@@ -320,6 +384,20 @@ class CddCesm:
             except (KeyError, TypeError, ValueError) as exc:
                 raise DatasetError(f"{image.name}: malformed {name} region in the segmentation CSV ({exc})") from exc
         return write_png(out, mask)
+
+
+#: Which copy of a view to keep: the file as acquired first, then the source's flipped copies.
+COPY_PREFERENCE = ("", "flipped", "mirrored")
+#: The flip that restores the acquired orientation of each copy (measured; module doc).
+UNDO = {"": "", "flipped": "vflip", "mirrored": "hflip"}
+
+
+def _root_rank(folder: Path, roots: list[Path], root: Path) -> int:
+    """0 for sets under ``root``, 1 + i for sets under ``roots[i]`` (the first root wins a view)."""
+    for i, extra_root in enumerate(roots):
+        if folder == extra_root or extra_root in folder.parents:
+            return i + 1
+    return 0
 
 
 def _stem_fields(path: Path) -> dict[str, str] | None:

@@ -67,6 +67,41 @@ def real_data_recipe(root: str | Path, *, cdd_kind: str = "DM") -> CombinedDatas
             f"{root}: no {' or '.join(missing)}/ folder; 'combined' expects the data folder holding both"
         )
     return CombinedDataset(
-        [CddCesm(root / "cdd-cesm", kind=cdd_kind), MiniMias(root / "mini-mias", unlocated="drop")],  # type: ignore[arg-type]
+        [
+            # Files as stored (session 1's reader), so the committed split and figures reproduce.
+            CddCesm(root / "cdd-cesm", kind=cdd_kind, restore_orientation=False),  # type: ignore[arg-type]
+            MiniMias(root / "mini-mias", unlocated="drop"),
+        ],
         name="combined",
     )
+
+
+def real_data_recipe_v2(
+    root: str | Path, *, cdd_kind: str = "both", mask_rule: str = "skin-line-v1"
+) -> CombinedDataset:
+    """The real-data set of issue #12: both CDD-CESM folders + mini-MIAS.
+
+    * CDD-CESM from ``ROOT/cdd-cesm`` and ``ROOT/cdd-cesm-extra`` read as one collection:
+      each view once (copies merged, acquired orientation restored), a patient's views
+      from both folders under one patient id (so a split keeps them together), masks
+      cleaned by ``mask_rule`` (default ``skin-line-v1``, :mod:`bcedge.datasets.mask_rules`).
+      ``cdd_kind`` ``both`` (default: the split is made over low-energy and contrast
+      views), ``DM`` or ``CM`` (narrow the set, e.g. to train without contrast views;
+      the split still places every view that is present).
+    * mini-MIAS with circle masks and its mass-negative images (the only normal images
+      here), as in :func:`real_data_recipe`.
+
+    Raises:
+        DatasetError: a folder is missing.
+    """
+    from bcedge.datasets.cdd_cesm import CddCesm
+    from bcedge.datasets.mias import MiniMias
+
+    root = Path(root)
+    missing = [name for name in ("mini-mias", "cdd-cesm", "cdd-cesm-extra") if not (root / name).is_dir()]
+    if missing:
+        raise DatasetError(
+            f"{root}: no {', '.join(missing)}/ folder; 'combined-v2' expects the data folder holding them"
+        )
+    cdd = CddCesm(root / "cdd-cesm", kind=cdd_kind, roots=[root / "cdd-cesm-extra"], mask_rule=mask_rule)  # type: ignore[arg-type]
+    return CombinedDataset([cdd, MiniMias(root / "mini-mias", unlocated="drop")], name="combined-v2")

@@ -69,6 +69,11 @@ DATASETS: dict[str, DatasetEntry] = {
             "bcedge.datasets.combined:real_data_recipe",
             "the project's real data: CDD-CESM DM (pixel) + mini-MIAS (circles); ROOT holds both",
         ),
+        DatasetEntry(
+            "combined-v2",
+            "bcedge.datasets.combined:real_data_recipe_v2",
+            "CDD-CESM + extra (each view once, DM+CM, skin-line masks cleaned) + mini-MIAS; ROOT holds all three",
+        ),
     )
 }
 ALIASES = {"mias": "mini-mias", "cdd": "cdd-cesm", "phantoms": "phantom", "cbis": "cbis-ddsm"}

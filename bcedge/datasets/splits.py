@@ -287,19 +287,24 @@ def load_split(path: str | Path) -> Split:
     )
 
 
-def filter_samples(samples: Iterable[Sample], split: Split, name: str) -> list[Sample]:
+def filter_samples(samples: Iterable[Sample], split: Split, name: str, *, strict: bool = True) -> list[Sample]:
     """The samples whose id ``split`` puts in ``name``, in the dataset's order.
 
+    Args:
+        strict: every id of the split file must be in ``samples``. Pass False when reader
+            options narrowed the dataset on purpose (e.g. ``cdd_kind=DM`` over a split made
+            with the contrast views too): the split still decides where each present id goes.
+
     Raises:
-        DatasetError: ``name`` is not a split of the file, or the split names ids that
-            the dataset does not have (wrong dataset, root or reader options).
+        DatasetError: ``name`` is not a split of the file, or (``strict``) the split names
+            ids that the dataset does not have (wrong dataset, root or reader options).
     """
     if name not in split.splits:
         raise DatasetError(f"split {name!r} not in the split file; it has {', '.join(split.splits)}")
     items = list(samples)
     present = {s.id for s in items}
     missing = sorted(set().union(*split.splits.values()) - present, key=natural_key)
-    if missing:
+    if missing and strict:
         raise DatasetError(
             f"the split file names {len(missing)} ids not in the dataset (e.g. {missing[0]!r}); "
             f"it was made for {split.dataset!r}: check the dataset name, root and options"
