@@ -30,6 +30,8 @@ _log = logging.getLogger(__name__)
 PAGE_SIZE = 100
 #: Largest instance retrieved (bytes): a full-field 16-bit mammogram is ~17 MB; tomosynthesis is not read.
 MAX_INSTANCE_BYTES = 512 * 1024 * 1024
+#: Tries per HTTP request (see :func:`make_client`).
+ATTEMPTS = 5
 #: Seconds before an HTTP request is abandoned.
 TIMEOUT_S = 120.0
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -49,15 +51,21 @@ def is_uid(value: object) -> bool:
     return isinstance(value, str) and 0 < len(value) <= 64 and _UID.match(value) is not None
 
 
-def make_client(url: str, timeout_s: float = TIMEOUT_S) -> Any:
-    """A dicomweb-client ``DICOMwebClient`` for ``url`` (the server's DICOMweb root, e.g. ``.../dicom-web``)."""
+def make_client(url: str, timeout_s: float = TIMEOUT_S, attempts: int = ATTEMPTS) -> Any:
+    """A dicomweb-client ``DICOMwebClient`` for ``url`` (the server's DICOMweb root, e.g. ``.../dicom-web``).
+
+    A request is tried up to ``attempts`` times with exponential back-off (1, 2, 4... s) on connection
+    errors and 408/429/503/504 answers (dicomweb-client's retry logic): a PACS under load recovers.
+    """
     try:
         import requests
         from dicomweb_client.api import DICOMwebClient
     except ImportError:
         raise MissingDependencyError("a DICOMweb source", "batch", "dicomweb-client") from None
 
-    return DICOMwebClient(url=url.rstrip("/"), session=requests.Session(), timeout=timeout_s)
+    client = DICOMwebClient(url=url.rstrip("/"), session=requests.Session(), timeout=timeout_s)
+    client.set_http_retry_params(retry=attempts > 1, max_attempts=max(1, attempts))
+    return client
 
 
 def _value(item: dict[str, Any], tag: str) -> str:

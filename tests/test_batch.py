@@ -1,0 +1,247 @@
+"""``bcedge batch`` without Ray: sources, the results table, the ledger's commit protocol, the worker's rows.
+
+The Ray runs (folder end to end, kill -9 and resume, Orthanc) are in ``test_batch_ray.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pa = pytest.importorskip("pyarrow", reason="pyarrow is not installed (pip install 'bcedge[batch]')")
+pq = pytest.importorskip("pyarrow.parquet")
+
+from bcedge.batch import dicomweb  # noqa: E402
+from bcedge.batch.ledger import Ledger, read_table  # noqa: E402
+from bcedge.batch.run import BatchOptions, block_size, check_options  # noqa: E402
+from bcedge.batch.sources import ScanRef, describe_source, folder_refs, manifest_refs  # noqa: E402
+from bcedge.batch.table import fingerprint, scan_schema  # noqa: E402
+from bcedge.errors import ConfigError, InputError  # noqa: E402
+
+
+def _touch(path: Path, data: bytes = b"x") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def test_folder_refs_mirror_the_tree_and_pick_scans(spaced_dir: Path) -> None:
+    root = spaced_dir / "archive"
+    _touch(root / "b" / "scan.dcm")
+    _touch(root / "b" / "scan.png")  # same stem in the same folder: gets _2
+    _touch(root / "a" / "deeper" / "1.2.840.99")  # no suffix, DICOM preamble
+    (root / "a" / "deeper" / "1.2.840.99").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 10)
+    _touch(root / "a" / "notes.txt")  # not a scan
+    _touch(root / "a" / "1.2.3")  # no suffix, no preamble: not a scan
+    _touch(root / ".hidden" / "x.dcm")
+    _touch(root / "a" / ".tmp.dcm")
+    _touch(root / "out" / "old_mask.png")  # the output folder inside the source is skipped
+    refs = list(folder_refs(root, exclude=root / "out"))
+    assert [r.stem for r in refs] == ["a/deeper/1.2.840.99", "b/scan", "b/scan_2"]
+    first = refs[1]
+    st = os.stat(root / "b" / "scan.dcm")
+    assert first.key == f"file:{os.path.abspath(root / 'b' / 'scan.dcm')}:{st.st_size}:{st.st_mtime_ns}"
+    assert first.kind == "file" and first.size == 1
+    # Same tree, same refs (stems are what a resumed run overwrites).
+    assert list(folder_refs(root, exclude=root / "out")) == refs
+    # A modified file is a new scan.
+    (root / "b" / "scan.dcm").write_bytes(b"xy")
+    assert list(folder_refs(root, exclude=root / "out"))[1].key != first.key
+
+
+def test_manifest_csv_and_parquet(spaced_dir: Path) -> None:
+    _touch(spaced_dir / "scans" / "one.dcm")
+    _touch(spaced_dir / "other" / "one.dcm")
+    csv = spaced_dir / "list.csv"
+    csv.write_text("patient,Path\np1,scans/one.dcm\np1,scans/one.dcm\np2,other/one.dcm\np3,missing.dcm\np4,\n")
+    refs = list(manifest_refs(csv))
+    assert [r.stem for r in refs] == ["one", "one_2", "missing"]
+    assert refs[2].size == -1 and refs[2].key.endswith(":-1:-1")  # listed but missing: a failed scan later
+    table = pa.table({"file": [str(spaced_dir / "scans" / "one.dcm")]})
+    pq.write_table(table, spaced_dir / "list.parquet")
+    assert [r.path for r in manifest_refs(spaced_dir / "list.parquet")] == [str(spaced_dir / "scans" / "one.dcm")]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("a,b\n1,2\n", "no path column"), (b"\xff\xfe\x00garbage", "not a CSV manifest")],
+)
+def test_manifest_errors_are_one_line(spaced_dir: Path, content: str | bytes, message: str) -> None:
+    path = spaced_dir / "bad.csv"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(InputError, match=message):
+        list(manifest_refs(path))
+    bad = spaced_dir / "bad.parquet"
+    bad.write_bytes(b"not parquet")
+    with pytest.raises(InputError, match="not a Parquet manifest"):
+        list(manifest_refs(bad))
+
+
+def test_describe_source(spaced_dir: Path) -> None:
+    assert describe_source("http://pacs:8042/dicom-web") == "dicomweb"
+    assert describe_source(str(spaced_dir)) == "folder"
+    assert describe_source(str(_touch(spaced_dir / "m.csv"))) == "manifest"
+    with pytest.raises(InputError, match="manifest"):
+        describe_source(str(_touch(spaced_dir / "scan.dcm")))
+    with pytest.raises(InputError, match="no such folder"):
+        describe_source(str(spaced_dir / "nope"))
+
+
+def test_options_are_checked() -> None:
+    base = {"source": "folder", "out": Path("o")}
+    with pytest.raises(ConfigError, match="--stow"):
+        check_options(BatchOptions(**base, stow=True, kinds=("seg",)))
+    with pytest.raises(ConfigError, match="--study-date"):
+        check_options(BatchOptions(**base, study_date="20200101-"))
+    with pytest.raises(ConfigError, match="needs 'seg'"):
+        check_options(BatchOptions(source="http://x/dicom-web", out=Path("o"), stow=True, kinds=("json",)))
+    with pytest.raises(ConfigError, match="study date"):
+        dicomweb.check_date_range("2020-01-01")
+    assert dicomweb.check_date_range("20200101-") == "20200101-"
+
+
+def test_block_size() -> None:
+    assert block_size(10_000_000, 8, 4, None) == 1024  # capped: a crash redoes at most one part per worker
+    assert block_size(100, 2, 4, None) == 7  # ~8 blocks per worker
+    assert block_size(3, 2, 4, None) == 2  # every worker gets a block
+    assert block_size(3, 2, 4, 1) == 1
+
+
+# --------------------------------------------------------------------------- DICOMweb search (a scripted server)
+
+
+class _FakeQido:
+    """Answers like a QIDO-RS server: three studies over two pages, one with a hostile UID."""
+
+    def __init__(self) -> None:
+        self.studies = [{"0020000D": {"Value": [f"1.2.{i}"]}} for i in range(3)] + [
+            {"0020000D": {"Value": ["../../etc"]}}
+        ]
+        self.calls: list[tuple[str, dict]] = []
+
+    def search_for_studies(self, search_filters: dict, limit: int, offset: int) -> list[dict]:
+        self.calls.append(("studies", {**search_filters, "limit": limit, "offset": offset}))
+        return self.studies[offset : offset + limit]
+
+    def search_for_instances(self, study_instance_uid: str, search_filters: dict) -> list[dict]:
+        self.calls.append(("instances", {"study": study_instance_uid, **search_filters}))
+        sop = {"0020000E": {"Value": [study_instance_uid + ".1"]}, "00080018": {"Value": [study_instance_uid + ".1.1"]}}
+        bad = {"0020000E": {"Value": [study_instance_uid + ".1"]}, "00080018": {"Value": ["1.2.x"]}}
+        return [sop, sop, bad]
+
+
+def test_dicomweb_refs_page_by_study_and_refuse_bad_uids() -> None:
+    fake = _FakeQido()
+    refs = list(dicomweb.dicomweb_refs("http://h/dicom-web/", study_date="20200101-20201231", page_size=2, client=fake))
+    assert [r.sop_uid for r in refs] == ["1.2.0.1.1", "1.2.0.1.1", "1.2.1.1.1", "1.2.1.1.1", "1.2.2.1.1", "1.2.2.1.1"]
+    assert refs[0].key == "sop:1.2.0.1.1" and refs[0].stem == "1.2.0/1.2.0.1.1"
+    assert refs[0].path == "http://h/dicom-web/studies/1.2.0/series/1.2.0.1/instances/1.2.0.1.1"
+    pages = [c[1] for c in fake.calls if c[0] == "studies"]
+    assert [p["offset"] for p in pages] == [0, 2, 4]  # two full pages, then an empty one
+    assert pages[0]["StudyDate"] == "20200101-20201231" and pages[0]["ModalitiesInStudy"] == "MG"
+    assert dicomweb.is_uid("1.2.840.10008.1.2") and not dicomweb.is_uid("1.2..3") and not dicomweb.is_uid("9" * 65)
+
+
+def test_dicomweb_unreachable_server_is_one_line() -> None:
+    pytest.importorskip("dicomweb_client", reason="dicomweb-client is not installed")
+    from batch_support import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/dicom-web"  # nothing listens there
+    with pytest.raises(dicomweb.DicomWebError, match="QIDO-RS study search failed") as info:
+        list(dicomweb.dicomweb_refs(url, client=dicomweb.make_client(url, timeout_s=5, attempts=1)))
+    assert "\n" not in str(info.value)
+
+
+# --------------------------------------------------------------------------- ledger
+
+
+def _row(key: str, fp: str, status: str = "done") -> dict:
+    return {"key": key, "fingerprint": fp, "path": key, "status": status, "finished_at": 0}
+
+
+def test_ledger_commits_skips_and_cleans(spaced_dir: Path) -> None:
+    out = spaced_dir / "out"
+    with Ledger(out) as ledger:
+        assert ledger.done_keys("f1") == set()
+        part = ledger.commit(
+            [_row("a", "f1"), _row("b", "f1", "failed")], [{"key": "a", "fingerprint": "f1", "label": 1}]
+        )
+        ledger.commit([_row("c", "f2")], [])
+        assert ledger.done_keys("f1") == {"a", "b"}  # failed is final too
+        assert ledger.done_keys("f2") == {"c"}  # another model or threshold: its own keys
+        # A second run on the same folder while this one holds the lock is refused.
+        with pytest.raises(InputError, match="lock"):
+            Ledger(out).open()
+    # A crash between the findings rename and the scans rename leaves an orphan findings part,
+    # and a kill during a write leaves a temporary: both go when the next run opens the ledger.
+    orphan = out / "results" / "findings" / "part-crashed-000001.parquet"
+    pq.write_table(pa.table({"key": ["z"]}), orphan)
+    tmp = _touch(out / "results" / "scans" / f".{part}.abc.tmp.parquet")
+    scans, findings = read_table(out)
+    assert sorted(scans.column("key").to_pylist()) == ["a", "b", "c"]
+    assert findings.column("key").to_pylist() == ["a"]  # the orphan is not in the table
+    with Ledger(out) as again:
+        assert not orphan.exists() and not tmp.exists()
+        assert again.done_keys("f1") == {"a", "b"}
+    assert scans.schema.equals(scan_schema())
+
+
+def test_fingerprint_changes_with_model_and_settings() -> None:
+    base = fingerprint("ab" * 32, 0.5, 4.0)
+    assert base == fingerprint("ab" * 32, 0.5, 4.0)
+    assert (
+        len({base, fingerprint("cd" * 32, 0.5, 4.0), fingerprint("ab" * 32, 0.6, 4.0), fingerprint("ab" * 32, 0.5, 2)})
+        == 4
+    )
+
+
+# --------------------------------------------------------------------------- the worker, called directly
+
+
+def test_worker_rows_done_and_failed(spaced_dir: Path) -> None:
+    """The actor's work without Ray: a phantom is done with outputs and findings, a corrupt file is a failed row."""
+    from bcedge.batch.worker import ScanWorker, WorkerOptions
+    from bcedge.phantom import generate
+    from bcedge.pipeline import default_bundle_path
+
+    src = spaced_dir / "src"
+    generate(src, count=1, scale=0.2)
+    _touch(src / "images" / "broken.dcm", b"\0" * 128 + b"DICM" + b"\x02\x00")
+    refs = list(folder_refs(src / "images"))
+    out = spaced_dir / "out"
+    options = WorkerOptions(
+        bundle=str(default_bundle_path()),
+        backend="auto",
+        threads=1,
+        threshold=None,
+        min_area_mm2=None,
+        out=str(out),
+        kinds=("mask", "json"),
+        batch_size=2,
+        dicomweb_url=None,
+        stow=False,
+        fingerprint="f",
+    )
+    worker = ScanWorker(options.to_dict())
+    batch = {k: np.array([getattr(r, k) for r in refs]) for k in ScanRef.__dataclass_fields__}
+    answer = worker(batch)
+
+    rows = [json.loads(r) for r in answer["row"]]
+    assert [r["path"] for r in rows] == [r.path for r in refs]  # one row per ref, in order
+    status = {Path(r["path"]).name: r for r in rows}
+    failed, done = status["broken.dcm"], status["PH0-0000_L_CC.dcm"]
+    assert failed["status"] == "failed" and done["status"] == "done"
+    assert failed["error"] and "\n" not in failed["error"] and failed["error_type"]
+    assert done["sop_uid"] and done["rows"] > 0 and done["model_sha256"] == worker.seg.artifact.sha256
+    assert Path(done["mask_path"]).is_file() and Path(done["json_path"]).is_file()
+    assert Path(done["mask_path"]).parent == out  # stem relative to --out
+    findings = json.loads(answer["findings"][rows.index(done)])
+    assert len(findings) == done["n_findings"]
+    assert not list(out.glob("broken*"))  # nothing written for the failed scan
