@@ -2,9 +2,10 @@
 
 Also runnable as a script, to run a node in a subprocess (so a test can ``kill -9`` it)::
 
-    python tests/serve_support.py CONFIG.toml [--delay SECONDS]
+    python tests/serve_support.py CONFIG.toml [--delay SECONDS] [--isolated]
 
-runs the node of CONFIG with :class:`FakeSeg` instead of the model.
+runs the node of CONFIG with :class:`FakeSeg` instead of the model (``--isolated``: in the
+node's worker processes, as the real model runs; else in the node's own process).
 """
 
 from __future__ import annotations
@@ -98,6 +99,73 @@ def write_mg(
     return save_atomic(ds, path)
 
 
+REPO = Path(__file__).resolve().parent.parent
+PHANTOM_SCAN = REPO / "bcedge" / "examples" / "phantom_lcc.dcm"
+
+
+def demo_bundle() -> Path | None:
+    """A model bundle of this checkout (the bundled demo model first), or None."""
+    for bundle in (REPO / "bcedge" / "demo_model", REPO / "models" / "unet-mobilenetv2-combined256"):
+        if (bundle / "manifest.json").is_file():
+            return bundle
+    return None
+
+
+def phantom_copy(path: Path, index: int, **tags: Any) -> Path:
+    """The example phantom mammogram as a new instance (fresh SOP Instance UID); ``tags`` set more attributes."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    ds = pydicom.dcmread(PHANTOM_SCAN)
+    uid = generate_uid(entropy_srcs=["bcedge test phantom copy", str(path), str(index)])
+    ds.SOPInstanceUID = uid
+    ds.file_meta.MediaStorageSOPInstanceUID = uid
+    for keyword, value in tags.items():
+        setattr(ds, keyword, value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def jpegls_bomb(path: Path) -> Path:
+    """A small MG file (~13 kB) whose JPEG-LS frame header claims 65535x65535 (issue #18's freezing file).
+
+    The DICOM header says 96x80; decoders that trust the frame header grow for minutes.
+    """
+    import jpeg_ls
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGLSLossless
+
+    from bcedge.dicom_write import MGTags, build_mg_dataset, save_atomic
+
+    stored = np.random.default_rng(18).integers(0, 2**12, size=(96, 80), dtype=np.uint16)
+    ds = build_mg_dataset(stored, MGTags(bits_stored=12))
+    code = bytearray(jpeg_ls.encode(stored))
+    sof = code.find(b"\xff\xf7")  # SOF55: length(2) precision(1) height(2) width(2)
+    assert sof >= 0, "no JPEG-LS frame header in the encoded stream"
+    code[sof + 5 : sof + 9] = b"\xff\xff\xff\xff"
+    ds.PixelData = encapsulate([bytes(code)])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGLSLossless
+    return save_atomic(ds, path)
+
+
+def rss_mb(pid: int | None = None) -> float:
+    """Resident memory of a process (default: this one) in MiB, from /proc."""
+    with open(f"/proc/{pid or 'self'}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+def broken_factory() -> Any:
+    """A processing-step factory whose model cannot be loaded (the worker reports a BundleError)."""
+    from bcedge.errors import BundleError
+
+    raise BundleError("simulated: the bundle's manifest does not match its artifacts")
+
+
 def sop_uid(path: Path) -> str:
     import pydicom
 
@@ -115,7 +183,9 @@ class FakeSeg:
 
     Its SOP Instance UID is derived from the source SOP Instance UID (as the real SEG writer's),
     so the tests can check delivery and deduplication. A source whose Manufacturer is ``BAD``
-    raises :class:`~bcedge.errors.DicomError` (bad input: quarantined).
+    raises :class:`~bcedge.errors.DicomError` (bad input: quarantined), ``FAIL`` a RuntimeError
+    (not the scan's fault: retried), ``HANG`` sleeps for an hour (a scan that hangs its worker),
+    ``HOG`` touches 8 GiB (a memory bomb), ``DIE`` kills its own process with SIGKILL.
     """
 
     def __init__(self, delay: float = 0.0) -> None:
@@ -132,8 +202,19 @@ class FakeSeg:
 
         self.calls.append(source)
         src = pydicom.dcmread(source, stop_before_pixels=True)
-        if str(src.get("Manufacturer", "")) == "BAD":
+        manufacturer = str(src.get("Manufacturer", ""))
+        if manufacturer == "BAD":
             raise DicomError(f"{source}: Manufacturer (0008,0070) says BAD; expected a readable mammogram")
+        if manufacturer == "FAIL":
+            raise RuntimeError("simulated backend failure")
+        if manufacturer == "HANG":
+            time.sleep(3600)
+        if manufacturer == "HOG":
+            np.ones(2**33, np.uint8)
+        if manufacturer == "DIE":
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
         if self.delay:
             time.sleep(self.delay)
         uid = fake_seg_uid(str(src.SOPInstanceUID))
@@ -369,13 +450,19 @@ def acknowledged(storescu_output: str) -> list[str]:
 
 
 def _main(argv: list[str]) -> int:
+    import functools
+
     from bcedge.serve.config import load_config
     from bcedge.serve.node import Node, configure_logging
 
     delay = float(argv[argv.index("--delay") + 1]) if "--delay" in argv else 0.0
     cfg = load_config(argv[0])
     configure_logging(cfg.logging)
-    Node(cfg, process=FakeSeg(delay)).run_forever(save_every_s=0.2)
+    if "--isolated" in argv:
+        node = Node(cfg, factory=functools.partial(FakeSeg, delay))
+    else:
+        node = Node(cfg, process=FakeSeg(delay))
+    node.run_forever(save_every_s=0.2)
     return 0
 
 

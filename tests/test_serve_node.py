@@ -88,6 +88,8 @@ def test_scan_in_seg_out_referencing_it(spaced_dir: Path, pacs: Storescp, start_
     segs = wait_for(lambda: received_segs(pacs.folder), what="a SEG at the fake PACS")
     assert segs == [(fake_seg_uid(sop_uid(scan)), sop_uid(scan))]
     wait_for(lambda: node.layout.counts()["done"] == 1, what="the item in done/")
+    # the counter follows the move into done/ (a moment later, in the sender's thread)
+    wait_for(lambda: node.state is not None and node.state.totals["delivered"] == 1, what="the delivery counted")
     (item,) = node.layout.items(node.layout.done)
     delivery = json.loads((item / "delivery.json").read_text())
     assert delivery["status"] == "delivered" and delivery["status_code"] == "0x0000"

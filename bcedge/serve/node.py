@@ -220,6 +220,7 @@ class Node:
             listen={"host": host, "port": port, "tls": cfg.tls.enabled},
             destination=f"{cfg.destination.ae_title}@{cfg.destination.host}:{cfg.destination.port}",
             model=model,
+            worker_pids=self.worker_pids,
         )
         state.save(force=True)
         counts = self.layout.counts()
@@ -271,6 +272,9 @@ class Node:
         try:
             while not self._stopping.wait(save_every_s):
                 if self.state is not None:
+                    pids = self.worker_pids  # a worker killed over a limit is replaced under a new pid
+                    if self.state.info.get("worker_pids") != pids:
+                        self.state.set_status("running", worker_pids=pids)
                     self.state.save()
         finally:
             for sig, handler in previous.items():
