@@ -1,10 +1,17 @@
 """Training-time augmentation with NumPy and OpenCV (no framework needed).
 
 Geometric changes are small rotations and isotropic scaling about the image
-centre; no flips, because preprocessing puts every breast on the canonical side
-and a flip would teach the model an orientation it never sees at inference.
-Intensity changes are a gamma curve and a contrast/brightness jitter. Image and
-mask share the same affine map (linear for the image, nearest for the mask).
+centre, and (``strong``) an upside-down flip; never a left-right flip, because
+preprocessing puts every breast's chest wall on the canonical side and a mirror
+would teach the model an orientation it never sees at inference. Intensity
+changes are a gamma curve and a contrast/brightness jitter, and (``strong``)
+Gaussian blur and noise, which stand in for the detectors, processing and
+resolutions of vendors the training data lacks. Image and mask share the same
+affine map (linear for the image, nearest for the mask).
+
+Presets (:data:`PRESETS`): ``basic`` (sessions 1-2), ``strong`` (issue #12's
+recipe candidate: wider gamma/contrast, rotation 15 deg, scale 0.85-1.2, blur,
+noise, vertical flip) and ``none``.
 """
 
 from __future__ import annotations
@@ -25,11 +32,23 @@ class AugmentConfig:
     contrast: tuple[float, float] = (0.9, 1.1)
     brightness: float = 0.05
     probability: float = 0.8
+    vflip: float = 0.0
+    blur_sigma: tuple[float, float] = (0.0, 0.0)
+    noise_std: tuple[float, float] = (0.0, 0.0)
 
     @classmethod
     def off(cls) -> AugmentConfig:
         """No augmentation."""
         return cls(0.0, (1.0, 1.0), (1.0, 1.0), (1.0, 1.0), 0.0, 0.0)
+
+    @classmethod
+    def preset(cls, name: str) -> AugmentConfig | None:
+        """The named preset (see the module doc); None for ``none``."""
+        if name not in PRESETS:
+            from bcedge.errors import ConfigError
+
+            raise ConfigError(f"unknown augmentation {name!r}; expected one of {', '.join(PRESETS)}")
+        return PRESETS[name]
 
 
 def augment(
@@ -58,11 +77,37 @@ def augment(
             np.ascontiguousarray(mask[..., 0]), matrix, (size, size), flags=cv2.INTER_NEAREST, borderValue=0
         )
         image, mask = img2[..., None], msk2[..., None].astype(mask.dtype)
+    if config.vflip > 0 and rng.random() < config.vflip:
+        image, mask = image[::-1].copy(), mask[::-1].copy()
     gamma = rng.uniform(*config.gamma)
     contrast = rng.uniform(*config.contrast)
     shift = rng.uniform(-config.brightness, config.brightness)
     out = np.power(np.clip(image, 0.0, 1.0), gamma, dtype=np.float32)
     # Background stays black: jitter only where there is tissue.
     tissue = out > 0
-    out = np.where(tissue, out * contrast + shift, 0.0)
+    out = np.where(tissue, out * contrast + shift, 0.0).astype(np.float32)
+    if config.blur_sigma[1] > 0:
+        sigma = rng.uniform(*config.blur_sigma)
+        if sigma > 0.3:
+            out = cv2.GaussianBlur(out[..., 0], (0, 0), sigma)[..., None]
+    if config.noise_std[1] > 0:
+        std = rng.uniform(*config.noise_std)
+        out = out + np.where(tissue, rng.normal(0.0, std, out.shape), 0.0).astype(np.float32)
     return np.clip(out, 0.0, 1.0).astype(np.float32), mask
+
+
+PRESETS: dict[str, AugmentConfig | None] = {
+    "basic": AugmentConfig(),
+    "strong": AugmentConfig(
+        rotate_deg=15.0,
+        scale=(0.85, 1.2),
+        gamma=(0.6, 1.6),
+        contrast=(0.75, 1.3),
+        brightness=0.08,
+        probability=0.9,
+        vflip=0.5,
+        blur_sigma=(0.0, 1.2),
+        noise_std=(0.0, 0.03),
+    ),
+    "none": None,
+}

@@ -59,7 +59,13 @@ class ArraySet:
         )
 
 
-def epoch_order(n: int, positive: np.ndarray, rng: np.random.Generator, positive_fraction: float | None) -> np.ndarray:
+def epoch_order(
+    n: int,
+    positive: np.ndarray,
+    rng: np.random.Generator,
+    positive_fraction: float | None,
+    negatives: int = 0,
+) -> np.ndarray:
     """Shuffled indices of one epoch, oversampling positives to ``positive_fraction``.
 
     Args:
@@ -68,11 +74,18 @@ def epoch_order(n: int, positive: np.ndarray, rng: np.random.Generator, positive
         rng: seeded generator.
         positive_fraction: target share of lesion-positive draws per epoch (e.g. 0.5);
             None keeps the natural share. Positives are repeated, never dropped.
+        negatives: when > 0 and fewer than the negatives available, draw only this many
+            negatives (a fresh random subset each epoch): every normal image is still seen
+            over the run, but an epoch is not dominated by them.
     """
     idx = np.arange(n)
     pos = idx[positive]
+    neg = idx[~positive]
+    if 0 < negatives < neg.size:
+        idx = np.sort(np.concatenate([pos, rng.choice(neg, size=negatives, replace=False)]))
+        n = idx.size
     if positive_fraction and 0 < pos.size < n:
-        neg_count = n - pos.size
+        neg_count = n - pos.size  # n counts the drawn negatives
         want = math.ceil(positive_fraction * neg_count / max(1e-9, 1.0 - positive_fraction))
         if want > pos.size:
             extra = rng.choice(pos, size=want - pos.size, replace=True)
@@ -103,6 +116,7 @@ class SegmentationData(keras.utils.PyDataset):
         positive_fraction: float | None = None,
         shuffle: bool = False,
         epoch: int = 0,
+        negatives: int = 0,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -113,6 +127,7 @@ class SegmentationData(keras.utils.PyDataset):
         self.seed = seed
         self.augment_config = augment_config
         self.positive_fraction = positive_fraction
+        self.negatives = negatives
         self.shuffle = shuffle
         self.epoch = epoch
         self._order = self._make_order()
@@ -122,7 +137,7 @@ class SegmentationData(keras.utils.PyDataset):
         if not self.shuffle:
             return np.arange(len(self.data))
         rng = np.random.default_rng([self.seed, epoch])
-        return epoch_order(len(self.data), self.data.positive, rng, self.positive_fraction)
+        return epoch_order(len(self.data), self.data.positive, rng, self.positive_fraction, self.negatives)
 
     def _make_order(self) -> np.ndarray:
         return self.order_at(self.epoch)

@@ -79,11 +79,32 @@ def focal_dice(y_true, y_pred):
     return focal(y_true, y_pred) + batch_dice_loss(y_true, y_pred)
 
 
+def batch_tversky_loss(y_true, y_pred, alpha: float = 0.3, beta: float = 0.7, smooth: float = 1.0):
+    """1 - Tversky index pooled over the batch, repeated per image, shape (N,).
+
+    ``alpha`` weighs false positives, ``beta`` false negatives (Salehi et al. 2017);
+    beta > alpha trades precision for recall, for small lesions a model tends to miss.
+    """
+    y_true = ops.cast(y_true, y_pred.dtype)
+    tp = ops.sum(y_true * y_pred)
+    fp = ops.sum((1.0 - y_true) * y_pred)
+    fn = ops.sum(y_true * (1.0 - y_pred))
+    loss = 1.0 - (tp + smooth) / (tp + alpha * fp + beta * fn + smooth)
+    return loss * ops.ones_like(ops.sum(y_pred, axis=_AXES))
+
+
+@keras.saving.register_keras_serializable(package="bcedge")
+def bce_tversky(y_true, y_pred):
+    """BCE + batch Tversky loss (alpha 0.3, beta 0.7), shape (N,)."""
+    return bce(y_true, y_pred) + batch_tversky_loss(y_true, y_pred)
+
+
 LOSSES: dict[str, Callable] = {
     "dice": dice_loss,
     "batch-dice": batch_dice_loss,
     "bce-dice": bce_dice,
     "focal-dice": focal_dice,
+    "bce-tversky": bce_tversky,
 }
 
 

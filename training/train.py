@@ -62,8 +62,11 @@ class TrainConfig:
     base_filters: int = 64
     upsampling: str = "nearest"
     width: float = 1.0
+    decoder_width: float = 0.0
     positive_fraction: float | None = 0.5
+    epoch_negatives: int = 0
     augment: bool = True
+    augment_preset: str = "basic"
     patience: int = 15
     seed: int = 0
     mixed_precision: bool = False
@@ -262,6 +265,7 @@ def train(
                 base_filters=config.base_filters,
                 upsampling=config.upsampling,  # type: ignore[arg-type]
                 width=config.width,
+                decoder_width=config.decoder_width or None,
             )
             compile_model(model, config)
     state["replicas"] = replicas
@@ -271,8 +275,9 @@ def train(
         train_set,
         config.batch * replicas,
         seed=config.seed,
-        augment_config=AugmentConfig() if config.augment else None,
+        augment_config=AugmentConfig.preset(config.augment_preset) if config.augment else None,
         positive_fraction=config.positive_fraction,
+        negatives=config.epoch_negatives,
         shuffle=True,
         epoch=state["epoch"],
         workers=config.workers,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bcedge.datasets._files import natural_key
 from bcedge.datasets.base import DatasetReader, Sample
-from bcedge.errors import DatasetError
+from bcedge.errors import ConfigError, DatasetError
 
 
 class CombinedDataset:
@@ -77,7 +77,7 @@ def real_data_recipe(root: str | Path, *, cdd_kind: str = "DM") -> CombinedDatas
 
 
 def real_data_recipe_v2(
-    root: str | Path, *, cdd_kind: str = "both", mask_rule: str = "skin-line-v1"
+    root: str | Path, *, cdd_kind: str = "both", mask_rule: str = "skin-line-v1", mias: str = "all"
 ) -> CombinedDataset:
     """The real-data set of issue #12: both CDD-CESM folders + mini-MIAS.
 
@@ -89,7 +89,9 @@ def real_data_recipe_v2(
       views), ``DM`` or ``CM`` (narrow the set, e.g. to train without contrast views;
       the split still places every view that is present).
     * mini-MIAS with circle masks and its mass-negative images (the only normal images
-      here), as in :func:`real_data_recipe`.
+      here), as in :func:`real_data_recipe`. ``mias``: ``all`` (default), ``normals``
+      (mass-negative images only: negatives without the coarse discs) or ``none``
+      (e.g. to measure generalisation to MIAS of a model that never saw it).
 
     Raises:
         DatasetError: a folder is missing.
@@ -103,5 +105,22 @@ def real_data_recipe_v2(
         raise DatasetError(
             f"{root}: no {', '.join(missing)}/ folder; 'combined-v2' expects the data folder holding them"
         )
+    if mias not in ("all", "normals", "none"):
+        raise ConfigError(f"mias={mias!r}; expected all, normals or none")
     cdd = CddCesm(root / "cdd-cesm", kind=cdd_kind, roots=[root / "cdd-cesm-extra"], mask_rule=mask_rule)  # type: ignore[arg-type]
-    return CombinedDataset([cdd, MiniMias(root / "mini-mias", unlocated="drop")], name="combined-v2")
+    parts: list[DatasetReader] = [cdd]  # type: ignore[list-item]
+    if mias != "none":
+        reader = MiniMias(root / "mini-mias", unlocated="drop")
+        parts.append(_NormalsOnly(reader) if mias == "normals" else reader)  # type: ignore[arg-type]
+    return CombinedDataset(parts, name="combined-v2")
+
+
+class _NormalsOnly:
+    """A reader's samples without a lesion annotation (its normal / mass-negative images)."""
+
+    def __init__(self, reader: DatasetReader) -> None:
+        self.reader = reader
+        self.name = reader.name
+
+    def samples(self) -> Iterator[Sample]:
+        yield from (s for s in self.reader.samples() if not s.has_lesion)

@@ -1,0 +1,72 @@
+"""Issue #12 recipe pieces: augmentation presets, negatives per epoch, Tversky loss, decoder width."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bcedge.errors import ConfigError
+from training.augment import PRESETS, AugmentConfig, augment
+from training.data import epoch_order
+
+
+def test_strong_preset_keeps_range_background_and_never_mirrors() -> None:
+    image = np.zeros((64, 64, 1), np.float32)
+    image[:, :32] = 0.5  # tissue on the left (the canonical chest-wall side)
+    mask = np.zeros((64, 64, 1), np.uint8)
+    mask[20:30, 5:15] = 1
+    rng = np.random.default_rng(0)
+    strong = AugmentConfig.preset("strong")
+    assert strong is not None and strong.vflip > 0 and strong.noise_std[1] > 0
+    for _ in range(50):
+        out, out_mask = augment(image, mask, rng, strong)
+        assert out.dtype == np.float32 and 0.0 <= out.min() and out.max() <= 1.0
+        # No left-right mirror: the tissue (and the lesion) stay on the left half.
+        assert out[:, :28].mean() > out[:, 36:].mean()
+        assert out_mask[:, 40:].sum() == 0
+    assert AugmentConfig.preset("none") is None and set(PRESETS) == {"basic", "strong", "none"}
+    with pytest.raises(ConfigError):
+        AugmentConfig.preset("wild")
+
+
+def test_epoch_negatives_draws_a_fresh_subset_and_keeps_every_positive() -> None:
+    positive = np.zeros(100, bool)
+    positive[:10] = True
+    seen: set[int] = set()
+    for epoch in range(20):
+        order = epoch_order(100, positive, np.random.default_rng([0, epoch]), 0.5, negatives=20)
+        negatives = {int(i) for i in order if not positive[i]}
+        assert len(negatives) == 20 and set(range(10)) <= set(order.tolist())
+        assert sum(positive[order]) == 20  # oversampled to half of the draws
+        seen |= negatives
+    assert len(seen) > 60  # different subsets across epochs
+    # 0 keeps every negative (the previous behaviour).
+    assert len(epoch_order(100, positive, np.random.default_rng(1), None)) == 100
+
+
+def test_tversky_weighs_misses_over_false_alarms() -> None:
+    pytest.importorskip("keras")
+    from training.losses import LOSSES, batch_tversky_loss
+
+    truth = np.zeros((1, 8, 8, 1), np.float32)
+    truth[0, 2:6, 2:6] = 1
+    miss = truth.copy()
+    miss[0, 2:4, 2:6] = 0  # 8 missed pixels
+    extra = truth.copy()
+    extra[0, 0:2, 0:4] = 1  # 8 false-alarm pixels
+    loss_miss = float(np.asarray(batch_tversky_loss(truth, miss))[0])
+    loss_extra = float(np.asarray(batch_tversky_loss(truth, extra))[0])
+    assert loss_miss > loss_extra > 0
+    assert "bce-tversky" in LOSSES
+
+
+def test_decoder_width_shrinks_the_decoder_only() -> None:
+    pytest.importorskip("keras")
+    from training.models import build_model
+
+    full = build_model("unet-mobilenetv2", 64)
+    half = build_model("unet-mobilenetv2", 64, decoder_width=0.5)
+    assert half.get_layer("decoder_stage0a_conv").filters == 128 == full.get_layer("decoder_stage0a_conv").filters // 2
+    assert half.count_params() < full.count_params()
+    with pytest.raises(ConfigError):
+        build_model("unet-mobilenetv2", 64, decoder_width=2.0)
