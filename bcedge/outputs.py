@@ -33,6 +33,7 @@ Speed (the issue #6 budget for everything that is not the model is a few ms):
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -43,6 +44,7 @@ import struct
 import threading
 import time
 import uuid
+import warnings
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -83,28 +85,6 @@ SEG_SERIES_DESCRIPTION = "bcedge mass segmentation"
 SEG_CONTENT_LABEL = "MASS"
 SEG_SEGMENT_LABEL = "Mass"
 SEG_MANUFACTURER = "bcedge"
-#: Type 2 attributes highdicom reads from the source; a source without them gets them empty
-#: (Type 2: "present, may be empty"), which is what the SEG would carry for an unknown value.
-_TYPE2_SOURCE = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "AccessionNumber",
-    "StudyID",
-    "StudyDate",
-    "StudyTime",
-    "ReferringPhysicianName",
-)
-#: Type 1 attributes the SEG references; a source without one cannot be referenced.
-_REQUIRED_SOURCE = {
-    "StudyInstanceUID": "(0020,000D)",
-    "SeriesInstanceUID": "(0020,000E)",
-    "SOPInstanceUID": "(0008,0018)",
-    "SOPClassUID": "(0008,0016)",
-    "Rows": "(0028,0010)",
-    "Columns": "(0028,0011)",
-}
 #: Namespace of the name-based (SHA-1, ISO/IEC 9834-8) UUIDs behind the SEG UIDs.
 _UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://bcedge/dicom-seg")
 
@@ -497,47 +477,41 @@ def preload_seg() -> None:
 
 
 def read_source_header(source_path: str | os.PathLike[str], shape: tuple[int, int] | None = None) -> Dataset:
-    """Read a source image's header (no pixels) and check it can be referenced by a SEG.
+    """Read a source image's header (no pixels), made fit for a SEG (:func:`~bcedge.seg_source.prepare_source_header`).
 
-    Missing Type 2 patient/study attributes are added empty (the SEG copies them); the Frame of
-    Reference of a projection image (no Image Orientation (Patient)) is left out of the copy.
+    For callers that have no parsed header; :func:`build_seg` uses ``result.mammogram.header``
+    (read once by the reader) when there is one. What was changed is logged without values.
 
     Args:
         source_path: the DICOM file that was segmented.
         shape: (rows, columns) of the mask; must equal the source's Rows/Columns.
 
     Raises:
-        DicomError: unreadable file, or a missing UID / size attribute, or a size mismatch.
+        DicomError: unreadable file, or a missing/invalid UID or size attribute, or a size mismatch.
     """
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
     path = Path(source_path)
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-    except (OSError, InvalidDicomError, ValueError, EOFError) as exc:
-        raise DicomError(f"{path}: cannot read the source DICOM header for the SEG: {exc}") from exc
-    for keyword, tag in _REQUIRED_SOURCE.items():
-        if not ds.get(keyword):
-            raise DicomError(f"{path}: source has no {keyword} {tag}; a DICOM SEG cannot reference it")
-    if shape is not None and (int(ds.Rows), int(ds.Columns)) != tuple(shape):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom's warnings quote values: patient data
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as exc:  # pydicom raises many types on malformed headers
+        text = str(exc).strip().splitlines()
         raise DicomError(
-            f"{path}: source Rows/Columns (0028,0010)/(0028,0011) are {ds.Rows}x{ds.Columns} but the mask is "
-            f"{shape[0]}x{shape[1]}; the SEG must be written against the image that was segmented"
-        )
-    for keyword in _TYPE2_SOURCE:
-        if keyword not in ds:
-            setattr(ds, keyword, "")
-    if "ImageOrientationPatient" not in ds:
-        # A projection image (MG/DX) has no patient-space plane. When it still carries a Frame of
-        # Reference UID, highdicom copies it into the SEG with Pixel Measures but no Slice Thickness,
-        # which the standard then requires (dciodvfy: "Missing attribute Type 1C ... SliceThickness")
-        # and which a projection does not have. The SEG frame is tied to its source through the
-        # Source Image Sequence (Spatial Locations Preserved YES), which is what 2-D viewers use.
-        for keyword in ("FrameOfReferenceUID", "PositionReferenceIndicator"):
-            if keyword in ds:
-                del ds[keyword]
-    return ds
+            f"{path}: cannot read the source DICOM header for the SEG: {type(exc).__name__}: {text[0] if text else ''}"
+        ) from exc
+    return _prepared(ds, path, shape)
+
+
+def _prepared(ds: Dataset, path: str | os.PathLike[str], shape: tuple[int, int] | None) -> Dataset:
+    """:func:`~bcedge.seg_source.prepare_source_header`, with its notes logged (attribute names only)."""
+    from bcedge.seg_source import prepare_source_header
+
+    header, notes = prepare_source_header(ds, str(path), shape)
+    if notes:
+        _log.warning("%s: source header adjusted for the DICOM SEG: %s", path, "; ".join(notes))
+    return header
 
 
 def build_seg(
@@ -560,14 +534,17 @@ def build_seg(
         source_path: the source DICOM (default :func:`source_file` of ``result``).
         artifact: the artifact that ran (default: the one ``result.model`` names, :func:`artifact_of`;
             failing that, every artifact of the bundle together identifies the model).
-        source: an already read header (:func:`read_source_header`), instead of reading ``source_path``.
+        source: an already prepared header (:func:`read_source_header`); default: the header the
+            reader parsed (``result.mammogram.header``, so the file is read once and a file without
+            the 128-byte preamble gets a SEG too), made fit for the SEG, else ``source_path`` read again.
 
     Returns:
         A ``highdicom.seg.Segmentation`` (a pydicom Dataset).
 
     Raises:
         MissingDependencyError: highdicom is not installed.
-        DicomError: the source cannot be referenced (see :func:`read_source_header`).
+        DicomError: the source cannot be referenced (see :func:`read_source_header`), or highdicom
+            refused the header (one line naming the problem, exit 2).
     """
     hd = _highdicom()
     from pydicom.sr.codedict import codes
@@ -577,6 +554,9 @@ def build_seg(
     mask = np.asarray(result.mask)
     if source_path is None:
         source_path = source_file(result)
+    if source is None:
+        header = getattr(result.mammogram, "header", None)
+        source = _prepared(header, source_path, mask.shape) if header is not None else None
     if source is None:
         source = read_source_header(source_path, mask.shape)
     sop_uid = str(source.SOPInstanceUID)
@@ -607,28 +587,55 @@ def build_seg(
         anatomic_regions=[codes.SCT.Breast],
     )
     model_id = (artifact.sha256 if artifact is not None else _model_identity(bundle, None).split(":")[-1])[:16]
-    seg = hd.seg.Segmentation(
-        source_images=[source],
-        # (frames=1, H, W, segments=1) bool. The segment-stacked 4-D form is checked with one max();
-        # the 3-D label-map form goes through np.setxor1d, whose first call imports numpy.ma (~40 ms).
-        pixel_array=(mask != 0)[np.newaxis, :, :, np.newaxis],
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[segment],
-        series_instance_uid=seg_series_instance_uid(source.SeriesInstanceUID, bundle, artifact, threshold=threshold),
-        series_number=SEG_SERIES_NUMBER,
-        sop_instance_uid=seg_sop_instance_uid(sop_uid, bundle, artifact, threshold=threshold),
-        instance_number=1,
-        manufacturer=SEG_MANUFACTURER,
-        manufacturer_model_name=model_name[:64],
-        software_versions=version[:64],
-        device_serial_number=model_id,
-        content_label=SEG_CONTENT_LABEL,
-        content_description=f"{model_name} masses"[:64],
-        series_description=SEG_SERIES_DESCRIPTION,
-        # A SEG of a 2-D image has exactly one frame; keep it even when nothing was found
-        # (an empty segment says "looked, found nothing", which a viewer can show).
-        omit_empty_frames=False,
-    )
+    from bcedge.seg_source import PROJECTION_SOP_CLASSES, restore_sop_class, stand_in_sop_class
+
+    real_class = None
+    if str(source.SOPClassUID) not in PROJECTION_SOP_CLASSES:
+        notes: list[str] = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a memory-mapped buffer is not copied, and need not be
+            source = copy.deepcopy(source)  # the caller's header keeps its class
+        real_class = stand_in_sop_class(source, notes)
+        _log.warning("%s: %s", source_path, "; ".join(notes))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            seg = hd.seg.Segmentation(
+                source_images=[source],
+                # (frames=1, H, W, segments=1) bool. The segment-stacked 4-D form is checked with one max();
+                # the 3-D label-map form goes through np.setxor1d, whose first call imports numpy.ma (~40 ms).
+                pixel_array=(mask != 0)[np.newaxis, :, :, np.newaxis],
+                segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+                segment_descriptions=[segment],
+                series_instance_uid=seg_series_instance_uid(
+                    source.SeriesInstanceUID, bundle, artifact, threshold=threshold
+                ),
+                series_number=SEG_SERIES_NUMBER,
+                sop_instance_uid=seg_sop_instance_uid(sop_uid, bundle, artifact, threshold=threshold),
+                instance_number=1,
+                manufacturer=SEG_MANUFACTURER,
+                manufacturer_model_name=model_name[:64],
+                software_versions=version[:64],
+                device_serial_number=model_id,
+                content_label=SEG_CONTENT_LABEL,
+                content_description=f"{model_name} masses"[:64],
+                series_description=SEG_SERIES_DESCRIPTION,
+                # A SEG of a 2-D image has exactly one frame; keep it even when nothing was found
+                # (an empty segment says "looked, found nothing", which a viewer can show).
+                omit_empty_frames=False,
+            )
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:
+            # Whatever highdicom still refuses once the header was prepared: one line, exit 2.
+            text = str(exc).strip().splitlines()
+            raise DicomError(
+                f"{source_path}: cannot build a DICOM SEG for this header: {type(exc).__name__}: "
+                f"{text[0] if text else ''}"
+            ) from exc
+    if caught:
+        # highdicom's person-name warning and pydicom's value warnings quote the values: count them only.
+        _log.debug("%s: %d library warnings while building the SEG (values not logged)", source_path, len(caught))
+    if real_class is not None:
+        restore_sop_class(seg, sop_uid, real_class)
     # General Image: Patient Orientation (0020,0020) is Type 2C for images without a patient
     # plane (MG is a projection); the SEG frame has the source's orientation, so copy it.
     seg.PatientOrientation = source.get("PatientOrientation", "")

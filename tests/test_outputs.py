@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -384,7 +385,15 @@ def test_seg_source_errors_are_one_line(bundle: Bundle, phantom_result: Result, 
     del ds.StudyInstanceUID
     broken = spaced_dir / "no study.dcm"
     ds.save_as(broken)
-    result = make_result(phantom_result.mammogram.with_meta(source=str(broken)), phantom_result.mask, str(broken))
+    # the header the reader parsed is what the SEG uses (the file is not read again) ...
+    no_study = dataclasses.replace(phantom_result.mammogram.with_meta(source=str(broken)), header=ds)
+    result = make_result(no_study, phantom_result.mask, str(broken))
+    with pytest.raises(DicomError) as info:
+        outputs.write_seg(spaced_dir / "x_seg.dcm", result, bundle=bundle)
+    assert "StudyInstanceUID (0020,000D)" in str(info.value) and "\n" not in str(info.value)
+    # ... and without one (a Mammogram built in code), the file is read
+    headerless = dataclasses.replace(phantom_result.mammogram.with_meta(source=str(broken)), header=None)
+    result = make_result(headerless, phantom_result.mask, str(broken))
     with pytest.raises(DicomError) as info:
         outputs.write_seg(spaced_dir / "x_seg.dcm", result, bundle=bundle)
     assert "StudyInstanceUID (0020,000D)" in str(info.value) and "\n" not in str(info.value)
@@ -393,7 +402,8 @@ def test_seg_source_errors_are_one_line(bundle: Bundle, phantom_result: Result, 
         outputs.write_seg(spaced_dir / "y_seg.dcm", other, bundle=bundle)
     not_dicom = spaced_dir / "not.dcm"
     not_dicom.write_bytes(b"\x00" * 10)
-    result = make_result(phantom_result.mammogram, phantom_result.mask, str(not_dicom))
+    headerless = dataclasses.replace(phantom_result.mammogram, header=None)
+    result = make_result(headerless, phantom_result.mask, str(not_dicom))
     with pytest.raises(DicomError, match="cannot read the source DICOM header"):
         outputs.write_seg(spaced_dir / "z_seg.dcm", result, bundle=bundle)
     assert sorted(p.name for p in spaced_dir.iterdir()) == ["no study.dcm", "not.dcm"]
