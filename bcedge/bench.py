@@ -4,10 +4,14 @@ What a row measures, on the machine it runs on:
 
 * **Accuracy**: every evaluation image goes through :class:`bcedge.pipeline.Segmenter`, the
   path ``bcedge infer`` takes (decode, preprocess, infer, postprocess), and its mask on the
-  *original* pixel grid is scored against the ground truth with :mod:`bcedge.metrics`.
-  ``dice``/``iou`` are per-image means over lesion-positive images (the export gate's
-  convention: on screening data an empty prediction scores 1 on every normal image, so
-  an all-image mean rewards a model that finds nothing); ``dice_all_images`` is there too.
+  *original* pixel grid is scored by :mod:`bcedge.evaluation`, the scoring of
+  ``bcedge evaluate --model`` (same numbers for the same artifact and images): the row's
+  ``evaluation`` holds, per source and kind (pixel masks, circles, normal images), the
+  study's table, lesions found and false-positive components per image with bootstrap
+  95 % intervals. ``dice``/``iou`` are per-image means over lesion-positive images (the
+  export gate's convention: on screening data an empty prediction scores 1 on every
+  normal image, so an all-image mean rewards a model that finds nothing);
+  ``dice_all_images`` is there too.
 * **Model latency**: ``Backend.predict`` on one preprocessed image (batch 1) timed with
   :func:`time.perf_counter_ns`, ``warmup`` calls first (not counted), then ``runs`` calls
   rotating over at least :data:`MIN_DISTINCT_INPUTS` distinct input buffers so no run
@@ -130,7 +134,7 @@ class BenchData:
         files: (image path, mask path or None) pairs, for ``files``.
         dataset: registered dataset name (:mod:`bcedge.datasets.registry`), for ``dataset``.
         root: the dataset's folder.
-        split: path of the split JSON file.
+        split: path of the split JSON file (None: every image of the dataset).
         split_name: ``train``, ``val`` or ``test``.
         options: reader options (``kind=CM``...).
         limit: use only the first ``limit`` images (None: all).
@@ -166,21 +170,24 @@ class BenchData:
         cls,
         dataset: str,
         root: str | os.PathLike[str],
-        split: str | os.PathLike[str],
+        split: str | os.PathLike[str] | None,
         split_name: str = "test",
         *,
         options: dict[str, Any] | None = None,
         limit: int | None = None,
     ) -> BenchData:
-        """A dataset split (``open_dataset(dataset, root, **options)`` filtered by ``split``'s ``split_name``)."""
+        """A dataset split (``open_dataset(dataset, root, **options)`` filtered by ``split``'s ``split_name``).
+
+        ``split`` None takes every image of the dataset (e.g. a dataset a model never saw in training).
+        """
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise ConfigError(f"limit is {limit!r}; expected a positive integer or None")
-        label = f"{dataset} {Path(split).name}[{split_name}]"
+        label = f"{dataset} {Path(split).name}[{split_name}]" if split is not None else f"{dataset} (every image)"
         return cls(
             kind="dataset",
             dataset=dataset,
             root=str(root),
-            split=str(split),
+            split=None if split is None else str(split),
             split_name=split_name,
             options=dict(options or {}),
             limit=limit,
@@ -212,10 +219,12 @@ class BenchData:
             from bcedge.datasets.registry import open_dataset
             from bcedge.datasets.splits import filter_samples, load_split
 
-            if not (self.dataset and self.root and self.split):
-                raise ConfigError("a dataset benchmark needs a dataset name, a root and a split file")
+            if not (self.dataset and self.root):
+                raise ConfigError("a dataset benchmark needs a dataset name and a root")
             reader = open_dataset(self.dataset, self.root, **self.options)
-            samples = filter_samples(reader.samples(), load_split(self.split), self.split_name)
+            samples = list(reader.samples())
+            if self.split is not None:
+                samples = filter_samples(samples, load_split(self.split), self.split_name)
             # A lesion reported without a location has an empty mask that is not ground truth.
             out = [_sample_item(s) for s in samples if not s.lesion_unlocated]
         else:
@@ -236,12 +245,14 @@ class BenchItem:
         mask_kind: ``pixel``, ``circle`` or ``none`` (no lesion).
         decode: reads the image: () -> :class:`bcedge.dicom.Mammogram`.
         mask: reads the ground truth: ((H, W)) -> (H, W) uint8 {0, 1}.
+        source: dataset name (``files`` for image/mask pairs); evaluation reports group by it.
     """
 
     id: str
     mask_kind: str
     decode: Callable[[], Any]
     mask: Callable[[tuple[int, int]], np.ndarray]
+    source: str = "files"
 
 
 def _file_item(image: str, mask: str | None) -> BenchItem:
@@ -259,7 +270,7 @@ def _file_item(image: str, mask: str | None) -> BenchItem:
 
 def _sample_item(sample: Any) -> BenchItem:
     kind = sample.mask_kind if sample.has_lesion else "none"
-    return BenchItem(sample.id, kind, sample.load_image, sample.load_mask)
+    return BenchItem(sample.id, kind, sample.load_image, sample.load_mask, source=sample.source)
 
 
 def sample_data(
@@ -900,7 +911,7 @@ def _open_segmenter(bundle: Any, record: Any, threads: int | None) -> Any:
 
 
 def _measure_into(row: dict[str, Any], bundle: Any, record: Any, job: RowJob, items: list[BenchItem]) -> None:
-    from bcedge.metrics import MetricAccumulator
+    from bcedge.evaluation import ImageScore, score_result, summarize
     from bcedge.preprocess import preprocess
 
     rss_before = current_rss_mb()
@@ -911,9 +922,7 @@ def _measure_into(row: dict[str, Any], bundle: Any, record: Any, job: RowJob, it
         backend = seg.backend
         config = bundle.preprocess_config()
         # Accuracy and end-to-end stages: every image through the runtime path, decode timed here.
-        all_acc, lesion_acc = MetricAccumulator(), MetricAccumulator()
-        groups: dict[str, MetricAccumulator] = {}
-        normal_flagged: list[bool] = []
+        image_scores: list[ImageScore] = []
         stages: dict[str, list[float]] = {s: [] for s in E2E_STAGES}
         totals: list[float] = []
         tensors: list[np.ndarray] = []
@@ -950,14 +959,10 @@ def _measure_into(row: dict[str, Any], bundle: Any, record: Any, job: RowJob, it
                 if item.id != warm_id and len(tensors) < MIN_DISTINCT_INPUTS * 2:
                     tensors.append(preprocess(mammo, config)[0])
                 truth = item.mask(mammo.pixels.shape[:2])
-                pred = np.asarray(result.mask)
-                all_acc.add(pred, truth)
-                positive = bool(truth.any())
-                if positive:
-                    lesion_acc.add(pred, truth)
-                    groups.setdefault(item.mask_kind, MetricAccumulator()).add(pred, truth)
-                else:
-                    normal_flagged.append(bool(pred.any()))
+                # The one scoring of bcedge evaluate --model (bcedge.evaluation): same numbers.
+                image_scores.append(
+                    score_result(result, truth, id=item.id, source=item.source, mask_kind=item.mask_kind)
+                )
         if not totals:
             raise InputError(f"no evaluation image could be read; first error: {next(iter(skipped.values()))}")
         # Model latency: batch 1, rotating distinct inputs, warm-up excluded.
@@ -968,31 +973,23 @@ def _measure_into(row: dict[str, Any], bundle: Any, record: Any, job: RowJob, it
         seg.close()
     latency = latency_stats(ns)
     latency.update(runs=job.runs, warmup=job.warmup, batch=1, distinct_inputs=len(inputs))
-    everything, lesions = all_acc.result(), lesion_acc.result()
-    main = lesions if lesions["n_images"] else everything
+    evaluation = summarize(image_scores)
+    lesion_scores = [s for s in image_scores if s.kind != "normal"]
+    main = lesion_scores or image_scores
     e2e = {s: float(np.median(v)) for s, v in stages.items()}
     e2e["total"] = float(np.median(totals))
     e2e["mean_total"] = float(np.mean(totals))
     e2e["n"] = len(totals)
     row.update(
-        dice=float(main["mean"]["dice"]),
-        iou=float(main["mean"]["iou"]),
-        dice_metric="lesion_images" if lesions["n_images"] else "all_images",
-        dice_all_images=float(everything["mean"]["dice"]),
-        iou_all_images=float(everything["mean"]["iou"]),
-        n_images=everything["n_images"],
-        n_lesion_images=lesions["n_images"],
-        groups={
-            **{
-                kind: {"n": acc.n_images, "dice": acc.result()["mean"]["dice"], "iou": acc.result()["mean"]["iou"]}
-                for kind, acc in sorted(groups.items())
-            },
-            **(
-                {"normal": {"n": len(normal_flagged), "false_positive_rate": float(np.mean(normal_flagged))}}
-                if normal_flagged
-                else {}
-            ),
-        },
+        dice=float(np.mean([s.dice for s in main])),
+        iou=float(np.mean([s.iou for s in main])),
+        dice_metric="lesion_images" if lesion_scores else "all_images",
+        dice_all_images=float(np.mean([s.dice for s in image_scores])),
+        iou_all_images=float(np.mean([s.iou for s in image_scores])),
+        n_images=len(image_scores),
+        n_lesion_images=len(lesion_scores),
+        groups=_kind_groups(evaluation),
+        evaluation=evaluation,
         latency_ms=latency,
         e2e_ms=e2e,
         throughput_ips=1000.0 / latency["mean"],
@@ -1010,6 +1007,32 @@ def _measure_into(row: dict[str, Any], bundle: Any, record: Any, job: RowJob, it
             row["op_profile_error"] = str(exc)
         else:
             row["op_profile"] = summarise_ops(ops, model_p50_ms=latency["p50"])
+
+
+def _kind_groups(evaluation: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Short per-kind summary (all sources pooled) for the report's Markdown table."""
+    from bcedge.evaluation import KINDS, find_group
+
+    out: dict[str, dict[str, Any]] = {}
+    for kind in KINDS:
+        g = find_group(evaluation, kind)
+        if g is None:
+            continue
+        if kind == "normal":
+            out[kind] = {
+                "n": g["n_images"],
+                "false_positive_rate": g["flagged_share"]["value"],
+                "fp_per_image": g["fp_per_image"]["value"],
+            }
+        else:
+            out[kind] = {
+                "n": g["n_images"],
+                "dice": g["dice"]["value"],
+                "iou": g["iou"]["value"],
+                "detection_rate": g["detection_rate"]["value"],
+                "fp_per_image": g["fp_per_image"]["value"],
+            }
+    return out
 
 
 # --------------------------------------------------------------------------- the whole run

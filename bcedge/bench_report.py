@@ -493,16 +493,21 @@ def to_markdown(doc: dict[str, Any], title: str = "bcedge benchmark") -> str:
     if grouped:
         lines += [
             "",
-            "## Dice by ground truth (pixel masks, circle masks; normal images: share with any finding)",
+            "## Dice by ground truth (pixel masks, circle masks, normal images)",
             "",
-            "| model | format | precision | group | images | Dice | IoU | false-positive rate |",
-            "|---|---|---|---|---:|---:|---:|---:|",
+            "Found: share of lesions (ground-truth components) a predicted component overlaps. "
+            "FP/image: predicted components overlapping no lesion. Flagged: share of normal images with "
+            "any finding. Intervals and per-source figures: the row's `evaluation` (as `bcedge evaluate --model`).",
+            "",
+            "| model | format | precision | group | images | Dice | IoU | found | FP/image | flagged |",
+            "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
         ]
         for r in grouped[::-1]:
             for name, g in r["groups"].items():
                 lines.append(
                     f"| {r['model']} | {r['format']} | {r['precision']} | {name} | {g['n']} | "
-                    f"{_f(g.get('dice'), 4)} | {_f(g.get('iou'), 4)} | {_f(g.get('false_positive_rate'), 2)} |"
+                    f"{_f(g.get('dice'), 4)} | {_f(g.get('iou'), 4)} | {_f(g.get('detection_rate'), 2)} | "
+                    f"{_f(g.get('fp_per_image'), 2)} | {_f(g.get('false_positive_rate'), 2)} |"
                 )
     speedups = int8_speedups(doc)
     if speedups:

@@ -1,4 +1,4 @@
-"""``bcedge train`` and ``bcedge evaluate``: thin wrappers over :mod:`training` (desktop side).
+"""``bcedge train``: a thin wrapper over :mod:`training` (desktop side; evaluation: :mod:`bcedge.cli_evaluate`).
 
 Keras is imported only inside the commands, so the runtime CLI works on a
 device without it; there these commands say which extra to install.
@@ -6,7 +6,6 @@ device without it; there these commands say which extra to install.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -173,63 +172,3 @@ def train_command(
         f" at epoch {state['best_epoch']}"
         f"{' (stopped early)' if state.get('stopped_early') else ''}; model in {out / 'best.keras'}"
     )
-
-
-def evaluate_command(
-    run_dir: Annotated[Path, typer.Argument(help="Run folder (uses best.keras) or a .keras model file.")],
-    data: Annotated[str | None, typer.Option("--data", help="Dataset name(s); default: the run's.")] = None,
-    root: Annotated[Path | None, typer.Option("--root", help="Data root; default: the run's.")] = None,
-    split: Annotated[Path | None, typer.Option("--split", help="Split file; default: the run's.")] = None,
-    subset: Annotated[str, typer.Option("--subset", help="Which split to score.")] = "test",
-    cache: Annotated[Path, typer.Option("--cache", help="Preprocessed-array cache folder.")] = DEFAULT_CACHE,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0)] = 0.5,
-) -> None:
-    """The study's table (Dice, IoU, loss, recall, precision) on a split, per mask kind."""
-    _need_keras()
-
-    from bcedge.preprocess import PreprocessConfig
-    from training.evaluate import format_row, predict, table
-    from training.losses import LOSSES, dice_loss
-    from training.models import load_trained
-
-    model_path = run_dir / "best.keras" if run_dir.is_dir() else run_dir
-    if not model_path.is_file():
-        raise ConfigError(f"{model_path}: no trained model here (expected a run folder with best.keras)")
-    run_cfg = {}
-    if (model_path.parent / "config.json").is_file():
-        run_cfg = json.loads((model_path.parent / "config.json").read_text())
-    datasets = tuple((data or ",".join(run_cfg.get("data", []))).split(","))
-    root = root or (Path(run_cfg["root"]) if run_cfg.get("root") else None)
-    split = split or (Path(run_cfg["split"]) if run_cfg.get("split") else None)
-    if not datasets[0] or root is None or split is None:
-        raise ConfigError("say --data, --root and --split (the model has no run config.json to take them from)")
-    config = PreprocessConfig.from_dict(run_cfg["preprocess"]) if run_cfg.get("preprocess") else PreprocessConfig()
-    model = load_trained(model_path)
-    sets, _ = _load_sets(datasets, root, split, config, cache, None)
-    if subset not in sets:
-        raise ConfigError(f"{split}: no {subset!r} images")
-    s = sets[subset]
-    probs = predict(model, s.images)
-    loss_name = run_cfg.get("loss", "bce-dice")
-    result = table(probs, s.masks, s.mask_kinds, {"dice": dice_loss, loss_name: LOSSES[loss_name]}, threshold)
-    if as_json:
-        typer.echo(json.dumps({"model": str(model_path), "subset": subset, "groups": result}, indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    out = Table(title=f"{model_path} on {subset} (per-image mean; loss = 1 - soft Dice)")
-    for col in ("group", "n", "Dice", "IoU", "Loss", "Recall", "Precision", "Dice (global)"):
-        out.add_column(col, justify="right")
-    for group, res in result.items():
-        row = format_row(group, res)
-        out.add_row(
-            group,
-            str(row["n"]),
-            *(f"{row[k]:.4f}" for k in ("dice", "iou", "loss", "recall", "precision")),
-            f"{res['global']['dice']:.4f}",
-        )
-    Console().print(out)
-    if "normal" in result:
-        typer.echo(f"normal images with any predicted pixel: {result['normal']['false_positive_rate']:.1%}")

@@ -78,6 +78,24 @@ def scores(c: Counts) -> dict[str, float]:
     }
 
 
+def soft_dice_loss(prob: np.ndarray, target: np.ndarray, smooth: float = 1.0) -> float:
+    """1 - soft Dice of one image: the study's "loss" column (``training.losses.dice_loss`` in NumPy).
+
+    ``1 - (2 * sum(t * p) + smooth) / (sum(t) + sum(p) + smooth)``, summed in float64.
+
+    Args:
+        prob: (H, W) or (H, W, 1) float probabilities in [0, 1] (not thresholded).
+        target: same number of pixels, binary mask ({0, 1} integers or bool).
+        smooth: added to both sides so an empty/empty pair scores ~0 loss.
+    """
+    p = np.asarray(prob, dtype=np.float64).reshape(-1)
+    t = binarize(np.asarray(target)).reshape(-1)
+    if p.shape != t.shape:
+        raise ValueError(f"probability map has {p.size} pixels, target {t.size}")
+    inter = float(p[t].sum())
+    return 1.0 - (2.0 * inter + smooth) / (float(np.count_nonzero(t)) + float(p.sum()) + smooth)
+
+
 def dice(pred: np.ndarray, target: np.ndarray, threshold: float = 0.5) -> float:
     """Dice of one image (1.0 when both are empty)."""
     return scores(counts(pred, target, threshold))["dice"]

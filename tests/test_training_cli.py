@@ -118,12 +118,16 @@ def test_train_resume_and_evaluate_on_phantoms(tmp_path: Path, capsys: pytest.Ca
     assert main([*common, "--epochs", "2", "--lr", "0.5"]) == 2  # a different run in the same folder
     assert "holds a different run" in capsys.readouterr().err
 
-    rc = main(["evaluate", str(run), "--json", "--subset", "val", "--cache", str(tmp_path / "cache")])
+    rc = main(["evaluate", str(run), "--json", "-", "--subset", "val", "--cache", str(tmp_path / "cache")])
     assert rc == 0, capsys.readouterr().err
     report = json.loads(capsys.readouterr().out)
-    assert report["subset"] == "val"
-    assert "all" in report["groups"]
-    assert 0.0 <= report["groups"]["all"]["mean"]["dice"] <= 1.0
+    assert report["subset"] == "val" and report["grid"] == "model"
+    assert report["groups"] and len(report["images"]) == sum(g["n_images"] for g in report["groups"])
+    for group in report["groups"]:
+        if group["kind"] != "normal":
+            assert 0.0 <= group["dice"]["value"] <= 1.0
+    assert main(["evaluate", str(run), "--subset", "val", "--cache", str(tmp_path / "cache")]) == 0
+    assert "MODEL grid" in capsys.readouterr().out
 
 
 def test_train_refuses_unknown_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -82,6 +82,34 @@ def table(
     return out
 
 
+def model_grid_report(
+    probs: np.ndarray,
+    masks: np.ndarray,
+    mask_kinds: tuple[str, ...],
+    sources: tuple[str, ...],
+    ids: tuple[str, ...],
+    threshold: float = 0.5,
+) -> dict:
+    """:func:`bcedge.evaluation.summarize` on the model grid: the same statistics as ``bcedge evaluate --model``.
+
+    The mask is the thresholded probability map (``p >= threshold``); unlike the runtime path
+    there is no minimum component area and no mapping to the original grid, so the figures
+    differ from the original-grid ones.
+
+    Args:
+        probs: (N, S, S, 1) float32 probabilities.
+        masks: (N, S, S, 1) uint8 {0, 1} ground truth.
+        mask_kinds, sources, ids: N of each (``ArraySet`` fields).
+    """
+    from bcedge.evaluation import score_image, summarize
+
+    scores = [
+        score_image(p[..., 0] >= threshold, m[..., 0], probability=p[..., 0], id=i, source=src, mask_kind=k)
+        for p, m, k, src, i in zip(probs, masks, mask_kinds, sources, ids, strict=True)
+    ]
+    return summarize(scores, grid="model")
+
+
 def format_row(name: str, result: dict, loss_name: str = "dice") -> dict[str, float | int | str]:
     """One row of the study's table from a group's result: Dice, IoU, Loss, Recall, Precision."""
     mean = result["mean"]

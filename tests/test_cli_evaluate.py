@@ -1,0 +1,133 @@
+"""``bcedge evaluate --model``: the bcedge infer path on the original grid, and the same numbers as ``bcedge benchmark``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from bench_fixtures import make_tiny_bundle
+
+from bcedge.bench_report import load_report
+from bcedge.cli import main
+
+pytest.importorskip("ai_edge_litert", reason="the evaluation tests run the tiny model on LiteRT")
+
+REAL_BUNDLE = Path(__file__).resolve().parents[1] / "models" / "unet-mobilenetv2-combined256"
+COMBINED_SPLIT = Path(__file__).resolve().parents[1] / "benchmarks" / "splits" / "combined.json"
+BENCH_FAST = ["--runs", "2", "--warmup", "1", "--threads", "1", "--no-isolate"]
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_bundle(tmp_path_factory.mktemp("cli eval") / "tiny bundle")
+
+
+@pytest.fixture(scope="module")
+def phantom_split(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A folder dataset of 8 phantoms (two of them without their mask: normal images) and a split file."""
+    from bcedge.datasets.registry import open_dataset
+    from bcedge.datasets.splits import make_split, save_split
+    from bcedge.phantom import generate
+
+    base = tmp_path_factory.mktemp("cli eval")
+    root = base / "phantom folder"
+    images = generate(root, count=8, seed=11, scale=0.12)
+    for image in images[:2]:
+        (root / "masks" / f"{image.stem}.png").unlink()
+    samples = open_dataset("folder", root).samples()
+    split = make_split(samples, dataset="folder", fractions={"train": 0.25, "test": 0.75})
+    save_split(split, base / "split.json")
+    return root, base / "split.json"
+
+
+def _evaluate(args: list[str], out: Path, capsys: pytest.CaptureFixture[str]) -> dict:
+    rc = main(["evaluate", *args, "--json", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    return json.loads(out.read_text())
+
+
+def _benchmark(args: list[str], out: Path, capsys: pytest.CaptureFixture[str]) -> dict:
+    rc = main(["benchmark", *args, *BENCH_FAST, "--json", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    (row,) = load_report(out)["rows"]
+    return row
+
+
+def test_evaluate_and_benchmark_report_the_same_numbers(
+    tiny_bundle: Path, phantom_split: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, split = phantom_split
+    data = ["--data", "folder", "--root", str(root), "--split", str(split)]
+    report = _evaluate(
+        ["--model", str(tiny_bundle), "--artifact", "model_fp32.tflite", *data, "--subset", "test"],
+        tmp_path / "e.json",
+        capsys,
+    )
+    row = _benchmark(
+        ["--model", str(tiny_bundle), "--formats", "tflite", *data, "--split-name", "test"], tmp_path / "b.json", capsys
+    )
+    assert report["grid"] == "original" and report["model"]["artifact"] == row["file"] == "model_fp32.tflite"
+    assert report["groups"] == row["evaluation"]["groups"]
+    assert report["images"] == row["evaluation"]["images"]
+    kinds = {g["kind"] for g in report["groups"]}
+    assert kinds == {"pixel", "normal"}
+    pixel = next(g for g in report["groups"] if g["kind"] == "pixel")
+    # Not a degenerate run: the tiny detector finds some masses, partly, and fires elsewhere too.
+    assert 0.0 < pixel["dice"]["value"] < 1.0 and pixel["detection_rate"]["den"] >= pixel["n_images"]
+    assert pixel["dice"]["low"] <= pixel["dice"]["value"] <= pixel["dice"]["high"]
+    # The row's headline Dice is the lesion-image mean of the same per-image scores.
+    lesion = [im["dice"] for im in report["images"] if im["kind"] != "normal"]
+    assert row["dice"] == pytest.approx(np.mean(lesion))
+    assert row["groups"]["pixel"]["detection_rate"] == pixel["detection_rate"]["value"]
+
+
+def test_evaluate_prints_tables_and_json(
+    tiny_bundle: Path, phantom_split: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, split = phantom_split
+    args = ["evaluate", "--model", str(tiny_bundle), "--data", "folder", "--root", str(root), "--split", str(split)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "ORIGINAL pixel grid" in out and "found rate" in out and "2000 resamples, seed 0" in out
+    assert main([*args, "--json", "-"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["data"]["split_name"] == "test" and doc["skipped"] == []
+    # Without a split: every image of the dataset.
+    assert main([*args[:-2], "--json", "-"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["images"]) == 8
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["run_dir", "--model", "bundle"], "not both"),
+        ([], "not both"),
+        (["--model", "bundle"], "--data"),
+    ],
+)
+def test_evaluate_option_errors(args: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and needle in err
+
+
+def test_missing_bundle_and_data(tmp_path: Path, tiny_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", "--model", str(tmp_path / "nowhere"), "--data", "folder", "--root", str(tmp_path)]) == 3
+    assert "error:" in capsys.readouterr().err
+    rc = main(["evaluate", "--model", str(tiny_bundle), "--data", "folder", "--root", str(tmp_path / "none")])
+    assert rc == 2 and "not found" in capsys.readouterr().err
+
+
+def test_real_bundle_on_real_images(bcedge_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The shipped real-data bundle on the first 8 test images of the committed split: both commands agree."""
+    if not (REAL_BUNDLE / "manifest.json").is_file():
+        pytest.skip(f"{REAL_BUNDLE} is not here")
+    data = ["--data", "combined", "--root", str(bcedge_data), "--split", str(COMBINED_SPLIT), "--limit", "8"]
+    model = ["--model", str(REAL_BUNDLE)]
+    report = _evaluate([*model, "--artifact", "model_int8.tflite", *data], tmp_path / "e.json", capsys)
+    row = _benchmark([*model, "--formats", "tflite/int8", *data], tmp_path / "b.json", capsys)
+    assert report["groups"] == row["evaluation"]["groups"]
+    sources = {(g["source"], g["kind"]) for g in report["groups"]}
+    assert ("cdd-cesm", "pixel") in sources and len(report["images"]) == 8
