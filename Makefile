@@ -19,7 +19,7 @@ $(VENV)/.runtime: $(BIN)/python pyproject.toml
 	@touch $@
 
 $(VENV)/.dev: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q -e '.[dicom,seg,tflite,onnx,train,serve,plot,dev]'
+	$(BIN)/pip install -q -e '.[dicom,seg,tflite,onnx,train,serve,plot,batch,dev]'
 	@touch $@ $(VENV)/.runtime
 
 demo: $(VENV)/.runtime

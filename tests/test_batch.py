@@ -245,3 +245,16 @@ def test_worker_rows_done_and_failed(spaced_dir: Path) -> None:
     findings = json.loads(answer["findings"][rows.index(done)])
     assert len(findings) == done["n_findings"]
     assert not list(out.glob("broken*"))  # nothing written for the failed scan
+
+
+def test_older_parts_with_fewer_columns_still_read(spaced_dir: Path) -> None:
+    """A part written by an older bcedge (no ``node`` column, an extra unknown one) reads with nulls."""
+    out = spaced_dir / "out"
+    with Ledger(out) as ledger:
+        ledger.commit([_row("new", "f")], [])
+    old = pa.table({"key": ["old"], "fingerprint": ["f"], "status": ["done"], "gone": [1]})
+    pq.write_table(old, out / "results" / "scans" / "part-0-old.parquet")
+    scans, _ = read_table(out)
+    rows = {r["key"]: r for r in scans.to_pylist()}
+    assert rows["old"]["node"] is None and "gone" not in scans.column_names
+    assert scans.schema.equals(scan_schema())

@@ -161,8 +161,21 @@ def read_table(out: str | os.PathLike[str]) -> tuple[pa.Table, pa.Table]:
     scan_parts = ledger.parts(SCANS)
     committed = {p.name for p in scan_parts}
     finding_parts = [p for p in ledger.parts(FINDINGS) if p.name in committed]
-    scans = pa.concat_tables([pq.read_table(p) for p in scan_parts]) if scan_parts else scan_schema().empty_table()
-    findings = (
-        pa.concat_tables([pq.read_table(p) for p in finding_parts]) if finding_parts else finding_schema().empty_table()
+    scans = pa.concat_tables(
+        [_conform(pq.read_table(p), scan_schema()) for p in scan_parts] or [scan_schema().empty_table()]
+    )
+    findings = pa.concat_tables(
+        [_conform(pq.read_table(p), finding_schema()) for p in finding_parts] or [finding_schema().empty_table()]
     )
     return scans, findings
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with ``schema``'s columns in its order: a part written by an older bcedge lacks the newer
+    columns (they read as nulls); columns this version does not know are dropped."""
+    pa, _ = _pyarrow()
+    columns = [
+        table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)

@@ -68,6 +68,7 @@ def scan_schema() -> pa.Schema:
         ("threshold", pa.float64()),
         ("min_area_mm2", pa.float64()),
         ("worker", pa.string()),
+        ("node", pa.string()),
         ("finished_at", pa.timestamp("ms", tz="UTC")),
         ("part", pa.string()),
     ]
@@ -112,7 +113,18 @@ def fingerprint(model_sha256: str, threshold: float, min_area_mm2: float) -> str
 
 
 def worker_name() -> str:
+    """``host:pid`` of the process that segmented the scan."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def node_id() -> str | None:
+    """The Ray node this process runs on (None outside Ray): tells the nodes of a cluster apart."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # Ray missing or not connected: the row just has no node
+        return None
 
 
 def _base_row(ref: ScanRef, fp: str, model: dict[str, Any], threshold: float, min_area: float) -> dict[str, Any]:
@@ -133,6 +145,7 @@ def _base_row(ref: ScanRef, fp: str, model: dict[str, Any], threshold: float, mi
         "threshold": threshold,
         "min_area_mm2": min_area,
         "worker": worker_name(),
+        "node": node_id(),
         "finished_at": int(time.time() * 1000),  # ms since the epoch (JSON-able; the schema makes it a timestamp)
     }
 
