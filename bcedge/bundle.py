@@ -30,7 +30,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from bcedge import __version__
-from bcedge.errors import BcedgeError, BundleError
+from bcedge.errors import BcedgeError, BundleError, first_line
 
 if TYPE_CHECKING:
     from bcedge.backends.base import Backend
@@ -75,6 +75,8 @@ AUTO_PREFERENCE: tuple[tuple[str, str, str], ...] = (
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
+#: Largest manifest read (a real one is a few kB; this bounds a hostile one's parse).
+MAX_MANIFEST_BYTES = 4 << 20
 
 
 def utc_now() -> str:
@@ -310,15 +312,22 @@ def load_bundle(bundle_dir: str | os.PathLike[str]) -> Bundle:
     if not manifest_path.is_file():
         raise BundleError(f"{path} has no {MANIFEST_NAME}; not a bcedge bundle (create one with 'bcedge export')")
     try:
+        size = manifest_path.stat().st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{manifest_path} is {size} bytes; a manifest is at most {MAX_MANIFEST_BYTES} bytes")
         data = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise BundleError(f"cannot read {manifest_path}: {exc}") from exc
     except json.JSONDecodeError as exc:
         raise BundleError(f"{manifest_path} is not valid JSON: {exc}") from exc
+    except (RecursionError, ValueError) as exc:  # nesting deeper than the parser's stack; huge numbers
+        raise BundleError(f"{manifest_path} is not a usable manifest: {first_line(exc)}") from exc
     try:
         manifest = Manifest.from_dict(data)
     except BundleError as exc:
         raise BundleError(f"{manifest_path}: {exc}") from exc
+    except Exception as exc:  # a value of a type the checks did not foresee
+        raise BundleError(f"{manifest_path}: invalid manifest ({type(exc).__name__}: {first_line(exc)})") from exc
     return Bundle(path, manifest)
 
 
@@ -365,16 +374,65 @@ class Bundle:
         wanted = ", ".join(f"{k}={v}" for k, v in (("format", format), ("precision", precision), ("backend", backend)))
         raise BundleError(f"bundle {self.dir} has no artifact with {wanted or 'any fields'}; it holds {self._list()}")
 
+    def _artifact_location(self, record: ArtifactRecord) -> Path:
+        return self.dir.joinpath(*PurePosixPath(record.file).parts)
+
+    def _artifact_file(self, record: ArtifactRecord) -> Path:
+        path = self._artifact_location(record)
+        if not path.is_file():
+            raise BundleError(f"bundle {self.dir} lists {record.file} but the file is missing")
+        return path
+
+    def read_artifact(self, record: ArtifactRecord, verify: bool = True) -> bytes:
+        """``record``'s file bytes, read once; with ``verify``, checked against the manifest's size and SHA-256.
+
+        The bytes returned are the bytes hashed: give them to the runtime
+        (:meth:`open` does), never the path again, so a file swapped after the check is not
+        what runs.
+
+        Raises:
+            BundleError: the file is missing or unreadable, or its bytes differ from the manifest.
+        """
+        path = self._artifact_file(record)
+        try:
+            with open(path, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                if verify and size != record.size_bytes:
+                    raise BundleError(
+                        self._tampered(path, f"is {size} bytes but the manifest records {record.size_bytes}")
+                    )
+                # One byte more than expected: a file that grew since fstat shows up as too long.
+                data = fh.read(record.size_bytes + 1) if verify else fh.read()
+        except OSError as exc:
+            raise BundleError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        if verify:
+            if len(data) != record.size_bytes:
+                raise BundleError(
+                    self._tampered(path, f"gave {len(data)} bytes but the manifest records {record.size_bytes}")
+                )
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != record.sha256:
+                raise BundleError(
+                    self._tampered(
+                        path, f"has SHA-256 {digest[:12]}... but the manifest records {record.sha256[:12]}..."
+                    )
+                )
+        return data
+
+    @staticmethod
+    def _tampered(path: Path, what: str) -> str:
+        return f"{path} {what}: the artifact was tampered with or truncated (re-export or re-copy the bundle)"
+
     def artifact_path(self, record: ArtifactRecord, verify: bool = True) -> Path:
         """Path of ``record``'s file, after checking it exists and (``verify``) its size and SHA-256.
+
+        For reports and tools that need a path; to run the model use :meth:`open`, which loads
+        the verified bytes themselves (a path can be swapped between the check and the load).
 
         Raises:
             BundleError: the file is missing, outside the bundle, or its bytes differ from the manifest.
         """
-        rel = PurePosixPath(record.file)
-        path = self.dir.joinpath(*rel.parts)
-        if not path.is_file():
-            raise BundleError(f"bundle {self.dir} lists {record.file} but the file is missing")
+        path = self._artifact_file(record)
         if verify:
             size = path.stat().st_size
             if size != record.size_bytes:
@@ -428,10 +486,13 @@ class Bundle:
         raise BundleError(f"bundle {self.dir} has no usable artifact (available backends: {have}): {skipped}")
 
     def open(self, record: ArtifactRecord, *, verify: bool = True, **options: Any) -> Backend:
-        """Verify ``record``'s file and open it on its backend (``options``: threads, providers, ...)."""
+        """Read ``record``'s bytes once, verify them, and open the backend on those bytes (``options``:
+        threads, providers, ...). The file is not opened again by path (see :meth:`read_artifact`)."""
         from bcedge.backends import open_backend
 
-        return open_backend(record.backend, self.artifact_path(record, verify=verify), **options)
+        content = self.read_artifact(record, verify=verify)
+        # The path only names the model in messages and reports from here on.
+        return open_backend(record.backend, self._artifact_location(record), content=content, **options)
 
     def _list(self) -> str:
         return ", ".join(a.describe() for a in self.manifest.artifacts) or "nothing"

@@ -58,6 +58,7 @@ from bcedge.errors import (
     InputError,
     MissingDependencyError,
     UnsupportedImageError,
+    first_line,
 )
 from bcedge.limits import (
     DEFLATE_SYNTAX,
@@ -109,6 +110,15 @@ class ImageMeta:
         laterality_source: the DICOM keyword it came from (``ImageLaterality``,
             ``Laterality``, ``PatientOrientation``) or another provenance
             (``filename``, set by dataset readers).
+        chest_wall_side: side of the *stored image* the chest wall is on (``L``
+            left edge, ``R`` right edge) as the header states it, or None. From
+            the row direction of Patient Orientation (0020,0020): rows running
+            ``A`` (towards the nipple) put the chest wall on the left, ``P`` on
+            the right; other row directions (a rotated image) state no side.
+            Independent of laterality: a right breast stored ``A\\L`` has its
+            chest wall on the left.
+        chest_wall_source: where ``chest_wall_side`` came from
+            (``PatientOrientation``), or None.
         view: ``CC``, ``MLO``, ``ML``, ``LM``, ... or None. From View Code Sequence
             (0054,0220), else View Position (0018,5101); ``FLATFIELD``/``UNKNOWN``
             are not views and never returned.
@@ -134,6 +144,8 @@ class ImageMeta:
     modality: str | None = None
     laterality: str | None = None
     laterality_source: str | None = None
+    chest_wall_side: str | None = None
+    chest_wall_source: str | None = None
     view: str | None = None
     photometric: str | None = None
     presentation_intent: str | None = None
@@ -286,12 +298,7 @@ def _get(ds: Any, keyword: str, default: Any = None) -> Any:
     try:
         return ds.get(keyword, default)
     except Exception as exc:  # pydicom converts raw values on access and can raise almost anything
-        raise DicomError(f"{_tag_label(keyword)} is unreadable ({_first_line(exc)})") from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+        raise DicomError(f"{_tag_label(keyword)} is unreadable ({first_line(exc)})") from exc
 
 
 def _tag_str(ds: Any, keyword: str) -> str | None:
@@ -576,6 +583,31 @@ def _subsample_step(shape: tuple[int, ...]) -> int:
 # --------------------------------------------------------------------------- header meaning
 
 
+def _chest_wall_side(ds: Any) -> str | None:
+    """Side of the stored image the chest wall is on, from Patient Orientation (0020,0020).
+
+    The first value is the direction of the rows (left to right across the image).
+    The chest wall is posterior, so rows running anterior (``A``, towards the
+    nipple) start at the chest wall: it is on the left; rows running ``P`` end at
+    it: on the right. The column direction (``R``/``L``/``F``... top to bottom)
+    only says whether the image is also flipped vertically, which moves no chest
+    wall, so it is not used. A row direction without ``A``/``P`` (``H``, ``F``: an
+    image rotated by 90 degrees) or with both states no side.
+
+    Returns:
+        ``L``, ``R`` or None.
+    """
+    orient = _get(ds, "PatientOrientation")
+    if orient is None or isinstance(orient, str) or len(orient) != 2:
+        return None
+    row_dir = str(orient[0]).strip().upper()
+    if "A" in row_dir and "P" not in row_dir:
+        return "L"
+    if "P" in row_dir and "A" not in row_dir:
+        return "R"
+    return None
+
+
 def _laterality(ds: Any) -> tuple[str | None, str | None]:
     for keyword in ("ImageLaterality", "Laterality"):
         value = (_tag_str(ds, keyword) or "").upper()
@@ -774,7 +806,7 @@ def _check_first_frame(ds: Any, path: Path, ts: str, rows: int, cols: int) -> No
         raise DicomError(f"{path}: corrupt {codec} data in Pixel Data (7FE0,0010): no frame") from None
     except Exception as exc:  # pydicom's encapsulation parser: ValueError, struct.error, ...
         raise DicomError(
-            f"{path}: corrupt {codec} data in Pixel Data (7FE0,0010): unreadable fragments ({_first_line(exc)})"
+            f"{path}: corrupt {codec} data in Pixel Data (7FE0,0010): unreadable fragments ({first_line(exc)})"
         ) from exc
     try:
         check_frame(ts, frame, rows, cols, _int_tag(ds, "BitsAllocated", "(0028,0100)"))
@@ -796,8 +828,11 @@ def _decode(ds: Any, path: Path, rows: int, cols: int) -> np.ndarray:
             ds.file_meta = meta = FileMetaDataset()
         meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit is not False else ExplicitVRLittleEndian
         ts = meta.TransferSyntaxUID
-    name = getattr(ts, "name", str(ts))
-    if not getattr(ts, "is_transfer_syntax", True) or getattr(ts, "is_private", False):
+    from pydicom.uid import UID
+
+    ts = UID(str(ts).strip().rstrip("\x00"))
+    name = ts.name
+    if not ts or not ts.is_transfer_syntax or ts.is_private:
         # A SOP class, a vendor's private syntax, or garbage: pydicom parsed the header by guessing
         # its encoding, but how the pixels are encoded is unknown (GE's private 1.2.840.113619.5.2
         # is implicit VR with big-endian pixels), so nothing is decoded on a guess.
@@ -840,7 +875,7 @@ def _decode(ds: Any, path: Path, rows: int, cols: int) -> np.ndarray:
                 ) from exc
         # The decoder is there (checked above): the data are what is wrong.
         what = f"corrupt {codec} data" if ts.is_compressed else "truncated or malformed data"
-        raise DicomError(f"{path}: {what} in Pixel Data (7FE0,0010): {_first_line(exc)}") from exc
+        raise DicomError(f"{path}: {what} in Pixel Data (7FE0,0010): {first_line(exc)}") from exc
     if arr.ndim != 2:
         raise UnsupportedImageError(f"{path}: decoded pixel array has shape {arr.shape}; expected 2-D greyscale")
     if not np.issubdtype(arr.dtype, np.integer):
@@ -947,7 +982,7 @@ def _header_error(p: Path, size: int, reader: _TrackedReader, exc: BaseException
         return DicomError(f"{p}: truncated DICOM file ({size} bytes): header ends mid-element")
     if isinstance(exc, RecursionError):
         return DicomError(f"{p}: DICOM header is malformed (sequences nested too deeply)")
-    return DicomError(f"{p}: DICOM header is malformed ({_first_line(exc)})")
+    return DicomError(f"{p}: DICOM header is malformed ({first_line(exc)})")
 
 
 def _scan_file_meta(buf: Any, start: int) -> tuple[int, str | None]:
@@ -1091,7 +1126,7 @@ def _read_dicom_safely(p: Path, allow_non_mg: bool, voi: VoiMode) -> Mammogram:
     except RecursionError as exc:
         raise DicomError(f"{p}: DICOM data nested too deeply") from exc
     except Exception as exc:
-        raise DicomError(f"{p}: unreadable DICOM (unexpected {type(exc).__name__}: {_first_line(exc)})") from exc
+        raise DicomError(f"{p}: unreadable DICOM (unexpected {type(exc).__name__}: {first_line(exc)})") from exc
 
 
 def _read_dicom(p: Path, allow_non_mg: bool, voi: VoiMode) -> Mammogram:
@@ -1121,6 +1156,7 @@ def _read_dicom(p: Path, allow_non_mg: bool, voi: VoiMode) -> Mammogram:
     try:
         table, offset, info = display_table(ds, stored, voi)
         laterality, lat_source = _laterality(ds)
+        chest_side = _chest_wall_side(ds)
         view = _view(ds)
         meta_strings = {
             key: _tag_str(ds, key)
@@ -1149,6 +1185,8 @@ def _read_dicom(p: Path, allow_non_mg: bool, voi: VoiMode) -> Mammogram:
         modality=meta_strings["Modality"],
         laterality=laterality,
         laterality_source=lat_source,
+        chest_wall_side=chest_side,
+        chest_wall_source="PatientOrientation" if chest_side else None,
         view=view,
         photometric=meta_strings["PhotometricInterpretation"],
         presentation_intent=meta_strings["PresentationIntentType"],
@@ -1241,7 +1279,7 @@ def read_raster(path: str | os.PathLike[str]) -> Mammogram:
     try:
         img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:  # OpenCV's assertions and allocation failures
-        raise InputError(f"{p}: {kind} data cannot be decoded ({_first_line(exc).split(') ')[-1]})") from exc
+        raise InputError(f"{p}: {kind} data cannot be decoded ({first_line(exc).split(') ')[-1]})") from exc
     except MemoryError as exc:
         raise InputError(f"{p}: not enough memory to decode this {kind} image") from exc
     if img is None:

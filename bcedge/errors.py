@@ -9,6 +9,12 @@ helps, how to fix it. The CLI prints the message and exits with
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type name when the message is empty."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class BcedgeError(Exception):
     """Base class of every user-facing bcedge error."""
 

@@ -78,7 +78,7 @@ def check_image_size(rows: int, cols: int, bytes_per_pixel: int, what: str) -> N
     pixels = rows * cols
     if pixels > MAX_MEGAPIXELS * 1e6:
         raise InputError(
-            f"{what} claims {cols} x {rows} = {pixels / 1e6:.0f} MP; refusing more than {MAX_MEGAPIXELS:.0f} MP"
+            f"{what} claims {cols} x {rows} = {pixels / 1e6:.1f} MP; refusing more than {MAX_MEGAPIXELS:.0f} MP"
         )
     if pixels * bytes_per_pixel > MAX_DECODED_BYTES:
         raise InputError(

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from bcedge.errors import BcedgeError, InputError
+from bcedge.errors import BcedgeError, InputError, first_line
 
 if TYPE_CHECKING:
     from bcedge.bundle import ArtifactRecord, Bundle
@@ -142,17 +142,14 @@ def process_scans(
             yield ScanFailure(item.source, exc)
             continue
         except Exception as exc:  # an encoder's own failure: this scan's problem, not the others'
-            error = InputError(f"{item.source or 'scan'}: writing its outputs failed ({_first_line(exc)})")
+            error = InputError(
+                f"{item.source or 'scan'}: writing its outputs failed ({type(exc).__name__}: {first_line(exc)})"
+            )
             error.__cause__ = exc
             yield ScanFailure(item.source, error)
             continue
         item.timing_ms["total"] = sum(v for k, v in item.timing_ms.items() if k != "total")
         yield item
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 __all__ = ["ModelRef", "process_scans", "unique_stems", "write_scan_outputs"]

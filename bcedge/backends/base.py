@@ -39,6 +39,9 @@ class Backend(ABC):
     Args:
         path: model file (``.keras``, ``.tflite``, ``.onnx``, ``.engine``...).
         threads: CPU threads for inference (None: the library's default).
+        content: the model file's bytes, already read (and verified against a manifest by
+            :meth:`bcedge.bundle.Bundle.open`): the backend loads these bytes and never opens
+            ``path`` (then only a name for messages), so a file swapped after the check cannot run.
         **options: backend-specific options, listed in :attr:`options`.
 
     Raises:
@@ -50,9 +53,13 @@ class Backend(ABC):
     #: Keyword options this backend accepts besides ``threads``.
     options: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, path: str | os.PathLike[str], *, threads: int | None = None, **options: Any) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, threads: int | None = None, content: bytes | None = None, **options: Any
+    ) -> None:
         self.path = Path(path)
-        if not self.path.exists():
+        #: The model bytes given to the runtime, when they were read (and verified) by the caller.
+        self.content = content
+        if content is None and not self.path.exists():
             raise InputError(f"{self.name} model {self.path} does not exist")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ConfigError(f"threads is {threads!r}; expected a positive integer or None (library default)")

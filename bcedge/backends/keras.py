@@ -12,6 +12,8 @@ framework settings that must be fixed before the framework starts.
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,7 +43,15 @@ class KerasBackend(Backend):
             raise MissingDependencyError("the keras backend", "train", "keras") from None
         self._keras = keras
         try:
-            self._model = keras.models.load_model(self.path, custom_objects=_custom_objects(), compile=False)
+            if self.content is None:
+                self._model = keras.models.load_model(self.path, custom_objects=_custom_objects(), compile=False)
+            else:
+                # Keras loads from a path only: the verified bytes go to a file in a folder only this
+                # process can write (0700), so nobody can swap what is loaded.
+                with tempfile.TemporaryDirectory(prefix="bcedge-model-") as folder:
+                    private = Path(folder) / f"model{self.path.suffix or '.keras'}"
+                    private.write_bytes(self.content)
+                    self._model = keras.models.load_model(private, custom_objects=_custom_objects(), compile=False)
         except Exception as exc:  # Keras raises ValueError, TypeError, OSError, zipfile errors... for a bad file
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise InputError(f"{self.path} is not a Keras model this Keras can load: {first}") from exc

@@ -71,7 +71,8 @@ class OnnxBackend(Backend):
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
         try:
-            self._session = ort.InferenceSession(str(self.path), sess_options=options, providers=list(providers))
+            model = self.content if self.content is not None else str(self.path)
+            self._session = ort.InferenceSession(model, sess_options=options, providers=list(providers))
         except Exception as exc:  # onnxruntime raises its own pybind exception types (InvalidProtobuf, Fail...)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise InputError(f"{self.path} is not an ONNX model onnxruntime can load: {first}") from exc

@@ -459,7 +459,7 @@ class TensorRTBackend(Backend):
     def _load(self, io_api: str | None) -> tuple[int | None, int, int, int]:
         trt, cuda = self._trt, self._cuda
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        data = self.path.read_bytes()
+        data = self.content if self.content is not None else self.path.read_bytes()
         try:
             engine = self._runtime.deserialize_cuda_engine(data)
         except Exception as exc:  # some releases raise where others log and return None

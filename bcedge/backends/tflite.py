@@ -92,7 +92,8 @@ class TFLiteBackend(Backend):
 
     def _open(self, runtime: str = "auto", xnnpack: bool = True) -> tuple[int | None, int, int, int]:
         used, interpreter_cls, resolver = load_interpreter_class(runtime)
-        kwargs: dict[str, Any] = {"model_path": str(self.path), "num_threads": self.threads}
+        source = {"model_content": self.content} if self.content is not None else {"model_path": str(self.path)}
+        kwargs: dict[str, Any] = {**source, "num_threads": self.threads}
         if not xnnpack:
             kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         try:
