@@ -81,6 +81,26 @@ def train_command(
         str,
         typer.Option("--train-on", help="all, or lesions: train and select on lesion images (the study)."),
     ] = "all",
+    augment: Annotated[
+        str, typer.Option("--augment", help="Augmentation preset: basic, strong or none (training/augment.py).")
+    ] = "basic",
+    positive_fraction: Annotated[
+        float,
+        typer.Option(
+            "--positive-fraction",
+            min=0.0,
+            max=1.0,
+            help="Share of lesion images among training draws (lesion images are repeated; 0 keeps the natural share).",
+        ),
+    ] = 0.5,
+    epoch_negatives: Annotated[
+        int,
+        typer.Option("--epoch-negatives", min=0, help="Normal images drawn per epoch (a fresh subset; 0: all)."),
+    ] = 0,
+    decoder_width: Annotated[
+        float,
+        typer.Option("--decoder-width", min=0.0, max=1.0, help="Encoder UNets: decoder filters x this (0: --width)."),
+    ] = 0.0,
 ) -> None:
     """Train a model on a dataset split; checkpoints every epoch and resumes from --out."""
     _need_keras()
@@ -98,6 +118,9 @@ def train_command(
         raise ConfigError(f"unknown upsampling {upsampling!r}; expected nearest, bilinear or transpose")
     if train_on not in ("all", "lesions"):
         raise ConfigError(f"--train-on {train_on!r}; expected all or lesions")
+    from training.augment import AugmentConfig
+
+    AugmentConfig.preset(augment)  # refuses an unknown preset before any preprocessing
     weights = check_encoder_weights(model, encoder_weights, width)
     weights_sha256 = ""
     if isinstance(weights, Path):
@@ -126,6 +149,7 @@ def train_command(
         data=datasets,
         root=str(root),
         split=str(split),
+        reader_options=tuple(option or ()),
         size=size,
         epochs=epochs,
         batch=batch,
@@ -137,6 +161,11 @@ def train_command(
         upsampling=upsampling,
         width=width,
         patience=patience,
+        augment=augment != "none",
+        augment_preset=augment,
+        positive_fraction=positive_fraction or None,
+        epoch_negatives=epoch_negatives,
+        decoder_width=decoder_width,
         seed=seed,
         mixed_precision=mixed_precision,
         time_budget_s=None if time_budget_min is None else time_budget_min * 60,

@@ -50,6 +50,7 @@ class TrainConfig:
     data: tuple[str, ...]
     root: str
     split: str
+    reader_options: tuple[str, ...] = ()
     size: int = 256
     epochs: int = 50
     batch: int = 8
@@ -102,7 +103,9 @@ def check_resume(run_dir: Path, config: TrainConfig) -> dict | None:
         return None
     saved = json.loads((run_dir / RUN_CONFIG).read_text())
     known = {f for f in TrainConfig.__dataclass_fields__}
-    saved_cfg = TrainConfig(**{**{k: v for k, v in saved.items() if k in known}, "data": tuple(saved["data"])})
+    fields = {k: v for k, v in saved.items() if k in known}
+    fields.update(data=tuple(saved["data"]), reader_options=tuple(saved.get("reader_options") or ()))
+    saved_cfg = TrainConfig(**fields)
     mine, theirs = config.comparable(), saved_cfg.comparable()
     diff = sorted(k for k in mine if mine[k] != theirs.get(k))
     if diff:
