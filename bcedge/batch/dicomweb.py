@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bcedge.batch.sources import ScanRef
-from bcedge.errors import InputError, MissingDependencyError
+from bcedge.errors import InputError, MissingDependencyError, first_line
 
 _log = logging.getLogger(__name__)
 
@@ -40,10 +40,6 @@ _STUDY_UID, _SERIES_UID, _SOP_UID = "0020000D", "0020000E", "00080018"
 
 class DicomWebError(InputError):
     """A DICOMweb request failed (connection, HTTP status, malformed answer)."""
-
-
-def _first(line: object) -> str:
-    return (str(line).strip().splitlines() or [type(line).__name__])[0]
 
 
 def is_uid(value: object) -> bool:
@@ -80,7 +76,7 @@ def _call(what: str, url: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
     except MissingDependencyError:
         raise
     except Exception as exc:  # requests' HTTPError/ConnectionError, JSON errors, dicomweb-client's ValueError
-        raise DicomWebError(f"{url}: {what} failed: {_first(exc)}") from exc
+        raise DicomWebError(f"{url}: {what} failed: {first_line(exc)}") from exc
 
 
 def dicomweb_refs(
@@ -182,7 +178,7 @@ def fetch_instance(client: Any, ref: ScanRef, dest: Path, max_bytes: int = MAX_I
     try:
         dcmwrite(dest, ds, enforce_file_format=False)
     except Exception as exc:  # a dataset pydicom cannot write back
-        raise DicomWebError(f"{ref.path}: cannot store the retrieved instance: {_first(exc)}") from exc
+        raise DicomWebError(f"{ref.path}: cannot store the retrieved instance: {first_line(exc)}") from exc
     return dest
 
 

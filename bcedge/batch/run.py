@@ -28,12 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from bcedge.batch.sources import ScanRef, describe_source
-from bcedge.errors import BcedgeError, ConfigError, MissingDependencyError
+from bcedge.errors import BcedgeError, ConfigError, MissingDependencyError, first_line
 
 _log = logging.getLogger(__name__)
 
 #: Object store of a local Ray (MiB): refs and rows are small; Ray's default (30 % of RAM) is not needed.
 DEFAULT_OBJECT_STORE_MB = 256
+#: Tries to start a local Ray (see start_ray).
+LOCAL_START_ATTEMPTS = 3
 #: Most scans per committed part (a crash redoes at most one part per worker).
 MAX_BLOCK = 1024
 
@@ -144,14 +146,23 @@ def start_ray(address: str | None, workers: int, object_store_mb: int) -> bool:
     # Worker output is not forwarded: each scan's error is in its row, and a worker's exception
     # reaches the driver through Ray anyway; forwarded logs would interleave with the progress bar.
     common: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": False}
-    try:
-        if address:
-            ray.init(address=address, **common)
-        else:
-            ray.init(num_cpus=workers, object_store_memory=object_store_mb * 1024 * 1024, **common)
-    except Exception as exc:  # ConnectionError, RuntimeError, ValueError from a bad address
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise RayRunError(f"cannot start or reach Ray{' at ' + address if address else ''}: {first}") from exc
+    # A local Ray waits a fixed 30 s for its raylet to register (ray/_private/node.py); on a loaded
+    # machine that can pass, so a local start is tried up to LOCAL_START_ATTEMPTS times.
+    attempts = 1 if address else LOCAL_START_ATTEMPTS
+    for attempt in range(1, attempts + 1):
+        try:
+            if address:
+                ray.init(address=address, **common)
+            else:
+                # address="local": always a new in-process Ray, never a cluster someone started on this machine.
+                ray.init(address="local", num_cpus=workers, object_store_memory=object_store_mb * 1024 * 1024, **common)
+            break
+        except Exception as exc:  # ConnectionError, RuntimeError, ValueError from a bad address, start timeouts
+            ray.shutdown()
+            if attempt == attempts:
+                where = f" at {address}" if address else f" (tried {attempts} times)"
+                raise RayRunError(f"cannot start or reach Ray{where}: {first_line(exc)}") from exc
+            _log.warning("local Ray did not start (%s); trying again", first_line(exc))
     return True
 
 
@@ -175,6 +186,7 @@ def _ray_error(exc: BaseException) -> BcedgeError:
         if nxt is None or nxt is seen:
             break
         seen = nxt
+    # Ray's messages put the worker's traceback first and the error itself last.
     lines = [line for line in str(exc).strip().splitlines() if line.strip()]
     return RayRunError(f"the Ray run failed: {lines[-1] if lines else type(exc).__name__}")
 

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bcedge.errors import InputError, MissingDependencyError
+from bcedge.errors import InputError, MissingDependencyError, first_line
 
 #: Columns a manifest may name the scan path by (first found wins).
 MANIFEST_PATH_COLUMNS = ("path", "file", "filename", "image", "scan")
@@ -176,8 +176,7 @@ def _manifest_paths(path: Path) -> list[str]:
     except (UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"{path}: not a CSV manifest ({exc})") from exc
     except Exception as exc:  # pyarrow's ArrowInvalid and friends: a file that is not Parquet
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise InputError(f"{path}: not a Parquet manifest ({first})") from exc
+        raise InputError(f"{path}: not a Parquet manifest ({first_line(exc)})") from exc
 
 
 def is_dicomweb_url(source: str) -> bool:

@@ -21,6 +21,8 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any
 
+from bcedge.errors import first_line
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
@@ -221,7 +223,6 @@ def failed_row(
 ) -> dict[str, Any]:
     """The scan row of a scan that failed: its one-line error and the time spent on it."""
     row = _base_row(ref, fp, model, threshold, min_area_mm2)
-    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    row.update({"status": "failed", "error": text, "error_type": type(error).__name__, "n_findings": None})
+    row.update({"status": "failed", "error": first_line(error), "error_type": type(error).__name__, "n_findings": None})
     row.update({f"{t}_ms": timing_ms.get(t) for t in TIMING_COLUMNS})
     return row
