@@ -32,7 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+THRESHOLDS = tuple(round(0.3 + 0.025 * i, 3) for i in range(17))  # 0.3 .. 0.7
 # The runtime's rule for scans without a pixel spacing (CDD-CESM, mini-MIAS PNGs): components
 # under DEFAULT_MIN_AREA_MODEL_PX model pixels are dropped; only the threshold is chosen here,
 # since the bundle's manifest carries the threshold and the runtime owns the area rule.

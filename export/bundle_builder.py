@@ -165,6 +165,21 @@ def parse_tolerances(items: list[str] | None) -> dict[str, float]:
     return out
 
 
+#: What every bundle says of itself: bcedge's models are research artifacts.
+INTENDED_USE = "research use only; not a medical device; not for clinical use or diagnosis"
+
+
+def data_terms(datasets: list[str]) -> dict[str, str]:
+    """The licence / terms of each training dataset, from :data:`bcedge.datasets.registry.DATA_TERMS`."""
+    from bcedge.datasets.registry import DATA_TERMS
+
+    out: dict[str, str] = {}
+    for name in datasets:
+        for part in DATA_TERMS.get(name, {"?": f"dataset {name!r}: terms not recorded; check its licence"}).items():
+            out[part[0]] = part[1]
+    return out
+
+
 @dataclass
 class ExportOptions:
     """Everything ``bcedge export`` takes (CLI options map one to one)."""
@@ -394,13 +409,19 @@ def build_bundle(opts: ExportOptions, log: Log = print, progress=None) -> Export
     config = run.preprocess_config()
     size = int(config.size)
 
+    # The run's own reader options (``bcedge train -o``) unless the export names others.
+    reader_options = opts.reader_options
+    if not reader_options and run.config.get("reader_options") and opts.data is None:
+        from bcedge.datasets.registry import parse_options
+
+        reader_options = parse_options(list(run.config["reader_options"]))
     sets, meta = split_sets(
         run,
         opts.cache,
         data=opts.data,
         root=opts.root,
         split=opts.split,
-        options=opts.reader_options,
+        options=reader_options,
         arrays=opts.arrays,
         progress=progress,
     )
@@ -575,6 +596,10 @@ def build_bundle(opts: ExportOptions, log: Log = print, progress=None) -> Export
                 "best_val_dice": run.state.get("best_val_dice"),
                 "loss": cfg.get("loss"),
                 "seed": cfg.get("seed"),
+                # Everything the run was trained with (bcedge train's config.json, minus machine/preprocess).
+                "recipe": {k: v for k, v in cfg.items() if k not in ("machine", "preprocess")},
+                "intended_use": INTENDED_USE,
+                "data_terms": data_terms(list(meta.get("datasets", []))),
                 "training_machine": cfg.get("machine"),
                 "keras_backend": (cfg.get("machine") or {}).get("backend"),
                 "evaluation": {
