@@ -31,7 +31,10 @@ def detach_logging() -> None:
     """Undo :func:`bcedge.serve.node.configure_logging` (its handlers point at a test's captured stderr)."""
     import logging
 
-    for name in ("bcedge.serve", "pynetdicom"):
+    from bcedge.serve.redact import LIBRARY_LOGGERS
+
+    logging.captureWarnings(False)
+    for name in ("bcedge.serve", "pynetdicom", *LIBRARY_LOGGERS):
         logger = logging.getLogger(name)
         for handler in [h for h in logger.handlers if getattr(h, "_bcedge_serve", False)]:
             logger.removeHandler(handler)
@@ -191,6 +194,10 @@ class FakeSeg:
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
         self.calls: list[Path] = []
+        # Imported now, as a model is loaded at start: a worker process's first scan is then as fast as the others.
+        import pydicom.dataset  # noqa: F401
+
+        import bcedge.errors  # noqa: F401
 
     def __call__(self, source: Path, out_dir: Path) -> Mapping[str, Path]:
         import pydicom

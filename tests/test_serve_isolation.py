@@ -59,7 +59,8 @@ SUPPORT = Path(__file__).resolve().parent / "serve_support.py"
 
 @pytest.fixture
 def isolated() -> Iterator[IsolatedProcessor]:
-    proc = IsolatedProcessor(FakeSeg, Limits(timeout_s=3.0, memory_mb=512), name="test-worker")
+    # 10 s: a loaded CI machine needs a few seconds for a fresh worker's first scan (imports)
+    proc = IsolatedProcessor(FakeSeg, Limits(timeout_s=10.0, memory_mb=512), name="test-worker")
     try:
         yield proc
     finally:
@@ -76,9 +77,9 @@ def test_isolated_processor_survives_hang_memory_bomb_and_death(isolated: Isolat
     assert isolated(good, out)["seg"].is_file()
 
     t0 = time.monotonic()
-    with pytest.raises(ScanLimitError, match=r"wall-time limit exceeded: .* more than 3 s"):
+    with pytest.raises(ScanLimitError, match=r"wall-time limit exceeded: .* more than 10 s"):
         isolated(write_mg(spaced_dir / "hang.dcm", seed=2, Manufacturer="HANG"), out)
-    assert time.monotonic() - t0 < 8.0
+    assert time.monotonic() - t0 < 15.0
     assert isolated.pid is None  # killed; the next call starts a fresh worker
 
     with pytest.raises(ScanLimitError, match=r"memory limit exceeded: .*MiB.*MemoryError"):
@@ -107,10 +108,10 @@ def test_worker_quarantines_over_limit_at_once_and_a_dying_scan_after_its_attemp
     for i, maker in enumerate(("HANG", "DIE", "good")):
         path = write_mg(spaced_dir / "in" / f"{i}.dcm", seed=i, Manufacturer=maker)
         spool.put(path.read_bytes(), sop_uid(path))
-    proc = IsolatedProcessor(FakeSeg, Limits(timeout_s=2.0, memory_mb=512))
+    proc = IsolatedProcessor(FakeSeg, Limits(timeout_s=10.0, memory_mb=512))
     try:
         worker = Worker(layout, spool, proc, NodeState(layout), max_attempts=2, retry_pause_s=0.01)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 240  # a loaded CI machine: fresh workers take a while to start
         while spool.pending() and time.monotonic() < deadline:
             if not worker.step():
                 time.sleep(0.02)
@@ -173,7 +174,7 @@ def test_freezing_file_and_good_scans_sent_together(spaced_dir: Path) -> None:
             0,
             pacs.port,
             model={"bundle": str(bundle)},
-            extra="[worker]\nprocesses = 2\ntimeout_s = 8\nmemory_mb = 1024\n",
+            extra="[worker]\nprocesses = 2\ntimeout_s = 30\nmemory_mb = 1024\n",
         )
     )
     cfg = load_config(config)
@@ -209,10 +210,12 @@ def test_freezing_file_and_good_scans_sent_together(spaced_dir: Path) -> None:
     reason = (quarantined / "reason.txt").read_text()
     # Either limit may stop the decoder first (the reader's own frame-header check would be earlier still).
     assert "limit exceeded" in reason or "JPEG-LS" in reason, reason
+    # No good scan waited for the bomb's worker to be given up (30 s): the other worker took them.
+    # Absolute latency on a quiet machine: benchmarks/bench_serve_faults.py (a CI machine may be loaded).
     delays = _delivery_delays(layout)
-    assert len(delays) == 6 and max(delays.values()) < 5.0, delays
+    assert len(delays) == 6 and max(delays.values()) < cfg.worker.timeout_s, delays
     assert results and all(ok for _, ok in results), results
-    assert max(t for t, _ in results) < 5.0, results
+    assert max(t for t, _ in results) < 10.0, results
     assert rss_after - rss_before < 100.0, (rss_before, rss_after)
 
 
@@ -257,7 +260,7 @@ def _start_node(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
             [sys.executable, str(SUPPORT), str(config), "--isolated"], stdout=out, stderr=subprocess.STDOUT
         )
-    wait_for(lambda: port_open(port) or proc.poll() is not None, what="the node to listen", timeout=60)
+    wait_for(lambda: port_open(port) or proc.poll() is not None, what="the node to listen", timeout=180)
     assert proc.poll() is None, log.read_text()[-2000:]
     return proc
 

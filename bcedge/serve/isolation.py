@@ -102,6 +102,9 @@ def _child_main(conn: Any, factory: ProcessorFactory, memory_mb: int) -> None:
     """The worker process: load the model, set the memory limit, then serve scans until EOF or None."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the node, which stops the workers
+    from bcedge.serve.redact import worker_logging
+
+    worker_logging()  # library warnings quote header values: redacted, one line each
     try:
         process = factory()
     except BaseException as exc:  # report the load error to the node, which refuses to start

@@ -21,6 +21,7 @@ from typing import Any
 from bcedge.errors import ConfigError, MissingDependencyError
 from bcedge.serve.config import LoggingConfig, ServeConfig
 from bcedge.serve.isolation import IsolatedProcessor, Limits, ProcessorFactory
+from bcedge.serve.redact import SafeFormatter, route_library_logs
 from bcedge.serve.spool import Layout, Spool, recover
 from bcedge.serve.state import NodeState
 from bcedge.serve.worker import Processor, Worker, WorkQueue
@@ -32,9 +33,12 @@ _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def configure_logging(cfg: LoggingConfig) -> None:
     """Log ``bcedge.serve`` to stderr (and ``cfg.file``); pynetdicom's own log stays at WARNING unless DEBUG.
 
+    Every line is formatted by :class:`~bcedge.serve.redact.SafeFormatter` (no raw control
+    characters; library messages without the values they quote).
+
     Calling it again replaces the handlers it added before (tests start several nodes).
     """
-    formatter = logging.Formatter(_LOG_FORMAT)
+    formatter = SafeFormatter(_LOG_FORMAT)
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if cfg.file is not None:
         cfg.file.parent.mkdir(parents=True, exist_ok=True)
@@ -51,6 +55,8 @@ def configure_logging(cfg: LoggingConfig) -> None:
         for handler in handlers:
             logger.addHandler(handler)
         logger.propagate = False
+    # Library warnings (pydicom, highdicom, Python warnings) go to the same handlers, values redacted.
+    route_library_logs(handlers)
 
 
 class _Lock:

@@ -32,6 +32,7 @@ from pynetdicom.association import Association
 
 from bcedge.serve.config import DestinationConfig
 from bcedge.serve.fsutil import fsync_path, move_durable, read_json, remove_tree, write_durable, write_json_durable
+from bcedge.serve.redact import escape_controls
 from bcedge.serve.spool import Layout
 from bcedge.serve.state import NodeState
 
@@ -218,7 +219,7 @@ class Sender(threading.Thread):
         if int(code) in STORED_STATUSES:
             self._delivered(item, record, int(code))
             return
-        comment = str(getattr(status, "ErrorComment", "") or "").strip()
+        comment = escape_controls(str(getattr(status, "ErrorComment", "") or "").strip())  # PACS's text
         self._item_failed(
             item,
             f"PACS answered C-STORE status 0x{int(code):04X}" + (f" ({comment})" if comment else ""),

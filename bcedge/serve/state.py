@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bcedge.serve.fsutil import read_json, write_json_durable
+from bcedge.serve.redact import escape_controls
 from bcedge.serve.spool import Layout
 
 STATE_VERSION = 1
@@ -69,7 +70,7 @@ class NodeState:
     def error(self, where: str, message: str) -> None:
         """Remember an error (``where``: scp, worker, sender) for the status command."""
         with self._lock:
-            self.errors.append({"time": _iso(time.time()), "where": where, "message": message[:500]})
+            self.errors.append({"time": _iso(time.time()), "where": where, "message": escape_controls(message)[:500]})
             self._dirty = True
 
     def set_status(self, status: str, **info: Any) -> None:

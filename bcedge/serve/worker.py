@@ -35,6 +35,7 @@ from pathlib import Path
 
 from bcedge.errors import BcedgeError
 from bcedge.serve.fsutil import fsync_tree, move_durable, remove_tree, write_durable, write_json_durable
+from bcedge.serve.redact import escape_controls
 from bcedge.serve.spool import Attempts, Layout, Spool, parse_seq
 from bcedge.serve.state import NodeState
 
@@ -45,8 +46,9 @@ Processor = Callable[[Path, Path], Mapping[str, Path]]
 
 
 def _one_line(exc: BaseException) -> str:
+    """``Type: first line of the message``, control characters escaped (it goes to logs and reason.txt)."""
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
+    return escape_controls(f"{type(exc).__name__}: {text[0] if text else ''}".strip())
 
 
 def read_uids(path: Path) -> dict[str, str]:
