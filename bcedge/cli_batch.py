@@ -13,6 +13,7 @@ continues where a stopped or killed run left off.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -96,7 +97,11 @@ def batch_command(
     )
     handler = _log_to_stderr()
     try:
-        summary = run_batch(opts, progress=not as_json)
+        # Ray's driver prints what raylets report (a worker that died, a retried task) on stdout,
+        # even with log_to_driver=False; stdout is for the summary (--json: one document), so during
+        # the run anything printed goes to stderr. run_batch shuts its Ray down before returning.
+        with contextlib.redirect_stdout(sys.stderr):
+            summary = run_batch(opts, progress=not as_json)
     finally:
         logging.getLogger("bcedge").removeHandler(handler)
     for line in summary.errors[:MAX_ERRORS_SHOWN]:

@@ -111,10 +111,10 @@ def test_kill_9_of_a_worker_is_survived(tmp_path: Path) -> None:
     generate(tmp_path / "src", count=n, scale=0.15)
     out = tmp_path / "out"
     parts = out / "results" / "scans"
-    log = tmp_path / "run.log"
-    with open(log, "wb") as sink:
+    log, answer = tmp_path / "run.log", tmp_path / "summary.json"
+    with open(log, "wb") as sink, open(answer, "wb") as summary_out:
         proc = subprocess.Popen(
-            _command(tmp_path / "src" / "images", out), stdout=subprocess.PIPE, stderr=sink, start_new_session=True
+            _command(tmp_path / "src" / "images", out), stdout=summary_out, stderr=sink, start_new_session=True
         )
     try:
         deadline = time.monotonic() + TIMEOUT
@@ -131,7 +131,7 @@ def test_kill_9_of_a_worker_is_survived(tmp_path: Path) -> None:
                 os.kill(workers[0], signal.SIGKILL)
                 killed = workers[0]
             time.sleep(0.1)
-        stdout, _ = proc.communicate(timeout=TIMEOUT)
+        proc.wait(timeout=TIMEOUT)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -139,7 +139,7 @@ def test_kill_9_of_a_worker_is_survived(tmp_path: Path) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, log.read_text(errors="replace")[-3000:]
-    summary = json.loads(stdout)
+    summary = json.loads(answer.read_text())
     assert (summary["found"], summary["done"], summary["failed"]) == (n, n, 0)
     scans, _ = read_table(out)
     keys = scans.column("key").to_pylist()
