@@ -1,0 +1,92 @@
+# Shared helpers of benchmarks/arm64/*.sh (sourced, not run).
+# Expects: $timings (file for step timings).
+
+die() {
+  # die CODE MESSAGE: one error line, documented exit code.
+  local code="$1"
+  shift
+  echo "error: $*" >&2
+  exit "$code"
+}
+
+step_start() {
+  _step_name="$1"
+  _step_t0="$(date +%s.%N)"
+  echo "== $1 ($(date -u +%H:%M:%S))" >&2
+}
+
+step_end() {
+  local dt
+  dt="$(awk -v a="$_step_t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')"
+  echo "$_step_name=$dt" >>"$timings"
+  echo "   $_step_name: ${dt}s" >&2
+}
+
+ensure_binfmt() {
+  # qemu-aarch64 registered with binfmt_misc, with the F (fix binary) flag so that the
+  # interpreter is found inside a chroot without copying it there.
+  local entry=/proc/sys/fs/binfmt_misc/qemu-aarch64
+  if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
+    mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc ||
+      die 3 "cannot mount binfmt_misc (needs root in a VM or a privileged container)"
+  fi
+  if [ ! -e "$entry" ]; then
+    update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || update-binfmts --import qemu-aarch64 >/dev/null 2>&1 || true
+  fi
+  [ -e "$entry" ] || die 3 "qemu-aarch64 is not registered with binfmt_misc (update-binfmts --enable qemu-aarch64 failed)"
+  grep -q '^enabled' "$entry" || echo 1 >"$entry"
+  grep -q '^flags:.*F' "$entry" ||
+    die 3 "qemu-aarch64 binfmt entry lacks the F flag; re-register it (apt-get install --reinstall qemu-user-static)"
+}
+
+mount_all() {
+  # mount_all ROOT REPO PIPCACHE: kernel filesystems, the working tree (read-only, /src),
+  # the shared data (read-only, /data when it exists), bcedge wheels, pip's cache, /out.
+  local root="$1" repo="$2" pip="$3" base
+  base="$(dirname "$root")"
+  mkdir -p "$root/src" "$root/data" "$root/opt/wheels" "$root/root/.cache/pip" "$base/out" "$root/out"
+  cp /etc/resolv.conf "$root/etc/resolv.conf"
+  # The host's CA bundle (it may hold a proxy's CA) for pip inside the root filesystem.
+  cp /etc/ssl/certs/ca-certificates.crt "$root/etc/host-ca.crt" 2>/dev/null || true
+  mountpoint -q "$root/proc" || mount -t proc proc "$root/proc"
+  mountpoint -q "$root/sys" || mount -t sysfs sysfs "$root/sys"
+  mountpoint -q "$root/dev" || mount --bind /dev "$root/dev"
+  mountpoint -q "$root/dev/pts" || mount -t devpts devpts "$root/dev/pts" 2>/dev/null || true
+  mountpoint -q "$root/tmp" || mount -t tmpfs tmpfs "$root/tmp"
+  mountpoint -q "$root/dev/shm" || mount -t tmpfs tmpfs "$root/dev/shm"
+  ro_bind "$repo" "$root/src"
+  local data="${BCEDGE_DATA:-$repo/../shared/data}"
+  [ -d "$data" ] && ro_bind "$data" "$root/data"
+  mountpoint -q "$root/opt/wheels" || mount --bind "$base/wheels" "$root/opt/wheels"
+  mountpoint -q "$root/root/.cache/pip" || mount --bind "$pip" "$root/root/.cache/pip"
+  mountpoint -q "$root/out" || mount --bind "$base/out" "$root/out"
+}
+
+ro_bind() {
+  mountpoint -q "$2" && return 0
+  mount --bind "$1" "$2"
+  mount -o remount,bind,ro "$2"
+}
+
+unmount_all() {
+  # Every mount under ROOT, deepest first.
+  local root="$1" m
+  [ -d "$root" ] || return 0
+  root="$(cd "$root" && pwd -P)"
+  awk -v r="$root" '$2 == r || index($2, r "/") == 1 { print $2 }' /proc/mounts | sort -r | while read -r m; do
+    umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
+  done
+}
+
+in_root() {
+  # in_root ROOT CMD...: run CMD inside the arm64 root filesystem with a clean environment.
+  # QEMU_CPU=cortex-a76 (Raspberry Pi 5's core; Jetson Orin's A78AE has the same ARMv8.2
+  # features: NEON, fp16, dot product; no SVE, no i8mm) so that XNNPACK picks the kernels a
+  # device would, not those of qemu's default "max" CPU.
+  local root="$1"
+  shift
+  env -i HOME=/root PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    LANG=C.UTF-8 TERM=dumb PYTHONDONTWRITEBYTECODE=1 PIP_CERT=/etc/host-ca.crt PIP_DEFAULT_TIMEOUT=180 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 QEMU_CPU="${BCEDGE_ARM64_CPU:-cortex-a76}" BCEDGE_DATA=/data \
+    chroot "$root" "$@"
+}
