@@ -194,6 +194,30 @@ class BenchData:
             label=label,
         )
 
+    @classmethod
+    def from_command_line(
+        cls,
+        dataset: str,
+        root: str | os.PathLike[str] | None,
+        split: str | os.PathLike[str] | None,
+        split_name: str = "test",
+        options: Sequence[str] | None = None,
+        limit: int | None = None,
+    ) -> BenchData:
+        """:meth:`from_split` from command-line values: root defaults to ``$BCEDGE_DATA``, options are ``KEY=VALUE``.
+
+        Raises:
+            ConfigError: no root and no ``BCEDGE_DATA``; a malformed option.
+        """
+        from bcedge.datasets.registry import parse_options
+
+        if root is None:
+            env_root = os.environ.get("BCEDGE_DATA")
+            if not env_root:
+                raise ConfigError("--data needs --root (the dataset folder) or BCEDGE_DATA set")
+            root = env_root
+        return cls.from_split(dataset, root, split, split_name, options=parse_options(options), limit=limit)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (also what the report records under ``data``)."""
         out = asdict(self)

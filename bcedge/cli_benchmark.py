@@ -6,7 +6,6 @@ the JSON / Markdown / plot with :mod:`bcedge.bench_report`. Register with :func:
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -125,14 +124,7 @@ def benchmark_command(
         else:
             if split is None:
                 raise ConfigError("--data needs --split (a split file from 'bcedge data split')")
-            if root is None:
-                env_root = os.environ.get("BCEDGE_DATA")
-                if not env_root:
-                    raise ConfigError("--data needs --root (the dataset folder) or BCEDGE_DATA set")
-                root = Path(env_root)
-            from bcedge.datasets.registry import parse_options
-
-            bench_data = BenchData.from_split(data, root, split, split_name, options=parse_options(option), limit=limit)
+            bench_data = BenchData.from_command_line(data, root, split, split_name, option, limit)
         if limit is not None and data is None:
             bench_data = BenchData.from_dict({**bench_data.to_dict(), "limit": limit})
         report = run_benchmark(bundles, bench_data, options, formats=_formats(formats), progress=say)

@@ -16,7 +16,6 @@ Two modes:
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -94,17 +93,11 @@ def _evaluate_bundle(
 ) -> dict[str, Any]:
     from bcedge.bench import BenchData
     from bcedge.cli_progress import progress_bar
-    from bcedge.datasets.registry import parse_options
     from bcedge.evaluation import evaluate_bundle
 
     if data is None:
         raise ConfigError("--model needs --data (the dataset to score; see 'bcedge data list')")
-    if root is None:
-        env_root = os.environ.get("BCEDGE_DATA")
-        if not env_root:
-            raise ConfigError("--data needs --root (the dataset folder) or BCEDGE_DATA set")
-        root = Path(env_root)
-    bench_data = BenchData.from_split(data, root, split, subset, options=parse_options(option), limit=limit)
+    bench_data = BenchData.from_command_line(data, root, split, subset, option, limit)
     with progress_bar() as progress:
         task = progress.add_task("evaluating", total=None)
         return evaluate_bundle(

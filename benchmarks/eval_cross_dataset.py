@@ -80,7 +80,6 @@ def to_markdown(doc: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from bcedge.bench import BenchData, source_state
-    from bcedge.datasets.registry import parse_options
     from bcedge.errors import BcedgeError
     from bcedge.evaluation import evaluate_sets
     from bcedge.imageio import atomic_write_bytes, json_default
@@ -89,8 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         sets = {}
         for tokens in args.sets:
             label, spec = parse_set(tokens)
-            options = parse_options(spec.pop("options"))
-            sets[label] = BenchData.from_split(**spec, options=options, limit=args.limit)
+            sets[label] = BenchData.from_command_line(**spec, limit=args.limit)
         runs = []
         for bundle in args.model:
             result = evaluate_sets(

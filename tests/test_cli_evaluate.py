@@ -1,4 +1,4 @@
-"""``bcedge evaluate --model``: the bcedge infer path on the original grid, and the same numbers as ``bcedge benchmark``."""
+"""``bcedge evaluate --model``: the bcedge infer path on the original grid; the same numbers as ``bcedge benchmark``."""
 
 from __future__ import annotations
 
@@ -131,3 +131,36 @@ def test_real_bundle_on_real_images(bcedge_data: Path, tmp_path: Path, capsys: p
     assert report["groups"] == row["evaluation"]["groups"]
     sources = {(g["source"], g["kind"]) for g in report["groups"]}
     assert ("cdd-cesm", "pixel") in sources and len(report["images"]) == 8
+
+
+def test_cross_dataset_script(
+    tiny_bundle: Path, phantom_split: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """benchmarks/eval_cross_dataset.py: one bundle on two sets (a split subset, every image); JSON and Markdown."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "eval_cross_dataset.py"
+    spec = importlib.util.spec_from_file_location("eval_cross_dataset", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    root, split = phantom_split
+    out = tmp_path / "out dir" / "cross"
+    args = ["--model", str(tiny_bundle), "--artifact", "model_fp32.tflite", "--out", str(out)]
+    args += ["--set", "phantom test", "folder", str(root), str(split), "test"]
+    args += ["--set", "all phantoms", "folder", str(root), "missing_mask=empty"]
+    assert module.main(args) == 0
+    assert "### all phantoms" in capsys.readouterr().out  # the Markdown is printed too
+    doc = json.loads(out.with_suffix(".json").read_text())
+    (run,) = doc["runs"]
+    assert list(run["sets"]) == ["phantom test", "all phantoms"] and run["model"]["artifact"] == "model_fp32.tflite"
+    assert run["trained_on"] == {}  # the tiny bundle's manifest records no training data
+    assert len(run["sets"]["all phantoms"]["images"]) == 8
+    assert run["sets"]["all phantoms"]["data"]["options"] == {"missing_mask": "empty"}
+    # The same images score the same whichever command runs them.
+    rc = main(["evaluate", "--model", str(tiny_bundle), "--data", "folder", "--root", str(root), "--json", "-"])
+    assert rc == 0
+    assert json.loads(capsys.readouterr().out)["groups"] == run["sets"]["all phantoms"]["groups"]
+    md = out.with_suffix(".md").read_text()
+    assert "### phantom test" in md and "### all phantoms" in md and "| found rate |" in md
+    with pytest.raises(SystemExit):
+        module.parse_set(["label", "folder"])

@@ -103,7 +103,7 @@ def test_bootstrap_interval_contains_estimate_and_narrows_with_n() -> None:
     found, lesions = np.array([1, 0, 2, 1, 1]), np.array([1, 1, 2, 2, 1])
     est = estimate(found, lesions)
     assert est["value"] == pytest.approx(5 / 7) and (est["num"], est["den"], est["n"]) == (5, 7, 5)
-    assert est["low"] <= est["value"] <= est["high"] and 0.0 <= est["low"] and est["high"] <= 1.0
+    assert est["low"] <= est["value"] <= est["high"] and est["low"] >= 0.0 and est["high"] <= 1.0
 
 
 def test_bootstrap_interval_matches_a_direct_percentile_bootstrap() -> None:
@@ -132,8 +132,12 @@ def test_summarize_groups_by_source_and_kind() -> None:
     report = summarize(_scores())
     keys = [(g["source"], g["kind"]) for g in report["groups"]]
     # Circles are never pooled with pixel masks; "all" appears only for a kind with several sources.
-    assert keys == [("cdd-cesm", "pixel"), ("cdd-cesm", "normal"), ("mini-mias", "circle"), ("mini-mias", "normal")] + [
-        ("all", "normal")
+    assert keys == [
+        ("cdd-cesm", "pixel"),
+        ("cdd-cesm", "normal"),
+        ("mini-mias", "circle"),
+        ("mini-mias", "normal"),
+        ("all", "normal"),
     ]
     pixel = find_group(report, "pixel")
     assert pixel["n_images"] == 2 and pixel["dice"]["value"] == pytest.approx(0.5)

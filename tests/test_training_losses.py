@@ -59,6 +59,10 @@ def test_soft_dice_against_numpy() -> None:
     inter = (y_true * y_pred).sum(axis=(1, 2, 3))
     want = (2 * inter + 1) / (y_true.sum(axis=(1, 2, 3)) + y_pred.sum(axis=(1, 2, 3)) + 1)
     assert np.allclose(got, want, rtol=1e-5)
+    # The evaluation's "loss" column (bcedge.metrics.soft_dice_loss) is the same quantity per image.
+    keras_loss = np.asarray(losses.dice_loss(y_true, y_pred))
+    numpy_loss = [ref.soft_dice_loss(p, t) for p, t in zip(y_pred, y_true, strict=True)]
+    assert np.allclose(keras_loss, numpy_loss, rtol=1e-5)
 
 
 def test_unknown_loss_is_config_error() -> None:

@@ -1,8 +1,12 @@
-"""``bcedge evaluate``: the study's table (Dice, IoU, loss, recall, precision) on a split.
+"""Model-grid evaluation of a Keras model: ``bcedge evaluate RUN_DIR`` and the reproduction script.
 
 Scores are computed on the model grid (the preprocessed S x S image), as the
-study did, with the reference definitions of :mod:`bcedge.metrics`. Groups are
-reported apart, because they measure different things:
+study did, with the reference definitions of :mod:`bcedge.metrics`.
+:func:`model_grid_report` is what ``bcedge evaluate RUN_DIR`` prints: the statistics of
+:mod:`bcedge.evaluation` (per source and kind, lesions found, false-positive components,
+bootstrap intervals) on the model grid. :func:`table` is the older per-group layout that
+``benchmarks/train_reproduction.py`` records. Groups are reported apart, because they
+measure different things:
 
 * ``pixel``: images with pixel-accurate lesion masks (CDD-CESM, CBIS-DDSM);
   the figure comparable to the study's table.
