@@ -258,3 +258,34 @@ def test_older_parts_with_fewer_columns_still_read(spaced_dir: Path) -> None:
     rows = {r["key"]: r for r in scans.to_pylist()}
     assert rows["old"]["node"] is None and "gone" not in scans.column_names
     assert scans.schema.equals(scan_schema())
+
+
+def test_wado_answer_larger_than_the_limit_is_refused_before_reading(spaced_dir: Path) -> None:
+    """A server that declares a huge instance: refused from its Content-Length, the body is never read."""
+    pytest.importorskip("dicomweb_client", reason="dicomweb-client is not installed")
+    import http.server
+    import threading
+
+    class Huge(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", 'multipart/related; type="application/dicom"; boundary=x')
+            self.send_header("Content-Length", str(600 * 1024 * 1024))
+            self.end_headers()
+            self.wfile.write(b"--x\r\n")  # then nothing: a client that reads the body would hang
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Huge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/dicom-web"
+        path = f"{url}/studies/1/series/2/instances/1.2.3"
+        ref = ScanRef("sop:1.2.3", "dicomweb", path, "1/1.2.3", study_uid="1", series_uid="2", sop_uid="1.2.3")
+        client = dicomweb.make_client(url, timeout_s=10, attempts=1)
+        with pytest.raises(dicomweb.DicomWebError, match="declares 629145600 bytes; the limit is 1000"):
+            dicomweb.fetch_instance(client, ref, spaced_dir / "x.dcm", max_bytes=1000)
+        assert not (spaced_dir / "x.dcm").exists()
+    finally:
+        server.shutdown()
