@@ -23,6 +23,7 @@ import typer
 
 from bcedge.cli_train import DEFAULT_CACHE
 from bcedge.errors import ConfigError
+from bcedge.postprocess import check_threshold
 
 
 def evaluate_command(
@@ -56,8 +57,13 @@ def evaluate_command(
         Path, typer.Option("--cache", help="Run folder: preprocessed-array cache folder.")
     ] = DEFAULT_CACHE,
     threshold: Annotated[
-        float, typer.Option("--threshold", min=0.0, max=1.0, help="Run folder: probability threshold.")
-    ] = 0.5,
+        float | None,
+        typer.Option("--threshold", help="Probability threshold in (0, 1); default: the bundle's (run folder: 0.5)."),
+    ] = None,
+    min_area: Annotated[
+        float | None,
+        typer.Option("--min-area", help="--model: drop predicted components under this many mm² (as bcedge infer)."),
+    ] = None,
     json_out: Annotated[
         str | None, typer.Option("--json", help="Write the report as JSON to this file ('-': standard output).")
     ] = None,
@@ -66,12 +72,21 @@ def evaluate_command(
     if (run_dir is None) == (model is None):
         raise ConfigError("give either a run folder (model grid) or --model BUNDLE (original grid), not both")
     if model is not None:
-        report = _evaluate_bundle(model, data, root, split, subset, option, backend, artifact, threads, limit)
+        report = _evaluate_bundle(
+            model, data, root, split, subset, option, backend, artifact, threads, limit, threshold, min_area
+        )
         m = report["model"]
-        title = f"{m.get('name')} ({m.get('artifact')}, {m.get('backend')}) on {report['data']['label']}"
+        post = report["postprocess"]
+        title = (
+            f"{m.get('name')} ({m.get('artifact')}, {m.get('backend')}) on {report['data']['label']}; "
+            f"threshold {post['threshold']:g}, minimum area {post['min_area_mm2']:g} mm²"
+        )
     else:
+        if min_area is not None:
+            raise ConfigError("--min-area applies to --model (the model grid keeps every component)")
+        threshold = check_threshold(0.5 if threshold is None else threshold)
         report = _evaluate_run(run_dir, data, root, split, subset, cache, threshold)  # type: ignore[arg-type]
-        title = f"{report['model']} on {subset}"
+        title = f"{report['model']} on {subset}; threshold {threshold:g}"
     if json_out is not None:
         _write_json(report, json_out)
         if json_out == "-":
@@ -90,6 +105,8 @@ def _evaluate_bundle(
     artifact: str | None,
     threads: int | None,
     limit: int | None,
+    threshold: float | None,
+    min_area: float | None,
 ) -> dict[str, Any]:
     from bcedge.bench import BenchData
     from bcedge.cli_progress import progress_bar
@@ -106,6 +123,8 @@ def _evaluate_bundle(
             backend=backend,
             artifact=artifact,
             threads=threads,
+            threshold=threshold,
+            min_area_mm2=min_area,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
 

@@ -369,6 +369,8 @@ def evaluate_bundle(
     backend: str = "auto",
     artifact: str | None = None,
     threads: int | None = None,
+    threshold: float | None = None,
+    min_area_mm2: float | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Run a bundle over evaluation images through the ``bcedge infer`` path and summarise.
@@ -383,10 +385,13 @@ def evaluate_bundle(
         backend: backend name or ``auto`` (as ``bcedge infer --backend``).
         artifact: artifact file of the bundle (default: the backend's choice).
         threads: inference threads.
+        threshold: probability threshold (None: the bundle's, as ``bcedge infer``).
+        min_area_mm2: minimum component area (None: the ``bcedge infer`` default).
         progress: called with (done, total) after each image.
 
     Returns:
-        :func:`summarize`'s report plus ``model`` (what ran), ``data`` and ``skipped``.
+        :func:`summarize`'s report plus ``model`` (what ran), ``postprocess`` (threshold and
+        minimum area used), ``data`` and ``skipped``.
 
     Raises:
         BundleError / BackendError: the bundle or its backend cannot run.
@@ -394,12 +399,20 @@ def evaluate_bundle(
     """
     from bcedge.pipeline import Segmenter
 
-    with Segmenter(bundle, backend=backend, artifact=artifact, threads=threads) as seg:
+    with Segmenter(
+        bundle, backend=backend, artifact=artifact, threads=threads, threshold=threshold, min_area_mm2=min_area_mm2
+    ) as seg:
         items = data.items()
         image_scores, skipped = score_items(seg, items, progress=progress)
         model = dict(seg.model_info)
+        postprocess = {"threshold": seg.threshold, "min_area_mm2": seg.min_area_mm2}
     report = summarize(image_scores)
-    report.update(model=model, data=data.to_dict(), skipped=[{"id": k, "error": v} for k, v in skipped.items()])
+    report.update(
+        model=model,
+        postprocess=postprocess,
+        data=data.to_dict(),
+        skipped=[{"id": k, "error": v} for k, v in skipped.items()],
+    )
     return report
 
 
@@ -410,6 +423,8 @@ def evaluate_sets(
     backend: str = "auto",
     artifact: str | None = None,
     threads: int | None = None,
+    threshold: float | None = None,
+    min_area_mm2: float | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate one bundle on several image sets (splits, subsets, other datasets): cross-dataset figures.
@@ -417,6 +432,7 @@ def evaluate_sets(
     Args:
         bundle: bundle directory.
         sets: label -> images (e.g. ``{"mini-mias (all)": BenchData.from_split("mini-mias", root, None)}``).
+        backend, artifact, threads, threshold, min_area_mm2: as :func:`evaluate_bundle`.
         progress: called with one line per set.
 
     Returns:
@@ -432,7 +448,15 @@ def evaluate_sets(
     for label, data in sets.items():
         if progress is not None:
             progress(f"{label}: {data.label}")
-        report = evaluate_bundle(bundle, data, backend=backend, artifact=artifact, threads=threads)
+        report = evaluate_bundle(
+            bundle,
+            data,
+            backend=backend,
+            artifact=artifact,
+            threads=threads,
+            threshold=threshold,
+            min_area_mm2=min_area_mm2,
+        )
         out["model"] = report["model"]
         out["sets"][label] = report
     return out

@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--artifact", default=None, help="artifact file in every bundle (default: backend's choice)")
     parser.add_argument("--backend", default="auto")
+    parser.add_argument("--threshold", type=float, default=None, help="probability threshold (default: bundle's)")
+    parser.add_argument("--min-area", type=float, default=None, help="minimum component area, mm² (as bcedge infer)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images of each set (smoke runs)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output stem: writes STEM.json and STEM.md")
     return parser.parse_args(argv)
@@ -96,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
                 sets,
                 backend=args.backend,
                 artifact=args.artifact,
+                threshold=args.threshold,
+                min_area_mm2=args.min_area,
                 progress=lambda line, b=bundle: print(f"{b}: {line}", file=sys.stderr, flush=True),
             )
             runs.append({"bundle": str(bundle), **result})

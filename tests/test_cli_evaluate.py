@@ -94,6 +94,13 @@ def test_evaluate_prints_tables_and_json(
     assert main([*args, "--json", "-"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["data"]["split_name"] == "test" and doc["skipped"] == []
+    assert doc["postprocess"] == {"threshold": 0.5, "min_area_mm2": 4.0}  # the bundle's, as bcedge infer
+    # A stricter threshold and minimum area reach the Segmenter: fewer predicted pixels.
+    assert main([*args, "--threshold", "0.9", "--min-area", "50", "--json", "-"]) == 0
+    strict = json.loads(capsys.readouterr().out)
+    assert strict["postprocess"] == {"threshold": 0.9, "min_area_mm2": 50.0}
+    predicted = [sum(im["tp"] + im["fp"] for im in d["images"]) for d in (doc, strict)]
+    assert 0 < predicted[1] < predicted[0]
     # Without a split: every image of the dataset.
     assert main([*args[:-2], "--json", "-"]) == 0
     assert len(json.loads(capsys.readouterr().out)["images"]) == 8
@@ -105,6 +112,8 @@ def test_evaluate_prints_tables_and_json(
         (["run_dir", "--model", "bundle"], "not both"),
         ([], "not both"),
         (["--model", "bundle"], "--data"),
+        (["run_dir", "--min-area", "5"], "--min-area applies to --model"),
+        (["run_dir", "--threshold", "1.5"], "threshold"),
     ],
 )
 def test_evaluate_option_errors(args: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
