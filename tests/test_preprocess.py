@@ -282,11 +282,12 @@ def test_chest_wall_side_from_the_mask(side: str) -> None:
     ("laterality", "image_side", "canonical", "source", "flip", "side", "why"),
     [
         ("L", "L", "L", "laterality", False, "L", "laterality L"),
-        ("R", "R", "L", "laterality", True, "R", "laterality R"),
-        ("R", "L", "L", "laterality", True, "R", "laterality R"),  # laterality wins, even against the image
+        ("R", "R", "L", "laterality", True, "R", "confirmed by the image"),
+        ("R", "L", "L", "laterality", False, "L", "overruling laterality R"),  # the pixels win
         ("L", "L", "R", "laterality", True, "L", "laterality L"),
+        ("R", None, "L", "laterality", True, "R", "laterality R"),  # no breast: the header alone
         (None, "R", "L", "laterality", True, "R", "image"),
-        (None, "L", "L", "laterality", False, "L", "laterality unknown"),
+        (None, "L", "L", "laterality", False, "L", "header states no side"),
         ("L", "R", "L", "image", True, "R", "image"),
         ("R", "R", "L", "none", False, None, "disabled"),
         (None, None, "L", "laterality", False, None, "no breast"),
@@ -301,7 +302,7 @@ def test_decide_flip(
     side: str | None,
     why: str,
 ) -> None:
-    got_flip, got_side, reason = decide_flip(laterality, "ImageLaterality", image_side, 0.5, canonical, source)
+    got_flip, got_side, reason, _ = decide_flip(laterality, "ImageLaterality", image_side, 0.5, canonical, source)
     assert (got_flip, got_side) == (flip, side)
     assert why in reason
 
@@ -330,10 +331,12 @@ def test_normalise_stretches_and_clips() -> None:
 
 def test_crop_box_margin_scale_and_frame() -> None:
     # bbox in a 4x-downscaled working grid, 2 working pixels of margin, a 10-pixel frame.
-    box = crop_box((20, 30, 60, 70), (0.25, 0.25), (400, 400), margin_work=2, frame=(10, 10))
+    box = crop_box((20, 30, 60, 70), (0.25, 0.25), (400, 400), margin_work=2, frame=(10, 10, 10, 10))
     assert box == (72, 112, 248, 288)
-    box = crop_box((0, 0, 100, 100), (0.25, 0.25), (400, 400), margin_work=2, frame=(10, 12))
+    box = crop_box((0, 0, 100, 100), (0.25, 0.25), (400, 400), margin_work=2, frame=(10, 12, 10, 12))
     assert box == (10, 12, 390, 388)  # clamped inside the discarded frame
+    box = crop_box((0, 0, 100, 100), (0.25, 0.25), (400, 400), margin_work=2, frame=(0, 12, 10, 0))
+    assert box == (0, 12, 390, 400)  # no frame on the sides the breast reaches
 
 
 @pytest.mark.parametrize(("h", "w"), [(300, 100), (100, 300), (257, 256), (1000, 3), (50, 50)])
@@ -429,13 +432,14 @@ def test_flip_by_laterality_puts_chest_wall_left() -> None:
     assert geometry.padding[2] == 0  # content flush left
 
 
-def test_laterality_that_contradicts_the_image_is_obeyed_and_flagged() -> None:
+def test_laterality_that_contradicts_the_image_is_overruled_and_flagged() -> None:
     img, _, _ = synth_breast(side="R")
     _, geometry = preprocess(mammogram(img, "L"), PreprocessConfig(size=128))
-    assert not geometry.flipped and geometry.image_side == "R"
-    assert geometry.side_conflict
+    assert geometry.flipped and geometry.image_side == "R" and geometry.chest_wall_side == "R"
+    assert geometry.header_side == "L" and geometry.side_conflict
+    assert "overruling laterality L" in geometry.flip_reason
     _, by_image = preprocess(mammogram(img, "L"), PreprocessConfig(size=128, side_source="image"))
-    assert by_image.flipped and not by_image.side_conflict
+    assert by_image.flipped and by_image.chest_wall_side == "R"
 
 
 def test_flip_falls_back_to_the_image_without_laterality() -> None:
@@ -502,7 +506,8 @@ def test_padding_never_stretches_a_round_lesion() -> None:
     assert abs(w - h) <= 1
     top, left, bottom, right = geometry.crop
     _, _, ch, cw = geometry.content
-    assert abs(ch / cw - (bottom - top) / (right - left)) < 0.02
+    # Relative: the content's short side is rounded to whole pixels (49 here, 1 %).
+    assert abs((ch / cw) / ((bottom - top) / (right - left)) - 1) < 0.02
 
 
 @pytest.mark.parametrize("flipped", [False, True])
