@@ -135,6 +135,7 @@ def check_options(opts: BatchOptions) -> None:
         raise ConfigError("--study-date applies to a DICOMweb source")
     if opts.object_store_mb < 75:
         raise ConfigError(f"--object-store-mb is {opts.object_store_mb}; Ray needs at least 75")
+    describe_source(opts.source)  # a missing folder or manifest fails before the model is opened
 
 
 def start_ray(address: str | None, workers: int, object_store_mb: int) -> bool:
