@@ -45,7 +45,8 @@ def evaluate_command(
     ] = None,
     subset: Annotated[str, typer.Option("--subset", help="Which split of --split to score.")] = "test",
     option: Annotated[
-        list[str] | None, typer.Option("--option", help="Dataset reader option KEY=VALUE (repeatable; --model).")
+        list[str] | None,
+        typer.Option("--option", help="Dataset reader option KEY=VALUE (repeatable; run folder default: the run's)."),
     ] = None,
     backend: Annotated[str, typer.Option("--backend", help="--model: backend (as bcedge infer).")] = "auto",
     artifact: Annotated[
@@ -85,7 +86,7 @@ def evaluate_command(
         if min_area is not None:
             raise ConfigError("--min-area applies to --model (the model grid keeps every component)")
         threshold = check_threshold(0.5 if threshold is None else threshold)
-        report = _evaluate_run(run_dir, data, root, split, subset, cache, threshold)  # type: ignore[arg-type]
+        report = _evaluate_run(run_dir, data, root, split, subset, option, cache, threshold)  # type: ignore[arg-type]
         title = f"{report['model']} on {subset}; threshold {threshold:g}"
     if json_out is not None:
         _write_json(report, json_out)
@@ -130,7 +131,14 @@ def _evaluate_bundle(
 
 
 def _evaluate_run(
-    run_dir: Path, data: str | None, root: Path | None, split: Path | None, subset: str, cache: Path, threshold: float
+    run_dir: Path,
+    data: str | None,
+    root: Path | None,
+    split: Path | None,
+    subset: str,
+    option: list[str] | None,
+    cache: Path,
+    threshold: float,
 ) -> dict[str, Any]:
     from bcedge.cli_train import _load_sets, _need_keras
 
@@ -152,7 +160,9 @@ def _evaluate_run(
         raise ConfigError("say --data, --root and --split (the model has no run config.json to take them from)")
     config = PreprocessConfig.from_dict(run_cfg["preprocess"]) if run_cfg.get("preprocess") else PreprocessConfig()
     keras_model = load_trained(model_path)
-    sets, _ = _load_sets(datasets, root, split, config, cache, None)
+    # Reader options: the ones given, else the run's (a split made over e.g. kind=both needs them).
+    options = list(option or run_cfg.get("reader_options") or []) or None
+    sets, _ = _load_sets(datasets, root, split, config, cache, options)
     if subset not in sets:
         raise ConfigError(f"{split}: no {subset!r} images")
     s = sets[subset]

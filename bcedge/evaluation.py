@@ -438,12 +438,17 @@ def evaluate_sets(
     Returns:
         ``{"model": what ran, "trained_on": {"data", "split", "split_dataset"} from the manifest's
         provenance (what the model saw in training; empty when the bundle does not say),
-        "sets": {label: evaluate_bundle report}}``.
+        "sets": {label: evaluate_bundle report}}``. Each report also gets ``training_overlap``:
+        how many of its images the bundle's training split lists under ``train`` or ``val``
+        (by sample id; None when the split file is not found), a check that a "generalisation"
+        set is not data the model was trained or selected on. It does not see other views of
+        a training patient (ids differ); read it as a lower bound on leakage.
     """
     from bcedge.bundle import load_bundle
 
     provenance = dict(load_bundle(bundle).manifest.provenance or {})
     trained_on = {k: provenance[k] for k in ("data", "split", "split_dataset", "train_on") if k in provenance}
+    seen = training_ids(provenance.get("split"))
     out: dict[str, Any] = {"model": None, "trained_on": trained_on, "sets": {}}
     for label, data in sets.items():
         if progress is not None:
@@ -457,9 +462,44 @@ def evaluate_sets(
             threshold=threshold,
             min_area_mm2=min_area_mm2,
         )
+        if seen is not None:
+            ids = [im["id"] for im in report["images"]]
+            report["training_overlap"] = {
+                "split": seen[0],
+                "images": sum(i in seen[1] for i in ids),
+                "n": len(ids),
+            }
+        else:
+            report["training_overlap"] = None
         out["model"] = report["model"]
         out["sets"][label] = report
     return out
+
+
+def training_ids(split: str | os.PathLike[str] | None) -> tuple[str, frozenset[str]] | None:
+    """(path, ids under ``train`` and ``val``) of a bundle's training split file, or None when not found.
+
+    A relative path is tried from the working directory, then from the source checkout's root
+    (manifests record ``benchmarks/splits/...``).
+    """
+    from pathlib import Path
+
+    from bcedge.datasets.splits import load_split
+    from bcedge.errors import DatasetError
+
+    if not split:
+        return None
+    candidates = [Path(split)]
+    if not Path(split).is_absolute():
+        candidates.append(Path(__file__).resolve().parents[1] / split)
+    for path in candidates:
+        if path.is_file():
+            try:
+                doc = load_split(path)
+            except DatasetError:
+                return None
+            return str(split), frozenset(i for name in ("train", "val") for i in doc.splits.get(name, ()))
+    return None
 
 
 def score_items(

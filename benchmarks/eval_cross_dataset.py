@@ -15,8 +15,9 @@ according to its manifest, git state) and ``OUT.md`` (one table pair per bundle 
 
 ``--set LABEL DATASET ROOT [SPLIT [SUBSET]] [KEY=VALUE ...]``: without a split every image
 of the dataset is scored; ``SUBSET`` defaults to ``test``; ``KEY=VALUE`` are reader options.
-Whether a set is "unseen" is for the reader to judge from ``trained_on`` (the manifest's
-training data and split): this script does not guess it.
+Each set reports ``training_overlap``: how many of its images the bundle's training split (from
+its manifest) lists under train or val, by image id: 0 is necessary for a generalisation figure,
+not sufficient (other views of a training patient have other ids).
 """
 
 from __future__ import annotations
@@ -75,7 +76,15 @@ def to_markdown(doc: dict) -> str:
         lines += [f"## {model.get('name')} ({model.get('artifact')}), bundle `{run['bundle']}`", ""]
         lines += [f"Trained on: `{json.dumps(run['trained_on'])}`", ""]
         for label, report in run["sets"].items():
-            lines += [f"### {label}: {report['data']['label']}", "", report_markdown(report).rstrip(), ""]
+            lines += [f"### {label}: {report['data']['label']}", ""]
+            overlap = report.get("training_overlap")
+            if overlap is not None:
+                lines += [
+                    f"Images listed under train/val in `{overlap['split']}`: {overlap['images']} of {overlap['n']}"
+                    " (by image id; other views of a training patient are not counted).",
+                    "",
+                ]
+            lines += [report_markdown(report).rstrip(), ""]
     return "\n".join(lines) + "\n"
 
 

@@ -152,9 +152,20 @@ def test_cross_dataset_script(
     spec = importlib.util.spec_from_file_location("eval_cross_dataset", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    import dataclasses
+    import shutil
+
+    from bcedge.bundle import load_bundle, write_manifest
+    from bcedge.datasets.splits import load_split
+
     root, split = phantom_split
+    # The tiny bundle, "trained" on the train subset of the phantom split (as its manifest says).
+    trained = tmp_path / "trained bundle"
+    shutil.copytree(tiny_bundle, trained)
+    manifest = load_bundle(trained).manifest
+    write_manifest(trained, dataclasses.replace(manifest, provenance={"data": ["folder"], "split": str(split)}))
     out = tmp_path / "out dir" / "cross"
-    args = ["--model", str(tiny_bundle), "--artifact", "model_fp32.tflite", "--out", str(out)]
+    args = ["--model", str(trained), "--artifact", "model_fp32.tflite", "--out", str(out)]
     args += ["--set", "phantom test", "folder", str(root), str(split), "test"]
     args += ["--set", "all phantoms", "folder", str(root), "missing_mask=empty"]
     assert module.main(args) == 0
@@ -162,14 +173,19 @@ def test_cross_dataset_script(
     doc = json.loads(out.with_suffix(".json").read_text())
     (run,) = doc["runs"]
     assert list(run["sets"]) == ["phantom test", "all phantoms"] and run["model"]["artifact"] == "model_fp32.tflite"
-    assert run["trained_on"] == {}  # the tiny bundle's manifest records no training data
+    assert run["trained_on"] == {"data": ["folder"], "split": str(split)}
     assert len(run["sets"]["all phantoms"]["images"]) == 8
+    # Leakage check: every training image is in "all phantoms", none in the test subset.
+    n_train = len(load_split(split).splits["train"])
+    assert run["sets"]["all phantoms"]["training_overlap"] == {"split": str(split), "images": n_train, "n": 8}
+    assert run["sets"]["phantom test"]["training_overlap"]["images"] == 0
     assert run["sets"]["all phantoms"]["data"]["options"] == {"missing_mask": "empty"}
     # The same images score the same whichever command runs them.
-    rc = main(["evaluate", "--model", str(tiny_bundle), "--data", "folder", "--root", str(root), "--json", "-"])
+    rc = main(["evaluate", "--model", str(trained), "--data", "folder", "--root", str(root), "--json", "-"])
     assert rc == 0
     assert json.loads(capsys.readouterr().out)["groups"] == run["sets"]["all phantoms"]["groups"]
     md = out.with_suffix(".md").read_text()
     assert "### phantom test" in md and "### all phantoms" in md and "| found rate |" in md
+    assert f"train/val in `{split}`: {n_train} of 8" in md
     with pytest.raises(SystemExit):
         module.parse_set(["label", "folder"])
