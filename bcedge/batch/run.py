@@ -34,6 +34,8 @@ _log = logging.getLogger(__name__)
 
 #: Object store of a local Ray (MiB): refs and rows are small; Ray's default (30 % of RAM) is not needed.
 DEFAULT_OBJECT_STORE_MB = 256
+#: Restarts of a dead worker (and retries of its block) before the run gives up.
+WORKER_RESTARTS = 3
 #: Tries to start a local Ray (see start_ray).
 LOCAL_START_ATTEMPTS = 3
 #: Most scans per committed part (a crash redoes at most one part per worker).
@@ -299,6 +301,11 @@ def _process(
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=min(opts.workers, n_blocks)),
             num_cpus=1,
+            # Ray Data restarts actors and retries their tasks forever by default: a scan that kills its
+            # worker every time (a decoder crash, the OOM killer) would loop. A few restarts cover a
+            # worker lost to a node going away; past them the run stops (exit 4) instead of spinning.
+            max_restarts=WORKER_RESTARTS,
+            max_task_retries=WORKER_RESTARTS,
         )
         _consume(ds, ledger, summary, len(pending), on_block, progress)
         summary.processing_s = time.perf_counter() - t1
