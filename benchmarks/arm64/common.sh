@@ -49,6 +49,11 @@ mount_all() {
   # The host's CA bundle (it may hold a proxy's CA) for pip inside the root filesystem.
   cp /etc/ssl/certs/ca-certificates.crt "$root/etc/host-ca.crt" 2>/dev/null || true
   mountpoint -q "$root/proc" || mount -t proc proc "$root/proc"
+  # qemu-user shows the host's x86 /proc/cpuinfo to aarch64 programs; XNNPACK's cpuinfo
+  # library parses it, finds no ARM core and LiteRT then segfaults in allocate_tensors
+  # (seen here with qemu 7.2). An aarch64 cpuinfo of the emulated core replaces it.
+  fake_cpuinfo >"$base/cpuinfo"
+  grep -q " $root/proc/cpuinfo " /proc/mounts || mount --bind "$base/cpuinfo" "$root/proc/cpuinfo"
   mountpoint -q "$root/sys" || mount -t sysfs sysfs "$root/sys"
   mountpoint -q "$root/dev" || mount --bind /dev "$root/dev"
   mountpoint -q "$root/dev/pts" || mount -t devpts devpts "$root/dev/pts" 2>/dev/null || true
@@ -60,6 +65,17 @@ mount_all() {
   mountpoint -q "$root/opt/wheels" || mount --bind "$base/wheels" "$root/opt/wheels"
   mountpoint -q "$root/root/.cache/pip" || mount --bind "$pip" "$root/root/.cache/pip"
   mountpoint -q "$root/out" || mount --bind "$base/out" "$root/out"
+}
+
+fake_cpuinfo() {
+  # /proc/cpuinfo of a Cortex-A76 (Raspberry Pi 5's core; what QEMU_CPU=cortex-a76 emulates),
+  # one entry per host CPU.
+  local i
+  for i in $(seq 0 $(($(nproc) - 1))); do
+    printf 'processor\t: %d\nBogoMIPS\t: 108.00\n' "$i"
+    printf 'Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp\n'
+    printf 'CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x4\nCPU part\t: 0xd0b\nCPU revision\t: 1\n\n'
+  done
 }
 
 ro_bind() {

@@ -37,6 +37,7 @@ TARGETS = (
     ("jetpack6-ubuntu2204", "3.10", 35, "JetPack 6 (Ubuntu 22.04, Python 3.10, glibc 2.35)"),
     ("debian12-rpi5", "3.11", 36, "Raspberry Pi OS / Debian 12 (Python 3.11, glibc 2.36)"),
     ("jetpack5-ubuntu2004", "3.8", 31, "JetPack 5 (Ubuntu 20.04, Python 3.8, glibc 2.31)"),
+    ("jetpack5-python310", "3.10", 31, "JetPack 5 with a Python 3.10 installed beside the system's (glibc 2.31)"),
 )
 #: Extras a device installs (train and plot stay on the workstation).
 DEVICE_EXTRAS = ("dicom", "tflite", "onnx", "seg", "serve", "tensorrt")
@@ -89,7 +90,7 @@ def main() -> int:
         dest = cache / name
         rows = []
         reqs = requirements()
-        if name.startswith("jetpack5"):
+        if name == "jetpack5-ubuntu2004":
             reqs += [(r, "jetpack5-alternative") for r in JETPACK5_ALTERNATIVES]
         for req, extra in reqs:
             # Markers such as "python_version < '3.11'" are evaluated by pip for the target Python.
