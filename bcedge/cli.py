@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from bcedge.errors import BcedgeError
+from bcedge.errors import BcedgeError, first_line
 
 app = typer.Typer(
     name="bcedge",
@@ -140,10 +140,30 @@ def _register_subapps() -> None:
     app._bcedge_registered = True  # type: ignore[attr-defined]
 
 
+def _fail(message: str, code: int, as_json: bool) -> int:
+    """Print one ``error:`` line on stderr (and, with ``--json``, one JSON document on stdout); return ``code``."""
+    line = " ".join(message.split())  # one line, whatever the message held
+    typer.echo(f"error: {line}", err=True)
+    if as_json:
+        from bcedge import __version__
+
+        doc = {"bcedge_version": __version__, "error": line, "exit_code": code, "scans": [], "failures": []}
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        sys.stdout.flush()
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app; map :class:`BcedgeError` to one line and exit code 2."""
+    """Entry point: run the app; map errors to one ``error:`` line and an exit code.
+
+    Exit codes: 0 done; 2 bad input or usage (click's usage errors too: one line with a hint,
+    never its usage block); 3 model or backend problem (:class:`~bcedge.errors.BundleError`);
+    130 interrupted; 1 only for a bug (an exception nobody foresaw). With ``--json`` a failure
+    before the command could print its own document still prints one JSON document.
+    """
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    as_json = "--json" in args
     try:
         _register_subapps()
         # With standalone_mode=False click returns typer.Exit's code instead of raising it.
@@ -153,8 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     except BcedgeError as exc:
         if debug:
             raise
-        typer.echo(f"error: {exc}", err=True)
-        return exc.exit_code
+        return _fail(str(exc), exc.exit_code, as_json)
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("aborted", err=True)
         return 130
@@ -162,16 +181,19 @@ def main(argv: list[str] | None = None) -> int:
         # Recent typer vendors click (typer._click) and `import click` may fail: match by duck type.
         if isinstance(exc, typer.Exit) or type(exc).__name__ == "Exit":
             return int(getattr(exc, "exit_code", 0))
-        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
+        if callable(getattr(exc, "format_message", None)) and isinstance(getattr(exc, "exit_code", None), int):
             if debug:
                 raise
-            exc.show()
-            return 2
+            # A usage error (unknown option, missing argument, a path that does not exist...): the
+            # message and where to look, on one line, instead of click's usage block.
+            ctx = getattr(exc, "ctx", None)
+            command = getattr(ctx, "command_path", None) or "bcedge"
+            return _fail(f"{exc.format_message()} (see '{command} --help')", 2, as_json)
         if debug:
             raise
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        typer.echo(f"error: unexpected {type(exc).__name__}: {first} (rerun with --debug for the traceback)", err=True)
-        return 1
+        return _fail(
+            f"unexpected {type(exc).__name__}: {first_line(exc)} (rerun with --debug for the traceback)", 1, as_json
+        )
     return 0
 
 

@@ -43,8 +43,10 @@ import math
 import mmap
 import os
 import struct
+import tempfile
 import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -863,7 +865,8 @@ def _decode(ds: Any, path: Path, rows: int, cols: int) -> np.ndarray:
                     f"{path}: decoding Transfer Syntax {name}", "dicom", "pylibjpeg + pylibjpeg-openjpeg/libjpeg"
                 )
     try:
-        arr = ds.pixel_array
+        with _c_stderr_to_debug_log(path):
+            arr = ds.pixel_array
     except MemoryError as exc:
         raise DicomError(f"{path}: decoding Pixel Data (7FE0,0010) ran out of memory") from exc
     except Exception as exc:  # decoders raise ValueError, RuntimeError, EOFError, their own types...
@@ -1237,6 +1240,45 @@ def _pnm_maxval(data: np.ndarray) -> int | None:
     return maxval if 0 < maxval < 65536 else None
 
 
+def _quiet_opencv(cv2: Any) -> None:
+    """Silence OpenCV's own log (it prints "[ERROR...] imdecode_ ..." to stderr for a corrupt file).
+
+    The reader reports the failure as one error line; OpenCV's lines would be a second, third...
+    """
+    with contextlib.suppress(AttributeError):
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+
+@contextlib.contextmanager
+def _c_stderr_to_debug_log(p: Path) -> Iterator[None]:
+    """Send what C decoders write straight to file descriptor 2 (libpng's "libpng error: ...",
+    libjpeg's "Corrupt JPEG data: ...") to the debug log instead of the user's terminal, so a
+    corrupt file costs one ``error:`` line.
+
+    Only in the main thread: the descriptor is process-wide, and a server's other threads must
+    keep their stderr.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        try:
+            os.dup2(sink.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            said = sink.read(4096).decode("utf-8", "replace").strip()
+            if said:
+                _log.debug("%s: the image decoder said: %s", p, " | ".join(said.splitlines()))
+
+
 def read_raster(path: str | os.PathLike[str]) -> Mammogram:
     """Read an 8/16-bit PNG, PGM, JPEG or TIFF as a mammogram.
 
@@ -1276,8 +1318,10 @@ def read_raster(path: str | os.PathLike[str]) -> Mammogram:
         check_image_size(rows, cols, bytes_per_pixel, f"the {kind} header")
     except InputError as exc:
         raise InputError(f"{p}: {exc}") from None
+    _quiet_opencv(cv2)
     try:
-        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        with _c_stderr_to_debug_log(p):
+            img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:  # OpenCV's assertions and allocation failures
         raise InputError(f"{p}: {kind} data cannot be decoded ({first_line(exc).split(') ')[-1]})") from exc
     except MemoryError as exc:
@@ -1304,8 +1348,11 @@ def read_raster(path: str | os.PathLike[str]) -> Mammogram:
         bits, scale = 32, 1.0
     else:
         raise InputError(f"{p}: pixel type {img.dtype} unsupported; expected 8/16-bit unsigned or float")
-    pixels = np.clip(img.astype(np.float32) / np.float32(scale), 0.0, 1.0)
-    pixels = np.nan_to_num(pixels, nan=0.0)
+    # In place: one float32 image at a time (a 50 MP raster is 200 MB of them).
+    pixels = img.astype(np.float32)
+    pixels *= np.float32(1.0 / scale)
+    np.clip(pixels, 0.0, 1.0, out=pixels)
+    np.nan_to_num(pixels, copy=False, nan=0.0)
     meta = ImageMeta(source=str(p), rows=img.shape[0], columns=img.shape[1], bits_stored=bits)
     return Mammogram(pixels, meta)
 

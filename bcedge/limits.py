@@ -5,10 +5,16 @@ A corrupt or hostile file can claim any size: a 37 kB JPEG-LS stream whose frame
 Pixel Data element of 2 GiB in a sparse file. Each claim is read from the header (a few bytes,
 parsed here by hand: the libraries only tell after they allocated) and checked against:
 
-- :data:`MAX_MEGAPIXELS` (100 MP: several times the largest mammography detector, ~28 MP), and
+- :data:`MAX_MEGAPIXELS`, and
 - :data:`MAX_DECODED_BYTES`, a byte budget for one decoded image in its own sample format
-  (100 MP at 16 bits), which also bounds colour and 16-bit rasters; and
+  (50 MP at 16 bits), which also bounds colour and 16-bit rasters; and
 - :data:`MAX_FILE_BYTES` for the file itself (the budget plus room for a header).
+
+Why 50 MP: the largest mammography detector (Fujifilm, 50 um pixels) makes 5928 x 4728 =
+28 MP images; reading one peaks at ~164 MB (its 16-bit samples plus the float32 image every
+reader returns, 6 bytes a pixel). Issue 15 bounds any input at twice that. 50 MP at 6 bytes
+a pixel is 300 MB, inside it; the earlier 100 MP guard let a 5 kB file that claims 82 MP
+decode to 410 MB.
 
 What fails raises a one-line :class:`~bcedge.errors.InputError` (``DicomError`` for DICOM)
 naming the header field and the size it claims; nothing large is allocated before that.
@@ -23,8 +29,8 @@ import zlib
 from bcedge.errors import DicomError, InputError
 
 #: Refuse images above this many pixels before decoding (a corrupt header can claim anything).
-MAX_MEGAPIXELS = 100.0
-#: Byte budget of one decoded image in its stored format: 100 MP at 16 bits.
+MAX_MEGAPIXELS = 50.0
+#: Byte budget of one decoded image in its stored format: 50 MP at 16 bits.
 MAX_DECODED_BYTES = int(MAX_MEGAPIXELS * 1e6) * 2
 #: Largest file read at all: the decoded budget plus 64 MiB of header, overlays and padding.
 MAX_FILE_BYTES = MAX_DECODED_BYTES + (64 << 20)

@@ -461,6 +461,38 @@ def run_corpus(args: argparse.Namespace) -> dict[str, object]:
     )
 
 
+def merge(paths: list[Path], command: str) -> dict[str, object]:
+    """One result from several ``mutate`` runs (other seeds, run side by side): counts summed."""
+    runs = [json.loads(p.read_text()) for p in paths]
+    counts: Counter = Counter()
+    examples: dict[str, list] = {}
+    for run in runs:
+        counts.update(run["counts"])
+        for klass, items in run["examples"].items():
+            examples.setdefault(klass, []).extend(items)
+    first = runs[0]
+    return _summary(
+        counts,
+        {
+            "kind": "mutants",
+            "command": command,
+            "mutants": sum(r["mutants"] for r in runs),
+            "requested": sum(r["requested"] for r in runs),
+            "runs": [
+                {k: r[k] for k in ("command", "seed", "mutants", "seconds", "per_second", "counts", "max_peak_mb")}
+                for r in runs
+            ],
+            "time_limit_s": first["time_limit_s"],
+            "cap_mb": first["cap_mb"],
+            "max_peak_mb": max(r["max_peak_mb"] for r in runs),
+            "slowest": sorted((s for r in runs for s in r["slowest"]), key=lambda s: -s["seconds"])[:5],
+            "examples": examples,
+            "machine": first["machine"],
+            "libraries": first["libraries"],
+        },
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -475,7 +507,18 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--budget-s", type=float, default=0.0, help="stop after this many seconds (0: no limit)")
     m.add_argument("--progress", type=int, default=0, help="print counts every N mutants")
     m.add_argument("--keep-dir", help="keep the inputs of every non-documented outcome here")
+    g = sub.add_parser("merge", help="sum the counts of several mutate results")
+    g.add_argument("results", nargs="+", type=Path)
+    g.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
+    if args.mode == "merge":
+        result = merge(args.results, "python benchmarks/fuzz.py " + " ".join(sys.argv[1:] if argv is None else argv))
+        text = json.dumps(result, indent=1) + "\n"
+        if args.out:
+            args.out.write_text(text)
+        else:
+            sys.stdout.write(text)
+        return 0 if result["not_documented"] == 0 else 1
     import cv2
 
     cv2.setNumThreads(0)
