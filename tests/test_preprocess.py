@@ -70,13 +70,16 @@ def synth_breast(
     return img, truth, box
 
 
-def mammogram(img: np.ndarray, laterality: str | None = None) -> Mammogram:
+def mammogram(img: np.ndarray, laterality: str | None = None, orientation_side: str | None = None) -> Mammogram:
+    """``img`` with a header stating ``laterality`` and a Patient Orientation chest-wall side."""
     meta = ImageMeta(
         source="synthetic",
         rows=img.shape[0],
         columns=img.shape[1],
         laterality=laterality,
-        laterality_source="test" if laterality else None,
+        laterality_source="ImageLaterality" if laterality else None,
+        chest_wall_side=orientation_side,
+        chest_wall_source="PatientOrientation" if orientation_side else None,
     )
     return Mammogram(img, meta)
 

@@ -14,7 +14,7 @@ import pytest
 from test_preprocess import mammogram, synth_breast
 
 import bcedge.preprocess as pre
-from bcedge.dicom import ImageMeta, Mammogram, read_dicom
+from bcedge.dicom import Mammogram, read_dicom
 from bcedge.preprocess import SIDE_CONFIDENCE, PreprocessConfig, decide_flip, header_chest_wall_side, preprocess
 
 CONFIG = PreprocessConfig(size=128)
@@ -22,16 +22,7 @@ CONFIG = PreprocessConfig(size=128)
 
 def _scan(side: str, *, laterality: str | None = None, orientation_side: str | None = None) -> Mammogram:
     img, _, _ = synth_breast(side=side, label=False)
-    meta = ImageMeta(
-        source="synthetic",
-        rows=img.shape[0],
-        columns=img.shape[1],
-        laterality=laterality,
-        laterality_source="ImageLaterality" if laterality else None,
-        chest_wall_side=orientation_side,
-        chest_wall_source="PatientOrientation" if orientation_side else None,
-    )
-    return Mammogram(img, meta)
+    return mammogram(img, laterality, orientation_side)
 
 
 @pytest.fixture(autouse=True)
