@@ -39,6 +39,15 @@ ensure_binfmt() {
     die 3 "qemu-aarch64 binfmt entry lacks the F flag; re-register it (apt-get install --reinstall qemu-user-static)"
 }
 
+lock_root() {
+  # One run per root filesystem at a time: each unmounts everything under it when it ends.
+  exec 9>"$1/.lock"
+  if ! flock -n 9; then
+    echo "waiting for the other run that uses $1 ..." >&2
+    flock 9
+  fi
+}
+
 mount_all() {
   # mount_all ROOT REPO PIPCACHE: kernel filesystems, the working tree (read-only, /src),
   # the shared data (read-only, /data when it exists), bcedge wheels, pip's cache, /out.

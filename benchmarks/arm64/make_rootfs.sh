@@ -81,6 +81,7 @@ base="$cache/$distro"
 [ $unpacked -eq 1 ] && base="$cache/$distro-unpacked"
 root="$base/root"
 mkdir -p "$base/debs" "$base/pip" "$base/wheels"
+lock_root "$base"
 timings="$base/timings.txt"
 : >"$timings"
 

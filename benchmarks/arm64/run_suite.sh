@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run the bcedge runtime on aarch64 under qemu-user emulation and compare it with x86.
 #
-#   benchmarks/arm64/run_suite.sh [--distro debian12] [--unpacked] [--quick] [BUNDLE ...]
+#   benchmarks/arm64/run_suite.sh [--distro debian12] [--unpacked] [--quick] [--real N]
+#                                 [--steps cpu,demo,...] [BUNDLE ...]
 #
 # BUNDLE: bundle folders inside the repository (default: bcedge/demo_model and every
 # models/*/ with a manifest.json), so the suite can be rerun when a new default model ships.
@@ -20,6 +21,8 @@
 #              outputs (no TensorFlow in the root filesystem: its tests skip; the DICOM tests
 #              use Debian's arm64 dcmtk/dicom3tools)
 # --quick: the CI smoke test: cpu, a few runtime tests and demo only.
+# --real N: real scans used (default 4: two mini-MIAS, two CDD-CESM; 0: the sample scan only).
+# --steps: run only these steps; the results of the others (from an earlier run) are kept.
 #
 # Writes benchmarks/results/arm64_<distro>.json (not with --quick). Exit 0 when every step
 # passed, 1 when one failed, 3 when the root filesystem is missing.
@@ -34,12 +37,16 @@ source "$here/common.sh"
 distro=debian12
 quick=0
 unpacked=0
+n_real=4
+steps=""
 bundles=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --distro) distro="$2"; shift 2 ;;
     --quick) quick=1; shift ;;
     --unpacked) unpacked=1; shift ;;
+    --real) n_real="$2"; shift 2 ;;
+    --steps) steps=",$2,"; shift 2 ;;
     -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
     -*) die 2 "unknown option $1" ;;
     *) bundles+=("$1"); shift ;;
@@ -67,8 +74,10 @@ done
 data_host="${BCEDGE_DATA:-$repo/../shared/data}"
 # The sample scan (synthetic DICOM) and real scans: screen-film MIAS PNGs with masses,
 # CDD-CESM low-energy (DM) JPEGs; paths relative to the data folder (/data in the chroot).
-real_scans=(mini-mias/images/mdb001.png mini-mias/images/mdb010.png mini-mias/images/mdb028.png
-  cdd-cesm/setA/images/flipped_P108_L_DM_CC.jpg cdd-cesm/setA/images/flipped_P132_R_DM_MLO.jpg)
+real_scans=(mini-mias/images/mdb028.png cdd-cesm/setA/images/flipped_P108_L_DM_CC.jpg
+  mini-mias/images/mdb001.png cdd-cesm/setA/images/flipped_P132_R_DM_MLO.jpg mini-mias/images/mdb010.png)
+[[ "$n_real" =~ ^[0-9]+$ ]] || die 2 "--real takes a number"
+real_scans=("${real_scans[@]:0:$n_real}")
 scans_arm=(/src/bcedge/examples/phantom_lcc.dcm)
 scans_x86=("$repo/bcedge/examples/phantom_lcc.dcm")
 if [ -d "$data_host" ]; then
@@ -80,12 +89,12 @@ else
 fi
 
 out="$base/out/suite"
-rm -rf "$out"
+[ -z "$steps" ] && rm -rf "$out"
 mkdir -p "$out"
 timings="$out/timings.txt"
-: >"$timings"
 status="$out/status.txt"
-: >"$status"
+touch "$timings" "$status"
+lock_root "$base"
 mount_all "$root" "$repo" "$base/pip"
 trap 'unmount_all "$root"' EXIT
 
@@ -93,6 +102,10 @@ trap 'unmount_all "$root"' EXIT
 step() {
   local name="$1" rc
   shift
+  if [ -n "$steps" ] && [[ "$steps" != *",$name,"* ]]; then
+    return 0
+  fi
+  sed -i "/^$name=/d" "$status" "$timings"
   step_start "$name"
   "$@" >"$out/$name.log" 2>&1
   rc=$?
@@ -145,6 +158,7 @@ if [ $quick -eq 1 ]; then
   step tests arm /opt/venv/bin/python -m pytest "${pytest_args[@]}" "${quick_tests[@]}"
   step demo demo_json
   cat "$out/cpu.log" >&2
+  tail -n 1 "$out/tests.log" >&2
   grep -q '=[^0]' "$status" && exit 1
   exit 0
 fi
@@ -159,7 +173,7 @@ step infer infer_all
 step serve arm /opt/venv/bin/python -m pytest "${pytest_args[@]}" \
   "/src/tests/test_serve_e2e.py::test_bcedge_serve_cli_scan_in_seg_out"
 step benchmark arm /opt/venv/bin/bcedge benchmark "${bench_models[@]}" --runs 3 --warmup 1 --threads 1 \
-  --phantoms 0 --quiet --json /out/benchmark.json
+  --phantoms 0 --no-isolate --quiet --json /out/benchmark.json
 step tests arm /opt/venv/bin/python -m pytest "${pytest_args[@]}" "${runtime_tests[@]}"
 
 "$repo/.venv/bin/python" "$here/report.py" --distro "$flavour" --base "$base" --bundles "${bundles[@]}" \
