@@ -196,6 +196,11 @@ def _clean_element(ds: Dataset, elem: DataElement, path: str, notes: list[str]) 
 
 
 def _clean_dataset(ds: Dataset, path: str, notes: list[str], depth: int = 0) -> None:
+    """Clean every element of ``ds``; a sequence item that lost an element is removed whole.
+
+    (Which attributes an item needs depends on its macro; an item without one of them would be
+    invalid, and one without a value that was invalid is not worth keeping.)
+    """
     for tag in list(ds.keys()):
         if tag.is_private or tag.group in (0x0002, 0x7FE0) or tag == 0x00080005:
             continue
@@ -206,12 +211,42 @@ def _clean_dataset(ds: Dataset, path: str, notes: list[str], depth: int = 0) -> 
             notes.append(f"{path}({tag.group:04X},{tag.element:04X}): unreadable value, left out")
             continue
         if elem.VR == "SQ":
-            if depth < 4:
-                for index, item in enumerate(elem.value or []):
-                    _clean_dataset(item, f"{path}{elem.keyword or elem.tag}[{index}].", notes, depth + 1)
+            kept = []
+            for index, item in enumerate(elem.value or []):
+                item_notes: list[str] = []
+                if depth < 4:
+                    _clean_dataset(item, f"{path}{elem.keyword or elem.tag}[{index}].", item_notes, depth + 1)
+                notes.extend(item_notes)
+                if any(note.endswith("left out") for note in item_notes) or depth >= 4:
+                    notes.append(f"{path}{elem.keyword or elem.tag}[{index}]: item left out")
+                else:
+                    kept.append(item)
+            if len(kept) != len(elem.value or []):
+                if kept:
+                    elem.value = kept
+                else:
+                    del ds[tag]
             continue
         if elem.VR in _TEXT_VRS:
             _clean_element(ds, elem, path, notes)
+
+
+def _default_charset(ds: Dataset) -> bool:
+    value = ds.get("SpecificCharacterSet")
+    terms = [value] if isinstance(value, str) else list(value or [])
+    return all(str(term).strip() in ("", "ISO_IR 6") for term in terms)
+
+
+def _has_non_ascii(ds: Dataset, depth: int = 0) -> bool:
+    for elem in ds:
+        if elem.VR == "SQ":
+            if depth < 4 and any(_has_non_ascii(item, depth + 1) for item in elem.value or []):
+                return True
+        elif elem.VR in ("PN", "LO", "SH", "LT", "ST", "UT", "UC") and not elem.tag.is_private:
+            values = elem.value if isinstance(elem.value, (list, tuple)) else [elem.value]
+            if any(not str(v).isascii() for v in values if v is not None):
+                return True
+    return False
 
 
 def _charset_known(ds: Dataset) -> bool:
@@ -266,6 +301,11 @@ def prepare_source_header(ds: Dataset, where: str, shape: tuple[int, int] | None
                 f"{shape[0]}x{shape[1]}; the SEG must be written against the image that was segmented"
             )
         _clean_dataset(src, "", notes)
+        if _default_charset(src) and _has_non_ascii(src):
+            # pydicom decoded bytes outside the default repertoire (it falls back to Latin-1); the SEG
+            # states what it holds, in UTF-8.
+            src.SpecificCharacterSet = UTF8
+            notes.append(f"SpecificCharacterSet: none for non-ASCII text, set to {UTF8}")
         for keyword in TYPE2_SOURCE:
             if keyword not in src:
                 setattr(src, keyword, "")
