@@ -982,7 +982,11 @@ def _measure_into(row: dict[str, Any], bundle: Any, record: Any, job: RowJob, it
                     continue
                 if item.id != warm_id and len(tensors) < MIN_DISTINCT_INPUTS * 2:
                     tensors.append(preprocess(mammo, config)[0])
-                truth = item.mask(mammo.pixels.shape[:2])
+                try:
+                    truth = item.mask(mammo.pixels.shape[:2])
+                except InputError as exc:  # a mask that does not fit its image: left out, as by bcedge evaluate
+                    skipped[item.id] = str(exc)
+                    continue
                 # The one scoring of bcedge evaluate --model (bcedge.evaluation): same numbers.
                 image_scores.append(
                     score_result(result, truth, id=item.id, source=item.source, mask_kind=item.mask_kind)

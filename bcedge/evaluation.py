@@ -505,7 +505,7 @@ def training_ids(split: str | os.PathLike[str] | None) -> tuple[str, frozenset[s
 def score_items(
     seg: Any, items: Sequence[BenchItem], *, progress: Callable[[int, int], None] | None = None
 ) -> tuple[list[ImageScore], dict[str, str]]:
-    """Segment and score each item with ``seg``; (scores, {id: error} of unreadable images).
+    """Segment and score each item with ``seg``; (scores, {id: error} of unreadable images or masks).
 
     Raises:
         InputError: no image could be read.
@@ -516,10 +516,10 @@ def score_items(
         try:
             mammo = item.decode()
             result = seg.segment(mammo)
-        except InputError as exc:  # a bad scan is reported and left out; a backend failure is not caught
+            truth = item.mask(mammo.pixels.shape[:2])
+        except InputError as exc:  # a bad scan or mask is reported and left out; a backend failure is not caught
             skipped[item.id] = str(exc)
         else:
-            truth = item.mask(mammo.pixels.shape[:2])
             out.append(score_result(result, truth, id=item.id, source=item.source, mask_kind=item.mask_kind))
         if progress is not None:
             progress(i + 1, len(items))

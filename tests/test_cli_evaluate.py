@@ -189,3 +189,31 @@ def test_cross_dataset_script(
     assert f"train/val in `{split}`: {n_train} of 8" in md
     with pytest.raises(SystemExit):
         module.parse_set(["label", "folder"])
+
+
+def test_a_bad_mask_is_skipped_by_both_commands(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mask that does not fit its image is reported and left out by evaluate and benchmark alike."""
+    import cv2
+
+    from bcedge.datasets.registry import open_dataset
+    from bcedge.datasets.splits import make_split, save_split
+    from bcedge.phantom import generate
+
+    root = tmp_path / "phantoms"
+    generate(root, count=4, seed=4, scale=0.12)
+    split = make_split(
+        open_dataset("folder", root).samples(), dataset="folder", fractions={"train": 0.25, "test": 0.75}
+    )
+    save_split(split, tmp_path / "split.json")
+    victim = split.splits["test"][0]
+    cv2.imwrite(str(root / "masks" / f"{victim}.png"), np.full((7, 9), 255, np.uint8))
+    data = ["--data", "folder", "--root", str(root), "--split", str(tmp_path / "split.json")]
+    model = ["--model", str(tiny_bundle)]
+    report = _evaluate([*model, "--artifact", "model_fp32.tflite", *data], tmp_path / "e.json", capsys)
+    assert [s["id"] for s in report["skipped"]] == [victim] and "9x7" in report["skipped"][0]["error"]
+    assert len(report["images"]) == len(split.splits["test"]) - 1
+    row = _benchmark([*model, "--formats", "tflite", *data], tmp_path / "b.json", capsys)
+    assert [s["id"] for s in row["skipped_images"]] == [victim]
+    assert row["evaluation"]["groups"] == report["groups"]
