@@ -33,6 +33,7 @@ functions. Runtime-light: NumPy and OpenCV only.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -74,8 +75,12 @@ class ImageScore:
         loss: 1 - soft Dice of the probability map, or None when no probabilities were given.
         lesions: ground-truth components.
         found: ground-truth components a predicted component overlaps.
-        components: predicted components.
+        components: predicted components (8-connected components of the predicted mask).
         false_components: predicted components that overlap no ground-truth lesion.
+        findings: findings ``bcedge infer`` reported for the image (None when not scored from a
+            :class:`~bcedge.pipeline.Result`). Postprocessing finds components on the model grid and
+            carries them to the original grid, where two may touch (one mask component) or one may
+            fall apart (several): the two counts usually agree, not always.
     """
 
     id: str
@@ -93,6 +98,7 @@ class ImageScore:
     found: int
     components: int
     false_components: int
+    findings: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field."""
@@ -201,7 +207,8 @@ def score_result(
         truth: (H, W) ground truth on the scan's original grid.
     """
     probability = result.geometry.to_original(np.asarray(result.probability, dtype=np.float32), interpolation="linear")
-    return score_image(result.mask, truth, probability=probability, id=id, source=source, mask_kind=mask_kind)
+    score = score_image(result.mask, truth, probability=probability, id=id, source=source, mask_kind=mask_kind)
+    return dataclasses.replace(score, findings=len(result.findings))
 
 
 # --------------------------------------------------------------------------- statistics
@@ -288,7 +295,8 @@ def summarize_group(scores_: Sequence[ImageScore], **bootstrap: Any) -> dict[str
     Lesion kinds: ``dice``, ``iou``, ``loss``, ``recall``, ``precision`` (per-image means),
     ``detection_rate`` (found / lesions), ``fp_per_image`` (false components per image), each an
     :func:`estimate`; ``dice_global`` (pooled pixels). ``normal``: ``fp_per_image`` and
-    ``flagged_share`` (share of images with any predicted component).
+    ``flagged_share`` (share of images with any predicted component), and ``findings_per_image``
+    (``bcedge infer`` findings per image) when the scores carry findings.
     """
     n = len(scores_)
     out: dict[str, Any] = {"n_images": n}
@@ -299,6 +307,9 @@ def summarize_group(scores_: Sequence[ImageScore], **bootstrap: Any) -> dict[str
     if kinds == {"normal"}:
         out["fp_per_image"] = estimate(fp, **bootstrap)
         out["flagged_share"] = estimate([float(s.components > 0) for s in scores_], **bootstrap)
+        if all(s.findings is not None for s in scores_):
+            # Every finding on a normal image is a false one: the figure as bcedge infer's findings list it.
+            out["findings_per_image"] = estimate([s.findings for s in scores_], **bootstrap)
         return out
     for metric in TABLE_METRICS:
         vals = [getattr(s, metric) for s in scores_]
