@@ -319,10 +319,17 @@ def derive(report: dict[str, Any]) -> None:
     processes hold the cores) and CPU time of the command's own process tree (what the work costs; about
     the same on a busy or a quiet machine, but blind to parallelism).
     """
+    complete = []
     for entry in report["bundles"]:
-        b1, b2, inf = entry["batch_1"], entry["batch_2"], entry["infer"]
-        for run in (b1, b2, inf):
-            run["own_cpu_s_per_scan"] = round(run["own_cpu_s"] / run["scans"], 4)
+        runs = [entry.get(k) or {"error": "not run"} for k in ("batch_1", "batch_2", "infer")]
+        for run in runs:
+            if "error" not in run:
+                run["own_cpu_s_per_scan"] = round(run["own_cpu_s"] / run["scans"], 4)
+        if any("error" in run for run in runs):
+            entry["derived"] = "incomplete: a step failed (see its error); nothing derived"
+            continue
+        b1, b2, inf = runs
+        complete.append(entry)
         entry["speedup_2_workers"] = {
             "wall": round(b2["scans_per_s_wall"] / b1["scans_per_s_wall"], 3),
             "processing": round(b2["scans_per_s_processing"] / b1["scans_per_s_processing"], 3),
@@ -335,7 +342,9 @@ def derive(report: dict[str, Any]) -> None:
             "target_max": 0.10,
         }
         entry["any_busy"] = any(x["busy"] for x in (b1, b2, inf))
-    first = report["bundles"][0]
+    if not complete:
+        return
+    first = complete[0]
     scaling = first["speedup_2_workers"]["processing"]
     report["estimate_10M"] = {
         "from_batch_cpu_time": paper_estimate(
@@ -359,6 +368,14 @@ def derive(report: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------- main
+
+
+def write_report(report: dict[str, Any], out: Path) -> None:
+    """Write ``report`` to ``out`` atomically (a temporary beside it, then a rename)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, out)
 
 
 def main() -> int:
@@ -406,13 +423,19 @@ def main() -> int:
         for bundle in args.bundles:
             print(f"== {bundle.name}", flush=True)
             entry: dict[str, Any] = {"bundle": str(bundle.relative_to(ROOT) if bundle.is_relative_to(ROOT) else bundle)}
-            entry["infer"] = run_infer(bundle, scans, work / f"{bundle.name}-infer", work)
-            print(" infer", entry["infer"], flush=True)
-            for workers in (1, 2):
-                key = f"batch_{workers}"
-                entry[key] = run_batch_cli(bundle, manifest, work / f"{bundle.name}-batch{workers}", workers, work)
-                print(f" batch {workers}", entry[key], flush=True)
             report["bundles"].append(entry)
+            steps = [("infer", lambda b=bundle: run_infer(b, scans, work / f"{b.name}-infer", work))]
+            steps += [
+                (f"batch_{w}", lambda b=bundle, w=w: run_batch_cli(b, manifest, work / f"{b.name}-batch{w}", w, work))
+                for w in (1, 2)
+            ]
+            for key, step in steps:
+                try:
+                    entry[key] = step()
+                except (SystemExit, Exception) as exc:  # a step that failed (Ray did not start...) is recorded
+                    entry[key] = {"error": str(exc)[-600:]}
+                print(f" {key}", entry[key], flush=True)
+                write_report(report, args.out)  # after every step: a later failure loses nothing
         if not args.skip_cluster:
             print(f"== cluster of {args.nodes} nodes", flush=True)
             try:
@@ -422,11 +445,8 @@ def main() -> int:
             print(" cluster", report["cluster"], flush=True)
     derive(report)
     report["machine_after"] = {"load_avg": machine_info().get("load_avg")}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp_out, args.out)
-    print(json.dumps({k: report[k] for k in ("estimate_10M",)}, indent=2))
+    write_report(report, args.out)
+    print(json.dumps(report.get("estimate_10M"), indent=2))
     print(f"wrote {args.out}")
     return 0
 
