@@ -878,7 +878,9 @@ def _decode(ds: Any, path: Path, rows: int, cols: int) -> np.ndarray:
                 ) from exc
         # The decoder is there (checked above): the data are what is wrong.
         what = f"corrupt {codec} data" if ts.is_compressed else "truncated or malformed data"
-        raise DicomError(f"{path}: {what} in Pixel Data (7FE0,0010): {first_line(exc)}") from exc
+        # pydicom lists each plugin's reason on its own line: keep them, on one line.
+        detail = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise DicomError(f"{path}: {what} in Pixel Data (7FE0,0010): {detail}") from exc
     if arr.ndim != 2:
         raise UnsupportedImageError(f"{path}: decoded pixel array has shape {arr.shape}; expected 2-D greyscale")
     if not np.issubdtype(arr.dtype, np.integer):

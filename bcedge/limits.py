@@ -257,6 +257,7 @@ def raster_header(data: bytes | memoryview) -> tuple[str, int, int, int] | None:
     head = bytes(data[:65536]) if len(data) > 65536 else bytes(data)
     try:
         if head[:8] == b"\x89PNG\r\n\x1a\n":
+            _check_png_chunks(data)
             width, height, depth, colour = struct.unpack(">IIBB", head[16:26])
             channels = {0: 1, 2: 3, 3: 3, 4: 4, 6: 4}.get(colour, 4)
             return "PNG", height, width, channels * (2 if depth == 16 else 1)
@@ -273,6 +274,22 @@ def raster_header(data: bytes | memoryview) -> tuple[str, int, int, int] | None:
     except (ValueError, struct.error, IndexError) as exc:
         raise InputError(f"unreadable image header ({exc})") from exc
     return None
+
+
+def _check_png_chunks(data: bytes | memoryview) -> None:
+    """Every PNG chunk's length must fit in the file (OpenCV/libpng allocate what a chunk claims:
+    a 0x7FFFFFFF IDAT in a small file made it allocate 2 GB and spin)."""
+    at, size = 8, len(data)
+    while at + 8 <= size:
+        (length,) = struct.unpack(">I", bytes(data[at : at + 4]))
+        if length > 0x7FFFFFFF or at + 12 + length > size:
+            tag = bytes(data[at + 4 : at + 8]).decode("latin-1")
+            raise ValueError(
+                f"PNG chunk {tag!r} at byte {at} claims {length} bytes; the file ends {size - at - 12} after"
+            )
+        if bytes(data[at + 4 : at + 8]) == b"IEND":
+            return
+        at += 12 + length
 
 
 def _tiff_header(data: bytes) -> tuple[int, int, int]:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bcedge.errors import BcedgeError, BundleError, ConfigError, InputError, MissingDependencyError
+from bcedge.errors import BcedgeError, BundleError, ConfigError, InputError, MissingDependencyError, first_line
 from bcedge.postprocess import DEFAULT_MIN_AREA_MM2, Finding, check_min_area, check_threshold, postprocess
 
 if TYPE_CHECKING:
@@ -56,9 +56,21 @@ class BackendError(BundleError):
 
 
 def default_bundle_path() -> Path:
-    """The demo bundle shipped inside the package (``bcedge/demo_model/``).
+    """The real-data bundle shipped inside the package (``bcedge/mass_model/``): what
+    ``bcedge infer``, ``serve``, ``batch`` and ``benchmark`` use without ``--model``.
 
-    A UNet+MobileNetV2 trained on synthetic phantoms: a demo, not for clinical use.
+    A UNet+MobileNetV2 (ImageNet encoder) trained on real mammograms (CDD-CESM, mini-MIAS);
+    research use only, not for clinical use (its manifest records the data terms and the
+    figures measured on the held-out test split).
+    """
+    return Path(__file__).resolve().parent / "mass_model"
+
+
+def demo_bundle_path() -> Path:
+    """The demo bundle shipped inside the package (``bcedge/demo_model/``), for ``bcedge demo``.
+
+    A small UNet+MobileNetV2 trained on synthetic phantoms: it shows the pipeline working on
+    the bundled synthetic scan; not for real scans.
     """
     return Path(__file__).resolve().parent / "demo_model"
 
@@ -420,6 +432,8 @@ class Segmenter:
                 ready.append(self._prepare(i, scan))
             except BcedgeError as exc:
                 out[i] = ScanFailure(_source_of(scan), exc)
+            except Exception as exc:  # one scan's unforeseen failure must not stop the others
+                out[i] = ScanFailure(_source_of(scan), _unexpected(scan, exc))
         if ready:
             probs, infer_ms = self._infer(np.concatenate([item.tensor for item in ready]))
             share = infer_ms / len(ready)
@@ -428,6 +442,8 @@ class Segmenter:
                     out[item.index] = self._finish(item, probs[k, :, :, 0], share)
                 except BcedgeError as exc:
                     out[item.index] = ScanFailure(item.source, exc)
+                except Exception as exc:
+                    out[item.index] = ScanFailure(item.source, _unexpected(item.source, exc))
         for item in out:
             assert item is not None  # every index was filled above
             yield item
@@ -464,9 +480,16 @@ def _warm_up() -> None:
     cv2.resize(np.zeros((8, 8), np.float32), (4, 4), interpolation=cv2.INTER_AREA)
 
 
+def _unexpected(scan: object, exc: Exception) -> InputError:
+    """A scan's unforeseen exception as its one-line error (exit code 2; "unexpected" marks a bug to fix)."""
+    error = InputError(f"{_source_of(scan) or 'scan'}: unexpected {type(exc).__name__}: {first_line(exc)}")
+    error.__cause__ = exc
+    return error
+
+
 def _source_of(scan: object) -> str:
     """The input path as given, '' for anything else (as :attr:`Result.source`)."""
     return os.fspath(scan) if isinstance(scan, (str, os.PathLike)) else ""
 
 
-__all__ = ["STAGES", "BackendError", "Result", "ScanFailure", "Segmenter", "default_bundle_path"]
+__all__ = ["STAGES", "BackendError", "Result", "ScanFailure", "Segmenter", "default_bundle_path", "demo_bundle_path"]

@@ -91,6 +91,21 @@ def _target(entry: str):  # -> Callable[[str], object]
     return read_mammogram
 
 
+def _memory_related(exc: BaseException) -> bool:
+    """Whether a documented error came from a failed allocation (a MemoryError, or a library's
+    "Insufficient memory" / "Cannot allocate" in the chain): under the cap that is a refused read,
+    without it the same file would have taken the memory, so it counts as over the cap."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        text = str(seen).lower()
+        if isinstance(seen, MemoryError) or "memory" in text or "cannot allocate" in text:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def run_capped(path: str, *, entry: str = "reader", cap_bytes: int, time_limit: float = TIME_LIMIT_S) -> Outcome:
     """Read ``path`` in a forked child under an address-space cap and an alarm; classify the end.
 
@@ -118,6 +133,8 @@ def run_capped(path: str, *, entry: str = "reader", cap_bytes: int, time_limit: 
                 klass, message = "ok", ""
             except BcedgeError as exc:
                 klass, message = f"error:{type(exc).__name__}", str(exc)
+                if _memory_related(exc):  # refused only because the cap made an allocation fail
+                    klass = "memory"
             except MemoryError as exc:
                 klass, message = "memory", f"MemoryError {exc}"
             except BaseException as exc:  # the bug class: everything the reader should have converted

@@ -225,7 +225,8 @@ def test_model_problems_exit_3(
     assert rc == 3, err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], err
-    assert stdout == ""
+    doc = json.loads(stdout)  # --json: one JSON document even when nothing could run
+    assert doc["exit_code"] == 3 and needle in doc["error"] and doc["scans"] == []
     assert not out.exists()
 
 
