@@ -722,9 +722,10 @@ def _follow_chest_wall(mask: np.ndarray, solid: np.ndarray, width: int) -> np.nd
     cols = slice(int(xs[0]), int(xs[0]) + width) if side == "L" else slice(max(0, int(xs[-1]) + 1 - width), None)
     band = np.zeros_like(mask)
     band[:, cols] = solid[:, cols]
-    _, labels = cv2.connectedComponents(band | mask, connectivity=8)
-    ids = np.unique(labels[mask > 0])
-    return mask | np.isin(labels, ids[ids > 0]).astype(np.uint8)
+    count, labels = cv2.connectedComponents(band | mask, connectivity=8)
+    keep = np.zeros(count, np.uint8)
+    keep[labels[mask > 0]] = 1  # the labels the breast belongs to (never 0, the background)
+    return keep[labels]
 
 
 def _extend_into_frame(
