@@ -289,3 +289,14 @@ def test_wado_answer_larger_than_the_limit_is_refused_before_reading(spaced_dir:
         assert not (spaced_dir / "x.dcm").exists()
     finally:
         server.shutdown()
+
+
+def test_without_ray_the_error_names_the_extra(spaced_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from bcedge.batch.run import run_batch
+    from bcedge.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # "import ray" now raises ImportError
+    with pytest.raises(MissingDependencyError, match=r"pip install 'bcedge\[batch\]'"):
+        run_batch(BatchOptions(source=str(spaced_dir), out=spaced_dir / "out"))
