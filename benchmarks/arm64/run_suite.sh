@@ -60,6 +60,7 @@ root="$base/root"
 [ -x "$root/opt/venv/bin/bcedge" ] ||
   die 3 "no arm64 $flavour environment in $base; run benchmarks/arm64/make_rootfs.sh $([ $unpacked -eq 1 ] && echo "--unpacked ")$distro first"
 [ "$(id -u)" -eq 0 ] || die 3 "needs root (chroot)"
+lock_root "$base"
 ensure_binfmt
 
 if [ ${#bundles[@]} -eq 0 ]; then
@@ -94,7 +95,6 @@ mkdir -p "$out"
 timings="$out/timings.txt"
 status="$out/status.txt"
 touch "$timings" "$status"
-lock_root "$base"
 mount_all "$root" "$repo" "$base/pip"
 trap 'unmount_all "$root"' EXIT
 
