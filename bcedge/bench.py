@@ -248,7 +248,8 @@ class BenchData:
             reader = open_dataset(self.dataset, self.root, **self.options)
             samples = list(reader.samples())
             if self.split is not None:
-                samples = filter_samples(samples, load_split(self.split), self.split_name)
+                # Reader options may narrow the dataset its split was made for (e.g. cdd_kind=DM).
+                samples = filter_samples(samples, load_split(self.split), self.split_name, strict=not self.options)
             # A lesion reported without a location has an empty mask that is not ground truth.
             out = [_sample_item(s) for s in samples if not s.lesion_unlocated]
         else:

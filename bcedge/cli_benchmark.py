@@ -45,7 +45,7 @@ def _formats(values: list[str] | None) -> list[str] | None:
 def benchmark_command(
     model: Annotated[
         list[Path] | None,
-        typer.Option("--model", help="Bundle folder (repeat for several; default: the bundled demo model)."),
+        typer.Option("--model", help="Bundle folder (repeat for several; default: the bundled real-data model)."),
     ] = None,
     formats: Annotated[
         list[str] | None,
@@ -112,7 +112,7 @@ def benchmark_command(
 
         demo = default_bundle_path()
         if not (demo / "manifest.json").is_file():
-            raise ConfigError(f"no bundled demo model at {demo}; give a bundle with --model")
+            raise ConfigError(f"no bundled model at {demo}; give a bundle with --model")
         bundles = [demo]
     if data is None and (split is not None or option):
         raise ConfigError("--split and --option need --data (the dataset to read)")

@@ -195,7 +195,11 @@ def _parse_kinds(outputs: str | None) -> tuple[str, ...]:
 
 ModelOpt = Annotated[
     Path | None,
-    typer.Option("--model", "-m", help="Bundle folder (manifest.json + artifacts). Default: the bundled demo model."),
+    typer.Option(
+        "--model",
+        "-m",
+        help="Bundle folder (manifest.json + artifacts). Default: the bundled real-data model (bcedge/mass_model).",
+    ),
 ]
 BackendOpt = Annotated[
     str,
@@ -293,13 +297,15 @@ def demo_command(
 
     The demo model is trained on synthetic phantoms only: it is not for clinical use.
     """
+    from bcedge.pipeline import demo_bundle_path
+
     scan = example_scan()
     kinds = _parse_kinds(outputs)
     handler = _log_to_stderr()
     try:
         seg, results, failures = run_infer(
             [scan],
-            model=None,
+            model=demo_bundle_path(),
             backend=backend,
             threads=threads,
             out=out,

@@ -56,7 +56,7 @@ def _check(cfg) -> list[str]:
         try:
             from bcedge.pipeline import default_bundle_path
         except ImportError:
-            notes.append("bundle: the bundled demo model (bcedge.pipeline not available in this install)")
+            notes.append("bundle: the bundled real-data model (bcedge.pipeline not available in this install)")
         else:
             path = default_bundle_path()
             load_bundle(path)

@@ -319,9 +319,9 @@ def test_cold_path_imports_no_tensorflow_and_prints_only_json(scans: dict[str, P
 
 
 def test_demo(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    from bcedge.pipeline import default_bundle_path
+    from bcedge.pipeline import demo_bundle_path
 
-    if not (default_bundle_path() / "manifest.json").is_file():
+    if not (demo_bundle_path() / "manifest.json").is_file():
         pytest.skip("the bundled demo model (bcedge/demo_model) is not there yet")
     out = tmp_path / "demo out"
     rc, stdout, _ = run(capsys, "demo", "--out", out, "--outputs", "mask,json", "--json")
@@ -339,7 +339,7 @@ def test_demo_command_with_a_stand_in_bundle(
     """The demo's flow (sample scan, table, Dice against the shipped mask) with the real bundle standing in."""
     import bcedge.pipeline
 
-    monkeypatch.setattr(bcedge.pipeline, "default_bundle_path", lambda: REAL_BUNDLE)
+    monkeypatch.setattr(bcedge.pipeline, "demo_bundle_path", lambda: REAL_BUNDLE)
     out = tmp_path / "demo out"
     rc, stdout, _ = run(capsys, "demo", "--out", out, "--outputs", "mask,overlay")
     assert rc == 0, stdout
@@ -388,3 +388,22 @@ def test_onnx_providers(capsys: pytest.CaptureFixture[str], scans: dict[str, Pat
     assert rc == 3 and "NoSuchExecutionProvider" in err and not (tmp_path / "b").exists()
     rc, _, err = run(capsys, *base, "--out", tmp_path / "c", "--providers", "CPUExecutionProvider")
     assert rc == 2 and "--providers applies to --backend onnx" in err
+
+
+def test_infer_without_model_serves_the_real_data_model(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, bcedge_data: Path
+) -> None:
+    """``bcedge infer`` without --model runs bcedge/mass_model (not the phantom demo) on a real scan."""
+    from bcedge.pipeline import default_bundle_path
+
+    if not (default_bundle_path() / "manifest.json").is_file():
+        pytest.skip("bcedge/mass_model is not in this checkout")
+    scan = bcedge_data / "cdd-cesm-extra" / "images" / "P111_R_DM_MLO.jpg"  # a test-split view
+    if not scan.is_file():
+        pytest.skip(f"{scan} not found")
+    rc, stdout, _ = run(capsys, "infer", scan, "--out", tmp_path, "--outputs", "mask,json", "--json")
+    assert rc == 0
+    doc = json.loads(stdout)
+    model = doc["scans"][0]["model"]
+    assert model["name"] == "unet-mobilenetv2" and Path(model["bundle"]).name == "mass_model"
+    assert (tmp_path / "P111_R_DM_MLO_mask.png").is_file()

@@ -263,9 +263,19 @@ def test_option_checks(bundle_dir: Path, phantoms: dict) -> None:
         seg.segment(phantoms["LCC"][1])
 
 
-def test_default_bundle_path_is_inside_the_package() -> None:
+def test_default_and_demo_bundles_are_inside_the_package() -> None:
+    """Without --model bcedge serves the real-data model; the phantom model is the demo's."""
+    from bcedge.bundle import load_bundle
+    from bcedge.pipeline import demo_bundle_path
+
     path = default_bundle_path()
-    assert path.name == "demo_model" and path.parent.name == "bcedge"
+    assert path.name == "mass_model" and path.parent.name == "bcedge"
+    assert demo_bundle_path().name == "demo_model" and demo_bundle_path().parent.name == "bcedge"
+    manifest = load_bundle(path).manifest
+    assert "not for clinical use" in manifest.provenance["intended_use"]
+    assert set(manifest.provenance["data_terms"]) == {"cdd-cesm", "mini-mias"}
+    assert manifest.provenance["recipe"]["encoder_weights"].endswith("mobilenet_v2_1.0_224_imagenet_int8.tflite")
+    assert manifest.provenance["split"].endswith("combined-v2.json")
 
 
 # --------------------------------------------------------------------------- the real TFLite bundle

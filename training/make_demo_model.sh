@@ -23,5 +23,5 @@ BCEDGE="${BCEDGE:-bcedge}"
 "$BCEDGE" train --model unet-mobilenetv2 --width 0.25 --data phantoms --root "$WORK/phantoms" \
     --split "$WORK/split.json" --out "$WORK/run" --cache "$WORK/cache" \
     --epochs 60 --patience 25 --lr 0.002 --loss dice --train-on lesions --time-budget-min 16
-"$BCEDGE" export "$WORK/run" --out "$BUNDLE" --formats tflite-fp32,tflite-int8 --no-keras --overwrite \
+"$BCEDGE" export "$WORK/run" --out "$BUNDLE" --formats tflite-int8 --no-keras --overwrite \
     --data phantoms --root "$WORK/phantoms" --split "$WORK/split.json" --cache "$WORK/cache"
