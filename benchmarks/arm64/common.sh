@@ -110,7 +110,7 @@ in_root() {
   # device would, not those of qemu's default "max" CPU.
   local root="$1"
   shift
-  env -i HOME=/root PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+  timeout --kill-after=30 "${BCEDGE_ARM64_STEP_TIMEOUT:-3600}" env -i HOME=/root PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     LANG=C.UTF-8 TERM=dumb PYTHONDONTWRITEBYTECODE=1 PIP_CERT=/etc/host-ca.crt PIP_DEFAULT_TIMEOUT=180 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 QEMU_CPU="${BCEDGE_ARM64_CPU:-cortex-a76}" BCEDGE_DATA=/data \
     chroot "$root" "$@"

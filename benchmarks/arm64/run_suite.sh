@@ -14,8 +14,8 @@
 #   artifacts  every artifact of every bundle on the sample scan + real scans, on aarch64 and
 #              on x86 (the host's .venv), compared: FP32 identical masks and findings,
 #              INT8/FP16 mask Dice >= 0.98
-#   infer      bcedge infer --json with each bundle's default artifact on the same scans
 #   serve      bcedge serve round trip on loopback (storescu -> node -> SEG at storescp)
+#   infer      bcedge infer --json with each bundle's default artifact on the same scans
 #   benchmark  bcedge benchmark --runs 3 (emulated timings: NOT device timings)
 #   tests      runtime tests: pipeline, postprocess, bundle, backends, CLI infer, DICOM reader,
 #              outputs (no TensorFlow in the root filesystem: its tests skip; the DICOM tests
@@ -23,6 +23,7 @@
 # --quick: the CI smoke test: cpu, a few runtime tests and demo only.
 # --real N: real scans used (default 4: two mini-MIAS, two CDD-CESM; 0: the sample scan only).
 # --steps: run only these steps; the results of the others (from an earlier run) are kept.
+# BCEDGE_ARM64_STEP_TIMEOUT: seconds each emulated command may run (default 3600; rc 124).
 #
 # Writes benchmarks/results/arm64_<distro>.json (not with --quick). Exit 0 when every step
 # passed, 1 when one failed, 3 when the root filesystem is missing.
@@ -169,9 +170,9 @@ step artifacts-x86 nice -n 15 "$repo/.venv/bin/python" "$here/segment_all.py" ru
   "${bundle_args_x86[@]}" "${scans_x86[@]}"
 step compare "$repo/.venv/bin/python" "$here/segment_all.py" compare "$base/out/seg_x86" "$base/out/seg_arm" \
   --json "$out/compare.json"
-step infer infer_all
 step serve arm /opt/venv/bin/python -m pytest "${pytest_args[@]}" \
   "/src/tests/test_serve_e2e.py::test_bcedge_serve_cli_scan_in_seg_out"
+step infer infer_all
 step benchmark arm /opt/venv/bin/bcedge benchmark "${bench_models[@]}" --runs 3 --warmup 1 --threads 1 \
   --phantoms 0 --no-isolate --quiet --json /out/benchmark.json
 step tests arm /opt/venv/bin/python -m pytest "${pytest_args[@]}" "${runtime_tests[@]}"

@@ -44,7 +44,6 @@ def run(out: Path, bundles: list[Path], scans: list[Path]) -> int:
     """Segment ``scans`` with every runnable artifact of ``bundles``; write results.json + arrays.npz under ``out``."""
     from bcedge.backends import available_backends
     from bcedge.bundle import load_bundle
-    from bcedge.imageio import atomic_write, json_default
     from bcedge.pipeline import Segmenter
 
     have = {name for name, (ok, _why) in available_backends().items() if ok}
@@ -82,11 +81,20 @@ def run(out: Path, bundles: list[Path], scans: list[Path]) -> int:
                         }
                     )
                     print(f"{name}/{record.file} {scan.name}: {len(result.findings)} finding(s)", flush=True)
+            # Saved after every artifact: under emulation a run may be cut short, and what it
+            # finished is still compared.
+            _save(out, rows, arrays)
+    _save(out, rows, arrays)
+    return 1 if failed else 0
+
+
+def _save(out: Path, rows: list[dict[str, Any]], arrays: dict[str, np.ndarray]) -> None:
+    from bcedge.imageio import atomic_write, json_default
+
     out.mkdir(parents=True, exist_ok=True)
     report = {"machine": platform.machine(), "python": platform.python_version(), "rows": rows}
     atomic_write(out / "arrays.npz", lambda tmp: _savez(tmp, arrays))
     atomic_write(out / "results.json", lambda tmp: tmp.write_text(json.dumps(report, indent=1, default=json_default)))
-    return 1 if failed else 0
 
 
 def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
