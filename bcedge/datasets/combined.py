@@ -77,7 +77,7 @@ def real_data_recipe(root: str | Path, *, cdd_kind: str = "DM") -> CombinedDatas
 
 
 def real_data_recipe_v2(
-    root: str | Path, *, cdd_kind: str = "both", mask_rule: str = "skin-line-v1", mias: str = "all"
+    root: str | Path, *, cdd_kind: str = "both", mask_rule: str = "skin-line-v1", mias: str | None = "all"
 ) -> CombinedDataset:
     """The real-data set of issue #12: both CDD-CESM folders + mini-MIAS.
 
@@ -105,6 +105,7 @@ def real_data_recipe_v2(
         raise DatasetError(
             f"{root}: no {', '.join(missing)}/ folder; 'combined-v2' expects the data folder holding them"
         )
+    mias = "none" if mias is None else mias  # ``-o mias=none`` arrives as None (parse_options)
     if mias not in ("all", "normals", "none"):
         raise ConfigError(f"mias={mias!r}; expected all, normals or none")
     cdd = CddCesm(root / "cdd-cesm", kind=cdd_kind, roots=[root / "cdd-cesm-extra"], mask_rule=mask_rule)  # type: ignore[arg-type]
