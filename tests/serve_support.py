@@ -130,27 +130,50 @@ def phantom_copy(path: Path, index: int, **tags: Any) -> Path:
     return path
 
 
-def jpegls_bomb(path: Path) -> Path:
-    """A small MG file (~13 kB) whose JPEG-LS frame header claims 65535x65535 (issue #18's freezing file).
+def _hostile() -> Any:
+    """``benchmarks/hostile.py``: the hostile-input builders (one implementation for tests and fuzzing)."""
+    folder = str(REPO / "benchmarks")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    import hostile
 
-    The DICOM header says 96x80; decoders that trust the frame header grow for minutes.
+    return hostile
+
+
+def jpegls_bomb(path: Path) -> Path:
+    """A small MG file whose JPEG-LS frame header claims 65535x65535 (issue #18's freezing file).
+
+    The DICOM header says 48x40; a decoder that trusts the frame header grows for minutes.
     """
-    import jpeg_ls
-    from pydicom.encaps import encapsulate
     from pydicom.uid import JPEGLSLossless
 
-    from bcedge.dicom_write import MGTags, build_mg_dataset, save_atomic
+    hostile = _hostile()
+    data = hostile.encode(hostile.mg_dataset(), JPEGLSLossless)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(hostile.patch_jpeg_frame(data, b"\xff\xf7", 65535, 65535))
+    return path
 
-    stored = np.random.default_rng(18).integers(0, 2**12, size=(96, 80), dtype=np.uint16)
-    ds = build_mg_dataset(stored, MGTags(bits_stored=12))
-    code = bytearray(jpeg_ls.encode(stored))
-    sof = code.find(b"\xff\xf7")  # SOF55: length(2) precision(1) height(2) width(2)
-    assert sof >= 0, "no JPEG-LS frame header in the encoded stream"
-    code[sof + 5 : sof + 9] = b"\xff\xff\xff\xff"
-    ds.PixelData = encapsulate([bytes(code)])
-    ds["PixelData"].VR = "OB"
-    ds.file_meta.TransferSyntaxUID = JPEGLSLossless
-    return save_atomic(ds, path)
+
+def deflate_bomb(path: Path, inflated_mb: int = 1536) -> Path:
+    """An MG file in Deflated Explicit VR Little Endian whose data set inflates to ``inflated_mb`` MiB.
+
+    As the corpus's ``bomb_deflate_1_5g.dcm``: Pixel Data claims the size, zeros follow (~1 kB per MiB).
+    """
+    import io
+    import struct
+
+    hostile = _hostile()
+    raw = io.BytesIO()
+    hostile.mg_dataset().save_as(raw, enforce_file_format=True)
+    plain = raw.getvalue()
+    meta_end = 132 + 12 + struct.unpack("<I", plain[132 + 8 : 132 + 12])[0]  # (0002,0000) group length
+    body = plain[meta_end:]
+    pix = hostile.element_offset(body, 0x7FE00010, b"OW", 0)
+    head = body[: pix + 8] + struct.pack("<I", inflated_mb << 20)
+    meta = hostile.meta_with_transfer_syntax(plain[:meta_end], b"1.2.840.10008.1.2.1.99")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(meta + hostile.deflate_bomb(inflated_mb, head))
+    return path
 
 
 def rss_mb(pid: int | None = None) -> float:

@@ -41,6 +41,14 @@ class NodeConfig:
         max_associations: associations served at once.
         acse_timeout_s / dimse_timeout_s / network_timeout_s: pynetdicom timeouts (seconds).
         max_pdu: maximum PDU length the node receives (0: unlimited).
+        handshake_timeout_s: a connection that has not sent its association request (and finished
+            its TLS handshake) within this many seconds is closed; until then it holds no
+            association slot, so idle connections cannot lock real senders out.
+        max_pending_connections: connections waiting for their association request at once; more
+            are closed at once.
+        max_dataset_mb: largest dataset (as received, and a deflated one once inflated) the node
+            keeps; a larger one is answered 0xA700. The default fits a 100-megapixel 16-bit image,
+            the reader's own size limit, with room for its header.
     """
 
     ae_title: str = "BCEDGE"
@@ -54,6 +62,9 @@ class NodeConfig:
     dimse_timeout_s: float = 60.0
     network_timeout_s: float = 60.0
     max_pdu: int = 65536
+    handshake_timeout_s: float = 5.0
+    max_pending_connections: int = 64
+    max_dataset_mb: int = 256
 
 
 @dataclass
@@ -103,7 +114,7 @@ class ModelConfig:
     """``[model]``: the Segmenter the worker runs (as ``bcedge infer``).
 
     Attributes:
-        bundle: model bundle folder; None: the bundled demo model.
+        bundle: model bundle folder; None: the bundled real-data model (bcedge/mass_model).
         backend: ``auto`` or a backend name (``tflite``, ``onnx``, ``tensorrt``, ``keras``).
         threads: CPU threads for the backend; None: the backend's default.
         threshold / min_area_mm2: override the bundle's values; None: the bundle's.
@@ -252,6 +263,8 @@ class ServeConfig:
             ("[destination] batch_size", d.batch_size),
             ("[storage] max_process_attempts", self.storage.max_process_attempts),
             ("[worker] processes", self.worker.processes),
+            ("[node] max_pending_connections", n.max_pending_connections),
+            ("[node] max_dataset_mb", n.max_dataset_mb),
         ):
             if value < 1:
                 raise ConfigError(f"{where}: {key} is {value}; expected an integer >= 1")
@@ -262,6 +275,7 @@ class ServeConfig:
             ("[destination] timeout_s", d.timeout_s),
             ("[destination] backoff_initial_s", d.backoff_initial_s),
             ("[worker] timeout_s", self.worker.timeout_s),
+            ("[node] handshake_timeout_s", n.handshake_timeout_s),
         ):
             if value <= 0:
                 raise ConfigError(f"{where}: {key} is {value}; expected a number of seconds > 0")
@@ -307,7 +321,7 @@ class ServeConfig:
         if self.model.bundle is not None and not (self.model.bundle / "manifest.json").is_file():
             raise ConfigError(
                 f"{where}: [model] bundle {self.model.bundle} has no manifest.json; expected a bcedge model bundle "
-                "folder (or remove the key to use the bundled demo model)"
+                "folder (or remove the key to use the bundled real-data model)"
             )
         return self
 
@@ -318,12 +332,13 @@ class ServeConfig:
         lines = [
             f"listen: AE '{n.ae_title}' on {n.bind}:{n.port}"
             + (" with TLS" if self.tls.enabled else "")
-            + f", up to {n.max_associations} associations at once",
+            + f", up to {n.max_associations} associations at once; association request within "
+            + f"{n.handshake_timeout_s:g} s; datasets up to {n.max_dataset_mb} MiB",
             "accept: Digital Mammography X-Ray Image Storage (For Presentation, For Processing), Verification",
             f"callers: {callers}" + (f"; from {', '.join(n.allowed_addresses)} only" if n.allowed_addresses else ""),
             f"storage: {s.root} (spool/, outbox/, done/, quarantine/, state.json); "
             f"refuse C-STORE (0xA700) below {s.min_free_mb} MiB free",
-            f"model: {m.bundle or 'bundled demo model'} on backend '{m.backend}'"
+            f"model: {m.bundle or 'bundled real-data model'} on backend '{m.backend}'"
             + (f", {m.threads} threads" if m.threads else "")
             + f"; outputs {', '.join(m.outputs)}",
             f"work: {self.worker.processes} worker processes, each scan at most {self.worker.timeout_s:g} s and "
