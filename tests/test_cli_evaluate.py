@@ -242,3 +242,31 @@ def test_predicted_components_are_the_findings_of_bcedge_infer(
             same += score.components == len(result.findings)
     assert counted > 8  # the tiny detector fires on every phantom, so the check is not vacuous
     assert same >= 5  # of 8: the exception, even for a 32-pixel model upsampled ~10x here
+
+
+def test_evaluate_a_bundle_without_ml_frameworks(tiny_bundle: Path, phantom_split: tuple[Path, Path]) -> None:
+    """``bcedge evaluate --model`` is runtime-side: it runs with TensorFlow, Keras, Torch and JAX blocked."""
+    import subprocess
+    import sys
+    import textwrap
+
+    root, split = phantom_split
+    script = textwrap.dedent(
+        f"""
+        import importlib.abc, sys
+
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {{"tensorflow", "keras", "torch", "jax", "tf2onnx"}}:
+                    raise ImportError("blocked in this test: " + name)
+                return None
+
+        sys.meta_path.insert(0, Block())
+        from bcedge.cli import main
+        sys.exit(main(["evaluate", "--model", {str(tiny_bundle)!r}, "--data", "folder", "--root", {str(root)!r},
+                       "--split", {str(split)!r}, "--json", "-"]))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["grid"] == "original"
