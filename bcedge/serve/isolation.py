@@ -71,6 +71,18 @@ def _address_space() -> int:
         return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def peak_address_space_mb() -> float:
+    """This process's peak virtual size so far in MiB (``VmPeak``), 0.0 where /proc has none."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmPeak:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
 def _die_with_parent() -> None:
     """Ask the kernel to SIGKILL this process when the node dies (Linux); elsewhere a no-op."""
     try:
@@ -92,10 +104,16 @@ def _describe(exc: BaseException) -> tuple[str, int | None, str]:
 def _looks_like_memory(exc: BaseException) -> bool:
     # Under RLIMIT_AS a failed allocation surfaces as MemoryError from Python/NumPy, or as the
     # decoder's own error text ("failed to allocate", "out of memory", std::bad_alloc).
+    # A bcedge error is the reader's documented verdict on the file ("... Bits Allocated ..."), not a limit.
     if isinstance(exc, MemoryError):
         return True
+    if isinstance(exc, BcedgeError):
+        return False
     text = str(exc).lower()
-    return any(word in text for word in ("out of memory", "alloc", "cannot allocate", "memoryerror"))
+    return any(
+        phrase in text
+        for phrase in ("out of memory", "failed to allocate", "cannot allocate", "unable to allocate", "bad_alloc")
+    )
 
 
 def _child_main(conn: Any, factory: ProcessorFactory, memory_mb: int) -> None:
@@ -138,7 +156,9 @@ def _child_main(conn: Any, factory: ProcessorFactory, memory_mb: int) -> None:
         source, out_dir = job
         try:
             outputs = process(Path(source), Path(out_dir))
-            reply: tuple[str, Any] = ("ok", {kind: os.fspath(path) for kind, path in outputs.items()})
+            paths = {kind: os.fspath(path) for kind, path in outputs.items()}
+            # The peak address space above the loaded model so far: what [worker] memory_mb must cover.
+            reply: tuple[str, Any] = ("ok", {"outputs": paths, "peak_mb": peak_address_space_mb() - base / 2**20})
         except BaseException as exc:  # everything goes back to the node as a description
             reply = ("memory" if _looks_like_memory(exc) else "error", _describe(exc))
         try:
@@ -184,6 +204,8 @@ class IsolatedProcessor:
         self.limits = limits
         self.name = name
         self.info: dict[str, Any] = {}
+        #: Peak address space (MiB) of the worker above its loaded model, after its last scan.
+        self.peak_mb = 0.0
         self._ctx = multiprocessing.get_context("spawn")  # the node has threads: never fork it
         self._proc: Any = None
         self._conn: Any = None
@@ -261,7 +283,8 @@ class IsolatedProcessor:
                 f"the worker process died after {time.monotonic() - t0:.1f} s without an answer ({code})"
             ) from None
         if kind == "ok":
-            return {k: Path(v) for k, v in payload.items()}
+            self.peak_mb = float(payload["peak_mb"])
+            return {k: Path(v) for k, v in payload["outputs"].items()}
         if kind == "memory":
             self._reap(wait=True)
             name, _code, message = payload
