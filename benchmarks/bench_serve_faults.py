@@ -175,6 +175,18 @@ def acknowledged(output: str) -> int:
     return output.count("Received Store Response (Success)")
 
 
+def _acked_lines(output: str) -> list[str]:
+    """The ``Sending file:`` lines of storescu's log that got a success response."""
+    out, current = [], None
+    for line in output.splitlines():
+        if "Sending file:" in line:
+            current = line
+        elif "Received Store Response (Success)" in line and current:
+            out.append(current)
+            current = None
+    return out
+
+
 def seg_sources(pacs: Path) -> dict[str, set[str]]:
     """Source SOP Instance UID -> SEG SOP Instance UIDs received by PACS."""
     out: dict[str, set[str]] = {}
@@ -289,17 +301,27 @@ def main(argv: list[str] | None = None) -> int:
                     storescu(port, files["good"][half:], []),
                 ]
                 killed = None
+                resent = 0
                 if name == "round2_kill9":
                     wait(lambda g=good: any(s in g for s in seg_sources(pacs_dir)), "a first SEG", args.timeout)
                     watch.pid = None
                     node.send_signal(signal.SIGKILL)
                     node.wait(30)
                     killed = round(time.monotonic() - t0, 2)
-                    for sender in senders:  # what was acknowledged before the kill is the node's to finish
-                        sender.wait(120)
+                    outputs = [s.communicate(timeout=300)[0] for s in senders]
                     node = start_node()
                     watch.pid = node.pid
-                outputs = [s.communicate(timeout=300)[0] for s in senders]
+                    # As a modality does: what got no success status is sent again.
+                    done = {line.split("Sending file:", 1)[1].strip() for o in outputs for line in _acked_lines(o)}
+                    again = [p for group in files.values() for p in group if str(p) not in done]
+                    resent = len(again)
+                    bomb_again = [p for p in again if p in files["bomb"]]
+                    senders = [storescu(port, bomb_again, ["-xt"])] if bomb_again else []
+                    rest = [p for p in again if p not in files["bomb"]]
+                    senders += [storescu(port, rest, [])] if rest else []
+                    outputs += [s.communicate(timeout=300)[0] for s in senders]
+                else:
+                    outputs = [s.communicate(timeout=300)[0] for s in senders]
                 acks = sum(acknowledged(o) for o in outputs)
                 sent = [p for group in files.values() for p in group]
 
@@ -327,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
                     "complete": complete,
                     "elapsed_s": elapsed,
                     "killed_at_s": killed,
+                    "resent_unacknowledged": resent,
                     **round_figures(root, good, watch, pacs_dir),
                     "quarantined": len(reasons),
                     "quarantine_reasons": reasons,
@@ -355,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_after": [round(v, 2) for v in os.getloadavg()],
         "libraries": library_versions(extra=("pynetdicom", "highdicom", "pydicom")),
         "dcmtk": dcmtk_version(),
-        "source": source_state(),
+        "source": source_state(ROOT),
         "settings": {
             "good_per_round": args.good,
             "scale": args.scale,

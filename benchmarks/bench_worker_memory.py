@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "load": [round(v, 2) for v in os.getloadavg()],
         "libraries": library_versions(extra=("pydicom", "highdicom")),
-        "source": source_state(),
+        "source": source_state(ROOT),
         "bundle": str(args.bundle),
         "rows": rows,
     }

@@ -162,7 +162,7 @@ class _Echoes(threading.Thread):
 @needs_dcmtk
 @pytest.mark.skipif(importlib.util.find_spec("highdicom") is None, reason="highdicom (bcedge[seg]) is not installed")
 @pytest.mark.skipif(importlib.util.find_spec("jpeg_ls") is None, reason="pyjpegls (bcedge[dicom]) is not installed")
-def test_freezing_file_and_good_scans_sent_together(spaced_dir: Path) -> None:
+def test_freezing_file_and_good_scans_sent_together(spaced_dir: Path, capfd: pytest.CaptureFixture[str]) -> None:
     bundle = demo_bundle()
     if bundle is None:
         pytest.skip("no model bundle in this checkout")
@@ -174,7 +174,8 @@ def test_freezing_file_and_good_scans_sent_together(spaced_dir: Path) -> None:
             0,
             pacs.port,
             model={"bundle": str(bundle)},
-            extra="[worker]\nprocesses = 2\ntimeout_s = 30\nmemory_mb = 1024\n",
+            extra="[worker]\nprocesses = 2\ntimeout_s = 30\nmemory_mb = 1024\n\n"
+            f'[logging]\nlevel = "DEBUG"\nfile = "{spaced_dir / "node.log"}"\n',
         )
     )
     cfg = load_config(config)
@@ -185,7 +186,19 @@ def test_freezing_file_and_good_scans_sent_together(spaced_dir: Path) -> None:
         rss_before = rss_mb()
         assert len(node.worker_pids) == 2
         bomb = jpegls_bomb(spaced_dir / "in" / "bomb.dcm")
-        goods = [phantom_copy(spaced_dir / "in" / f"good{i}.dcm", i) for i in range(6)]
+        goods = [phantom_copy(spaced_dir / "in" / f"good{i}.dcm", i) for i in range(5)]
+        # a header the SEG writer must sanitise, with values that must not reach any log (issue #15.6)
+        goods.append(
+            phantom_copy(
+                spaced_dir / "in" / "good5.dcm",
+                5,
+                PatientName="Secretname\x07^Jane\x1b[31m",
+                PatientID="SECRETPID",
+                PatientBirthDate="19991399",
+                StudyDate="0",
+                PixelSpacing=["0.1"],
+            )
+        )
         echoes = _Echoes(port)
         echoes.start()
         # the bomb first (its own association: storescu proposes JPEG-LS only with -xt), the good scans beside it
@@ -217,6 +230,13 @@ def test_freezing_file_and_good_scans_sent_together(spaced_dir: Path) -> None:
     assert results and all(ok for _, ok in results), results
     assert max(t for t, _ in results) < 10.0, results
     assert rss_after - rss_before < 100.0, (rss_before, rss_after)
+    # the node's log file and everything the node and its workers wrote to stdout/stderr
+    captured = capfd.readouterr()
+    logs = (spaced_dir / "node.log").read_text(errors="replace") + captured.out + captured.err
+    assert "source header adjusted for the DICOM SEG" in logs  # the sanitised scan was logged ...
+    for value in ("Secretname", "SECRETPID", "19991399"):
+        assert value not in logs, value  # ... without its values
+    assert "\x07" not in logs and "\x1b" not in logs
 
 
 @pytest.fixture
