@@ -139,7 +139,10 @@ def main() -> int:
         "acceptance_choice_logic": (
             "not run: the speed issue's acceptance/choice logic (issue 14) does not exist in the repository yet"
         ),
-        "passed": bool(status) and all(rc == 0 for rc in status.values()) and bool(compare.get("passed")),
+        "passed": bool(status)
+        and all(rc == 0 for rc in status.values())
+        and bool(compare.get("passed"))
+        and bool(compare.get("complete")),
     }
     atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(report, indent=1) + "\n"))
     print(f"wrote {args.json}: passed={report['passed']}")
