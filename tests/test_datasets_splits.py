@@ -183,17 +183,23 @@ def test_load_split_errors(tmp_path: Path) -> None:
 _DATA = os.environ.get("BCEDGE_DATA")
 
 
-@pytest.mark.skipif(not _DATA, reason="BCEDGE_DATA is not set (path to the shared real data)")
-def test_committed_combined_split_is_reproducible_and_patient_level() -> None:
+def _rederive_committed(dataset: str):
+    """The committed ``benchmarks/splits/<dataset>.json``, checked: re-derived from the data and patient-level."""
     from bcedge.datasets.registry import open_dataset
 
-    committed = load_split(REPO / "benchmarks" / "splits" / "combined.json")
-    samples = list(open_dataset("combined", Path(_DATA or "")).samples())
-    again = make_split(samples, dataset="combined", seed=committed.seed, fractions=committed.fractions)
+    committed = load_split(REPO / "benchmarks" / "splits" / f"{dataset}.json")
+    samples = list(open_dataset(dataset, Path(_DATA or "")).samples())
+    again = make_split(samples, dataset=dataset, seed=committed.seed, fractions=committed.fractions)
     assert again.splits == committed.splits
     groups = _patients_by_split(samples, committed)
     assert not (groups["train"] & groups["test"]) and not (groups["val"] & groups["test"])
     assert not (groups["train"] & groups["val"])
+    return committed, samples
+
+
+@pytest.mark.skipif(not _DATA, reason="BCEDGE_DATA is not set (path to the shared real data)")
+def test_committed_combined_split_is_reproducible_and_patient_level() -> None:
+    committed, samples = _rederive_committed("combined")
     by_split = Counter(committed.split_of()[s.id] for s in samples if s.has_lesion)
     assert all(by_split[name] > 0 for name in ("train", "val", "test"))
 
@@ -201,17 +207,9 @@ def test_committed_combined_split_is_reproducible_and_patient_level() -> None:
 @pytest.mark.skipif(not _DATA, reason="BCEDGE_DATA is not set (path to the shared real data)")
 def test_committed_combined_v2_split_is_reproducible_patient_level_with_25_test_lesion_views() -> None:
     """Issue #12's split: by patient across both CDD-CESM folders, >= 25 DM pixel-mask test images."""
-    from bcedge.datasets.registry import open_dataset
-
     if not (Path(_DATA or "") / "cdd-cesm-extra").is_dir():
         pytest.skip("cdd-cesm-extra not in BCEDGE_DATA")
-    committed = load_split(REPO / "benchmarks" / "splits" / "combined-v2.json")
-    samples = list(open_dataset("combined-v2", Path(_DATA or "")).samples())
-    again = make_split(samples, dataset="combined-v2", seed=committed.seed, fractions=committed.fractions)
-    assert again.splits == committed.splits
-    groups = _patients_by_split(samples, committed)
-    assert not (groups["train"] & groups["test"]) and not (groups["val"] & groups["test"])
-    assert not (groups["train"] & groups["val"])
+    committed, samples = _rederive_committed("combined-v2")
     split_of = committed.split_of()
     test_dm = [
         s
