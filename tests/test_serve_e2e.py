@@ -58,7 +58,8 @@ def test_bcedge_serve_cli_scan_in_seg_out(spaced_dir: Path, capsys: pytest.Captu
             [sys.executable, "-m", "bcedge", "serve", "--config", str(config)], stdout=out, stderr=subprocess.STDOUT
         )
     try:
-        wait_for(lambda: port_open(port) or proc.poll() is not None, what="bcedge serve to listen", timeout=60)
+        # two worker processes load the model before the port opens: slow on a loaded machine
+        wait_for(lambda: port_open(port) or proc.poll() is not None, what="bcedge serve to listen", timeout=240)
         assert proc.poll() is None, log.read_text()[-2000:]
         assert main(["serve", "status", "--config", str(config)]) == 0
         capsys.readouterr()

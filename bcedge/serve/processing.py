@@ -18,8 +18,9 @@ from bcedge.serve.config import ModelConfig
 class SegmenterProcessor:
     """``process(source, out_dir) -> {kind: path}`` around one loaded Segmenter.
 
-    The model is loaded once, at construction (so a bad bundle stops the node before it
-    listens), and used from the worker thread only.
+    The model is loaded once, at construction, in each worker process
+    (:mod:`bcedge.serve.isolation`; a bad bundle stops the node before it listens), and used by
+    that process's one thread.
 
     Raises:
         BundleError: the bundle is missing, malformed or does not match its manifest.
@@ -50,11 +51,12 @@ class SegmenterProcessor:
 
     def __call__(self, source: Path, out_dir: Path) -> Mapping[str, Path]:
         from bcedge.errors import InputError
-        from bcedge.outputs import write_outputs
+        from bcedge.scanjob import write_scan_outputs
 
         result = self.segmenter.segment(source)
         try:
-            written = write_outputs(result, out_dir, self.kinds, bundle=self.segmenter.bundle)
+            # The same all-or-nothing write as bcedge infer (same SEG UIDs for the same scan and model).
+            written = write_scan_outputs(result, out_dir, self.kinds, self.segmenter)
         except InputError as exc:
             if isinstance(exc.__cause__, OSError):
                 # The node's own disk, not the scan: retried by the worker instead of quarantining the scan.
