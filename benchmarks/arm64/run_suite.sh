@@ -4,8 +4,8 @@
 #   benchmarks/arm64/run_suite.sh [--distro debian12] [--unpacked] [--quick] [--real N]
 #                                 [--steps cpu,demo,...] [BUNDLE ...]
 #
-# BUNDLE: bundle folders inside the repository (default: bcedge/demo_model and every
-# models/*/ with a manifest.json), so the suite can be rerun when a new default model ships.
+# BUNDLE: bundle folders inside the repository (default: every bcedge/*/ and models/*/ with
+# a manifest.json: the shipped bundles), so the suite can be rerun when a new model ships.
 # Needs the root filesystem of make_rootfs.sh (run it first, with the same --unpacked; it is cached).
 #
 # Steps, each timed and logged under <cache>/<distro>/out/suite/:
@@ -65,8 +65,9 @@ lock_root "$base"
 ensure_binfmt
 
 if [ ${#bundles[@]} -eq 0 ]; then
-  bundles=(bcedge/demo_model)
-  for m in "$repo"/models/*/manifest.json; do [ -f "$m" ] && bundles+=("models/$(basename "$(dirname "$m")")"); done
+  for m in "$repo"/bcedge/*/manifest.json "$repo"/models/*/manifest.json; do
+    [ -f "$m" ] && bundles+=("${m#"$repo"/}") && bundles[-1]="${bundles[-1]%/manifest.json}"
+  done
 fi
 for b in "${bundles[@]}"; do
   b="${b%/}"
