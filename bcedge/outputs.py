@@ -592,9 +592,7 @@ def build_seg(
     real_class = None
     if str(source.SOPClassUID) not in PROJECTION_SOP_CLASSES:
         notes: list[str] = []
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a memory-mapped buffer is not copied, and need not be
-            source = copy.deepcopy(source)  # the caller's header keeps its class
+        source = copy.deepcopy(source)  # a prepared (plain) header; the caller's keeps its class
         real_class = stand_in_sop_class(source, notes)
         _log.warning("%s: %s", source_path, "; ".join(notes))
     with warnings.catch_warnings(record=True) as caught:

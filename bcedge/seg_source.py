@@ -276,7 +276,10 @@ def prepare_source_header(ds: Dataset, where: str, shape: tuple[int, int] | None
         # pydicom quotes the values it warns about (patient data); and a header read through a
         # memory map warns that its buffer cannot be deep-copied (the copy needs no buffer).
         warnings.simplefilter("ignore")
-        src = copy.deepcopy(ds)
+        # A plain Dataset of the same elements: a FileDataset read through a memory map carries its
+        # buffer, which deepcopy cannot copy (pydicom logs a warning for each copy).
+        shallow = _plain(ds)
+        src = copy.deepcopy(shallow)
         if "PixelData" in src:
             del src["PixelData"]
         if not _charset_known(src):
@@ -320,6 +323,17 @@ def prepare_source_header(ds: Dataset, where: str, shape: tuple[int, int] | None
                 if keyword in src:
                     del src[keyword]
     return src, notes
+
+
+def _plain(ds: Dataset) -> Dataset:
+    """A plain Dataset holding the elements (and file meta) of ``ds``, without its file or buffer."""
+    from pydicom.dataset import Dataset as PlainDataset
+
+    plain = PlainDataset(ds)
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None:
+        plain.file_meta = meta
+    return plain
 
 
 def _positive(values: Any, n: int) -> bool:
