@@ -52,6 +52,7 @@ from bench_serve import BUNDLES, dcmtk_version, free_port, make_scans, percentil
 
 from bcedge.bench import library_versions, machine_info, source_state
 from bcedge.bundle import utc_now
+from bcedge.serve.isolation import status_mb
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "serve_faults.json"
@@ -67,14 +68,7 @@ SANITISE = (
 
 
 def rss_mb(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return 0.0
+    return status_mb("VmRSS", pid)
 
 
 def children(pid: int) -> list[int]:

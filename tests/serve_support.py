@@ -178,11 +178,9 @@ def deflate_bomb(path: Path, inflated_mb: int = 1536) -> Path:
 
 def rss_mb(pid: int | None = None) -> float:
     """Resident memory of a process (default: this one) in MiB, from /proc."""
-    with open(f"/proc/{pid or 'self'}/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return 0.0
+    from bcedge.serve.isolation import status_mb
+
+    return status_mb("VmRSS", pid or "self")
 
 
 def broken_factory() -> Any:

@@ -71,16 +71,21 @@ def _address_space() -> int:
         return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def peak_address_space_mb() -> float:
-    """This process's peak virtual size so far in MiB (``VmPeak``), 0.0 where /proc has none."""
+def status_mb(field: str, pid: int | str = "self") -> float:
+    """A memory field of ``/proc/<pid>/status`` (``VmRSS``, ``VmPeak``, ...) in MiB; 0.0 when unavailable."""
     try:
-        with open("/proc/self/status", encoding="ascii") as f:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
             for line in f:
-                if line.startswith("VmPeak:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) / 1024.0
     except OSError:
         pass
     return 0.0
+
+
+def peak_address_space_mb() -> float:
+    """This process's peak virtual size so far in MiB (``VmPeak``)."""
+    return status_mb("VmPeak")
 
 
 def _die_with_parent() -> None:
