@@ -4,8 +4,10 @@ For each scan size, a fresh :class:`~bcedge.serve.isolation.IsolatedProcessor` (
 loads the demo bundle (or ``--bundle``) and processes one synthetic 16-bit MG scan of that size
 (the real Segmenter and SEG writer); the worker reports its peak virtual size (``VmPeak``) above
 its size once the model was loaded. Sizes: a quarter-field and a full-field Hologic-class scan
-(3328x2560), the largest common FFDM detector (5928x4728, 28 MP), and the reader's own limit
-(100 MP, 10000x10000). Results go to ``benchmarks/results/worker_memory.json`` with the machine.
+(3328x2560) and the largest common FFDM detector (5928x4728, 28 MP, 54 MB). Larger sizes can be
+given with ``--sizes``; one the reader refuses (it refuses files over its byte budget, e.g. a
+10000x10000 16-bit file of 200 MB) is recorded with the reason. Results go to
+``benchmarks/results/worker_memory.json`` with the machine.
 
 Usage::
 
@@ -28,13 +30,14 @@ import numpy as np
 from bcedge.bench import library_versions, machine_info, source_state
 from bcedge.bundle import utc_now
 from bcedge.dicom_write import MGTags, build_mg_dataset, save_atomic
+from bcedge.errors import BcedgeError
 from bcedge.serve.config import ModelConfig
 from bcedge.serve.isolation import IsolatedProcessor, Limits
 from bcedge.serve.processing import SegmenterProcessor
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "worker_memory.json"
-SIZES = "1664x1280,3328x2560,5928x4728,10000x10000"
+SIZES = "1664x1280,3328x2560,5928x4728"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,14 +59,19 @@ def main(argv: list[str] | None = None) -> int:
             worker = IsolatedProcessor(
                 functools.partial(SegmenterProcessor, ModelConfig(bundle=args.bundle)), Limits(600.0, 0), name=size
             )
+            refused = None
             try:
                 worker.start()
                 t0 = time.perf_counter()
-                worker(scan, out)
+                try:
+                    worker(scan, out)
+                except BcedgeError as exc:  # the reader's own limits come first
+                    refused = str(exc).splitlines()[0]
                 seconds = time.perf_counter() - t0
             finally:
                 worker.close()
             row = {
+                "refused": refused,
                 "size": size,
                 "megapixels": round(h * w / 1e6, 1),
                 "file_mb": round(scan.stat().st_size / 2**20, 1),

@@ -100,7 +100,8 @@ class WorkerConfig:
             is killed and the scan quarantined (``reason.txt`` names the limit).
         memory_mb: address space (``RLIMIT_AS``, MiB) a worker may add to its size once its model
             is loaded; an allocation beyond it fails, the scan is quarantined and the worker replaced.
-            The default is about 4x the peak of the largest legitimate scan measured (see README).
+            The default is 5.4x the measured peak of a 28-megapixel scan (377 MiB with the demo
+            model; benchmarks/bench_worker_memory.py).
             0: no limit.
     """
 
