@@ -109,12 +109,15 @@ def main() -> int:
     parser.add_argument("--base", type=Path, required=True, help="<cache>/<distro> of make_rootfs.sh")
     parser.add_argument("--bundles", nargs="+", required=True)
     parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--note", action="append", default=[], help="a line for the record (repeatable)")
     args = parser.parse_args()
     suite = args.base / "out" / "suite"
     status = {k: int(v) for k, v in _kv(suite / "status.txt").items()}
     seconds = {k: float(v) for k, v in _kv(suite / "timings.txt").items()}
     freeze = (args.base / "pip-freeze.txt").read_text().splitlines() if (args.base / "pip-freeze.txt").is_file() else []
-    versions = {n: v for line in freeze if "==" in line for n, v in [line.split("==", 1)] if n.lower() in KEY_PACKAGES}
+    wanted = {k.replace("-", "_") for k in KEY_PACKAGES}
+    pairs = [line.split("==", 1) for line in freeze if "==" in line]
+    versions = {n: v for n, v in pairs if n.lower().replace("-", "_") in wanted}
     compare = _json(suite / "compare.json") or {}
     report: dict[str, Any] = {
         "kind": "arm64-emulated-suite",
@@ -139,6 +142,7 @@ def main() -> int:
         "acceptance_choice_logic": (
             "not run: the speed issue's acceptance/choice logic (issue 14) does not exist in the repository yet"
         ),
+        "notes": args.note,
         "passed": bool(status)
         and all(rc == 0 for rc in status.values())
         and bool(compare.get("passed"))
