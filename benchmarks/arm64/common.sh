@@ -105,12 +105,14 @@ unmount_all() {
 
 in_root() {
   # in_root ROOT CMD...: run CMD inside the arm64 root filesystem with a clean environment.
+  # --foreground keeps CMD in the caller's process group, so stopping the caller (the CI cap,
+  # a kill of the suite's group) stops the emulated command too.
   # QEMU_CPU=cortex-a76 (Raspberry Pi 5's core; Jetson Orin's A78AE has the same ARMv8.2
   # features: NEON, fp16, dot product; no SVE, no i8mm) so that XNNPACK picks the kernels a
   # device would, not those of qemu's default "max" CPU.
   local root="$1"
   shift
-  timeout --kill-after=30 "${BCEDGE_ARM64_STEP_TIMEOUT:-3600}" env -i HOME=/root PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+  timeout --foreground --kill-after=30 "${BCEDGE_ARM64_STEP_TIMEOUT:-3600}" env -i HOME=/root PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     LANG=C.UTF-8 TERM=dumb PYTHONDONTWRITEBYTECODE=1 PIP_CERT=/etc/host-ca.crt PIP_DEFAULT_TIMEOUT=180 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 QEMU_CPU="${BCEDGE_ARM64_CPU:-cortex-a76}" BCEDGE_DATA=/data \
     chroot "$root" "$@"
