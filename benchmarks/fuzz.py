@@ -464,6 +464,7 @@ def run_corpus(args: argparse.Namespace) -> dict[str, object]:
         counts,
         {
             "kind": "corpus",
+            "command": "python benchmarks/fuzz.py " + " ".join(sys.argv[1:]),
             "cases": len(cases),
             "classes": dict(Counter(c.klass for c in cases)),
             "cap_mb": round(cap_mb, 1),
