@@ -280,8 +280,13 @@ def _start_node(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
             [sys.executable, str(SUPPORT), str(config), "--isolated"], stdout=out, stderr=subprocess.STDOUT
         )
-    wait_for(lambda: port_open(port) or proc.poll() is not None, what="the node to listen", timeout=180)
-    assert proc.poll() is None, log.read_text()[-2000:]
+    try:
+        wait_for(lambda: port_open(port) or proc.poll() is not None, what="the node to listen", timeout=180)
+        assert proc.poll() is None, log.read_text()[-2000:]
+    except BaseException:
+        proc.kill()  # never leave a node (and its workers) behind a failed start
+        proc.wait(10)
+        raise
     return proc
 
 
