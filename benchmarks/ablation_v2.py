@@ -5,7 +5,9 @@ own validation Dice over lesion images), predicts the validation split of the ru
 dataset on the model grid, and scores it with :mod:`bcedge.evaluation` (the functions
 ``bcedge evaluate`` and ``bcedge benchmark`` use) after the runtime's post-processing
 rule on the model grid: threshold, then components smaller than ``min_area`` model
-pixels dropped. Reported per run: the recipe (from ``config.json``), epochs, wall time,
+pixels dropped. Every run is scored on the same validation images (the full dataset's
+val split, whatever reader options narrowed its training data). Reported per run: the
+recipe (from ``config.json``), epochs, wall time,
 validation Dice on CDD-CESM low-energy (DM) pixel-mask images (the images the shipped
 model is for), detection rate, false-positive components per normal image, each with n
 and a bootstrap 95 % interval; at threshold 0.5 and at the operating point
@@ -55,7 +57,6 @@ def _postprocess(prob: np.ndarray, threshold: float, min_area: int) -> np.ndarra
 
 
 def _val_arrays(config: dict, cache: Path):
-    from bcedge.datasets.registry import parse_options
     from bcedge.preprocess import PreprocessConfig
     from training.data import prepare_split_sets
 
@@ -66,7 +67,9 @@ def _val_arrays(config: dict, cache: Path):
         config["split"],
         pre,
         cache,
-        options=parse_options(config.get("reader_options") or []),
+        # Every run is scored on the same validation images, whatever reader options narrowed
+        # its training data (no contrast views, no mini-MIAS): the full dataset's val split.
+        options=None,
     )
     return sets["val"]
 
