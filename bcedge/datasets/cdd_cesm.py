@@ -43,9 +43,10 @@ keeps one copy (the unprefixed file, else ``flipped_``, else ``mirrored_``; acro
 ``roots``, the first root that has the view) and, with ``restore_orientation`` (default),
 undoes the source's flip on load (:attr:`Sample.undo`), so every view reads in its
 acquired orientation. In that orientation the chest wall lies on the edge the file-name
-laterality names (standard hanging; checked on all 134 DM/CM files of the shared data by
-the image's own side detection: 133 agree, 1 CM view is ambiguous), so the file-name
-laterality is ``Sample.laterality``. ``extra`` records the copy kept
+laterality names (standard hanging; checked on the 142 files of the shared data by the
+image's own side detection: 113 of the 114 unprefixed and ``flipped_`` files agree, one
+unprefixed CM view disagrees, and all 28 ``mirrored_`` files show the other side, as a
+mirror should), so the file-name laterality is ``Sample.laterality``. ``extra`` records the copy kept
 (``copy``), the others (``other_copies``) and ``name_laterality``.
 Without ``restore_orientation`` (the reader of session 1, kept to reproduce the
 ``combined`` recipe's figures) files are read as stored and only ``flipped_`` files
