@@ -101,6 +101,23 @@ def train_command(
         float,
         typer.Option("--decoder-width", min=0.0, max=1.0, help="Encoder UNets: decoder filters x this (0: --width)."),
     ] = 0.0,
+    patch: Annotated[
+        int,
+        typer.Option(
+            "--patch",
+            min=0,
+            max=2048,
+            help="Train on PATCH x PATCH crops of the --size images (lesion-centred for most lesion draws); "
+            "validate on whole images. 0: whole images.",
+        ),
+    ] = 0,
+    init_weights: Annotated[
+        Path | None,
+        typer.Option(
+            "--init-weights",
+            help="Start from a trained model of the same architecture (a run's best.keras): fine-tuning.",
+        ),
+    ] = None,
 ) -> None:
     """Train a model on a dataset split; checkpoints every epoch and resumes from --out."""
     _need_keras()
@@ -127,6 +144,16 @@ def train_command(
         from bcedge.bundle import sha256_file
 
         weights_sha256 = sha256_file(weights)
+
+    if patch and (patch % 32 or patch > size):
+        raise ConfigError(f"--patch {patch}: expected 0 or a multiple of 32 no larger than --size {size}")
+    init_sha256 = ""
+    if init_weights is not None:
+        from bcedge.bundle import sha256_file
+
+        if not init_weights.is_file():
+            raise ConfigError(f"--init-weights {init_weights}: no such file")
+        init_sha256 = sha256_file(init_weights)
 
     config = PreprocessConfig(size=size)
     datasets = tuple(d.strip() for d in data.split(",") if d.strip())
@@ -166,6 +193,9 @@ def train_command(
         positive_fraction=positive_fraction or None,
         epoch_negatives=epoch_negatives,
         decoder_width=decoder_width,
+        patch=patch,
+        init_weights=str(init_weights or ""),
+        init_weights_sha256=init_sha256,
         seed=seed,
         mixed_precision=mixed_precision,
         time_budget_s=None if time_budget_min is None else time_budget_min * 60,

@@ -93,6 +93,36 @@ def epoch_order(
     return rng.permutation(idx)
 
 
+#: Share of lesion-image draws whose patch is centred (with jitter) on a lesion pixel; the
+#: rest, and every normal image, get a patch centred on a random breast pixel, so dense
+#: tissue is seen as a negative at full resolution.
+LESION_CENTRED = 0.7
+#: Preprocessed images are 0 outside the breast; above this counts as breast for patch centres.
+BREAST_LEVEL = 0.05
+
+
+def crop_patch(
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, patch: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A ``patch`` x ``patch`` window of an (S, S, 1) image and its mask.
+
+    The centre is a random lesion pixel for :data:`LESION_CENTRED` of lesion images, else a
+    random breast pixel (the image centre when there is none), moved by up to a quarter
+    patch so a lesion is not always in the middle, then clamped inside the image.
+    """
+    s = image.shape[0]
+    if patch <= 0 or patch >= s:
+        return image, mask
+    points = np.argwhere(mask[..., 0] > 0.5) if rng.random() < LESION_CENTRED else np.empty((0, 2))
+    if points.size == 0:
+        points = np.argwhere(image[..., 0] > BREAST_LEVEL)
+    cy, cx = points[rng.integers(len(points))] if len(points) else (s // 2, s // 2)
+    jitter = rng.integers(-(patch // 4), patch // 4 + 1, size=2)
+    y0 = int(np.clip(cy + jitter[0] - patch // 2, 0, s - patch))
+    x0 = int(np.clip(cx + jitter[1] - patch // 2, 0, s - patch))
+    return image[y0 : y0 + patch, x0 : x0 + patch], mask[y0 : y0 + patch, x0 : x0 + patch]
+
+
 class SegmentationData(keras.utils.PyDataset):
     """Batches of (image, mask) for ``model.fit``.
 
@@ -104,6 +134,8 @@ class SegmentationData(keras.utils.PyDataset):
         positive_fraction: oversampling target (training), or None.
         shuffle: reshuffle every epoch (training).
         epoch: first epoch (set when resuming).
+        negatives: normal images drawn per epoch (see :func:`epoch_order`).
+        patch: crop each draw to ``patch`` x ``patch`` after augmentation (:func:`crop_patch`); 0: whole images.
     """
 
     def __init__(
@@ -117,6 +149,7 @@ class SegmentationData(keras.utils.PyDataset):
         shuffle: bool = False,
         epoch: int = 0,
         negatives: int = 0,
+        patch: int = 0,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -128,6 +161,7 @@ class SegmentationData(keras.utils.PyDataset):
         self.augment_config = augment_config
         self.positive_fraction = positive_fraction
         self.negatives = negatives
+        self.patch = patch
         self.shuffle = shuffle
         self.epoch = epoch
         self._order = self._make_order()
@@ -149,10 +183,14 @@ class SegmentationData(keras.utils.PyDataset):
         sel = self._order[index * self.batch_size : (index + 1) * self.batch_size]
         images = self.data.images[sel].astype(np.float32, copy=True)
         masks = self.data.masks[sel].astype(np.float32, copy=True)
+        rng = np.random.default_rng([self.seed, self.epoch, index])
         if self.augment_config is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, index])
             for k in range(len(sel)):
                 images[k], masks[k] = augment(images[k], masks[k], rng, self.augment_config)
+        if self.patch and self.patch < images.shape[1]:
+            pairs = [crop_patch(images[k], masks[k], rng, self.patch) for k in range(len(sel))]
+            images = np.stack([p[0] for p in pairs])
+            masks = np.stack([p[1] for p in pairs])
         return images, masks
 
     def on_epoch_end(self) -> None:

@@ -129,13 +129,14 @@ def _grey_to_rgb(x, scale: float, offsets: tuple[float, float, float], name: str
     return y
 
 
-def _check_size(name: str, input_size: int, multiple: int) -> None:
-    if input_size < multiple or input_size % multiple:
+def _check_size(name: str, input_size: int | None, multiple: int) -> None:
+    # None builds a model for any input side (patch training; see training.train.fix_input_size).
+    if input_size is not None and (input_size < multiple or input_size % multiple):
         raise ConfigError(f"model {name!r} needs an input size that is a multiple of {multiple}, got {input_size}")
 
 
 def build_unet(
-    input_size: int = 256,
+    input_size: int | None = 256,
     base_filters: int = 64,
     depth: int = 4,
     batch_norm: bool = True,
@@ -228,7 +229,7 @@ def check_encoder_weights(
     return weights
 
 
-def _encoder(spec: EncoderSpec, input_size: int, weights: str | Path | None, alpha: float = 1.0):
+def _encoder(spec: EncoderSpec, input_size: int | None, weights: str | Path | None, alpha: float = 1.0):
     keras = _keras()
     constructor = getattr(keras.applications, spec.application)
     kwargs: dict = {"include_top": False, "input_shape": (input_size, input_size, 3)}
@@ -264,7 +265,7 @@ def _encoder(spec: EncoderSpec, input_size: int, weights: str | Path | None, alp
 
 def build_encoder_unet(
     backbone: str,
-    input_size: int = 256,
+    input_size: int | None = 256,
     encoder_weights: str | os.PathLike[str] | None = None,
     decoder_filters: tuple[int, ...] = DECODER_FILTERS,
     upsampling: Upsampling = "nearest",
@@ -327,7 +328,7 @@ def build_encoder_unet(
 
 def build_model(
     name: str,
-    input_size: int = 256,
+    input_size: int | None = 256,
     encoder_weights: str | os.PathLike[str] | None = None,
     *,
     base_filters: int = 64,
@@ -340,7 +341,7 @@ def build_model(
 
     Args:
         name: ``unet``, ``unet-mobilenetv2`` or ``unet-vgg19``.
-        input_size: model input side in pixels.
+        input_size: model input side in pixels (None: any multiple of 32, for patch training).
         encoder_weights: encoder UNets only: ``imagenet``, ``none``/None, a weights file or
             (``unet-mobilenetv2``, width 1.0) the ImageNet ``.tflite``.
         base_filters: plain UNet only: filters of the first stage.

@@ -66,6 +66,11 @@ class TrainConfig:
     decoder_width: float = 0.0
     positive_fraction: float | None = 0.5
     epoch_negatives: int = 0
+    #: Train on ``patch`` x ``patch`` crops of the ``size`` images (0: whole images); see training.data.
+    patch: int = 0
+    #: A trained model (same architecture) whose weights start this run, and the sha256 of that file.
+    init_weights: str = ""
+    init_weights_sha256: str = ""
     augment: bool = True
     augment_preset: str = "basic"
     patience: int = 15
@@ -246,7 +251,7 @@ def train(
 
     from training.augment import AugmentConfig
     from training.data import SegmentationData
-    from training.models import build_model, load_trained
+    from training.models import load_trained
 
     run_dir.mkdir(parents=True, exist_ok=True)
     state = check_resume(run_dir, config)
@@ -261,15 +266,10 @@ def train(
         else:
             state = {"epoch": 0, "best_val_dice": -1.0, "best_epoch": 0, "history": []}
             write_json(run_dir / RUN_CONFIG, {**asdict(config), "machine": machine_info()})
-            model = build_model(
-                config.model,
-                config.size,
-                None if config.model == "unet" else config.encoder_weights,
-                base_filters=config.base_filters,
-                upsampling=config.upsampling,  # type: ignore[arg-type]
-                width=config.width,
-                decoder_width=config.decoder_width or None,
-            )
+            # Patch training feeds crops and validates on whole images: one model, any input size.
+            model = _build(config, None if config.patch else config.size)
+            if config.init_weights:
+                _load_init_weights(model, config.init_weights)
             compile_model(model, config)
     state["replicas"] = replicas
     if state["epoch"] >= config.epochs or state.get("stopped_early"):
@@ -281,6 +281,7 @@ def train(
         augment_config=AugmentConfig.preset(config.augment_preset) if config.augment else None,
         positive_fraction=config.positive_fraction,
         negatives=config.epoch_negatives,
+        patch=config.patch,
         shuffle=True,
         epoch=state["epoch"],
         workers=config.workers,
@@ -300,6 +301,7 @@ def train(
     elapsed = time.time() - started
     if state["epoch"] > train_data_start:
         state["bn_recalibration"] = finalise_best(run_dir, config, train_set, val_set)
+        fix_input_size(run_dir, config)
     epochs_run = state["epoch"] - train_data_start
     state["wall_seconds"] = round(state.get("wall_seconds", 0.0) + elapsed, 1)
     if epochs_run > 0:
@@ -307,6 +309,54 @@ def train(
         state["images_per_second"] = round(epochs_run * len(train_data.order_at(train_data_start)) / elapsed, 3)
     write_json(run_dir / STATE, state)
     return state
+
+
+def _build(config: TrainConfig, size: int | None, encoder_weights: bool = True):
+    """The run's architecture for (size, size, 1) inputs (None: any multiple of 32)."""
+    from training.models import build_model
+
+    return build_model(
+        config.model,
+        size,
+        None if config.model == "unet" or not encoder_weights else config.encoder_weights,
+        base_filters=config.base_filters,
+        upsampling=config.upsampling,  # type: ignore[arg-type]
+        width=config.width,
+        decoder_width=config.decoder_width or None,
+    )
+
+
+def _load_init_weights(model, path: str) -> None:
+    """Copy every weight of the trained model at ``path`` into ``model`` (same architecture).
+
+    Raises:
+        ConfigError: the file holds another architecture.
+    """
+    from training.models import load_trained
+
+    source = load_trained(path)
+    theirs, mine = source.get_weights(), model.get_weights()
+    if len(theirs) != len(mine) or any(a.shape != b.shape for a, b in zip(theirs, mine, strict=True)):
+        raise ConfigError(f"--init-weights {path}: holds {source.name} with other layers than this run's model")
+    model.set_weights(theirs)
+
+
+def fix_input_size(run_dir: Path, config: TrainConfig) -> bool:
+    """Rewrite a patch-trained ``best.keras`` (any input size) as a (size, size, 1) model.
+
+    Export, evaluation and the bundle need the fixed input side; the weights are the same
+    (every layer is convolutional). Returns True when the file was rewritten.
+    """
+    from training.models import load_trained
+
+    model = load_trained(run_dir / BEST)
+    if model.inputs[0].shape[1] is not None:
+        return False
+    fixed = _build(config, config.size, encoder_weights=False)
+    fixed.set_weights(model.get_weights())
+    compile_model(fixed, config)
+    atomic_write(run_dir / BEST, lambda p: fixed.save(p))
+    return True
 
 
 def lesion_dice(model, data, batch: int = 8) -> float:
