@@ -99,3 +99,16 @@ def test_status_of_a_node_that_never_ran(spaced_dir: Path, capsys: pytest.Captur
     assert data["running"] is False and data["queues"]["spool"] == 0
     assert main(["serve", "--config", str(path), "status"]) == 1  # --config given to the parent works too
     assert "never started" in capsys.readouterr().out
+
+
+def test_worker_threads_default_to_a_share_of_the_usable_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue #14 item 4: no [model] threads -> usable CPUs / [worker] processes per worker, shown by describe()."""
+    from bcedge import cpus
+
+    monkeypatch.setattr(cpus, "usable_cpus", lambda: 8)
+    cfg = parse_config(MINIMAL + "[worker]\nprocesses = 2\n")
+    assert cfg.model.threads is None and cfg.model_threads == 4
+    assert "4 thread(s) per worker (the usable CPUs shared by the workers)" in "\n".join(cfg.describe())
+    cfg = parse_config(MINIMAL + "[worker]\nprocesses = 2\n[model]\nthreads = 3\n")
+    assert cfg.model_threads == 3
+    assert "3 thread(s) per worker;" in "\n".join(cfg.describe())

@@ -117,7 +117,8 @@ class ModelConfig:
     Attributes:
         bundle: model bundle folder; None: the bundled real-data model (bcedge/mass_model).
         backend: ``auto`` or a backend name (``tflite``, ``onnx``, ``tensorrt``, ``keras``).
-        threads: CPU threads for the backend; None: the backend's default.
+        threads: CPU threads for the backend of each worker; None: the usable CPUs divided among
+            the ``[worker] processes`` (:attr:`ServeConfig.model_threads`).
         threshold / min_area_mm2: override the bundle's values; None: the bundle's.
         outputs: output kinds written to the outbox; ``seg`` is always included and is the only
             one sent to PACS (the others stay with the item, for audit).
@@ -232,6 +233,17 @@ class ServeConfig:
         """The AE title the node uses towards PACS."""
         return self.destination.calling_ae_title or self.node.ae_title
 
+    @property
+    def model_threads(self) -> int:
+        """Backend threads of each worker: ``[model] threads``, else the usable CPUs shared by the workers.
+
+        Every worker may be busy at once, so each gets its share of the CPUs
+        (:func:`bcedge.cpus.default_threads` with ``share = [worker] processes``), at least one.
+        """
+        from bcedge.cpus import default_threads
+
+        return default_threads(self.model.threads, share=self.worker.processes)
+
     def validate(self) -> ServeConfig:
         """Check values that depend on each other; returns self. Raises ConfigError."""
         where = str(self.source) if self.source else "serve config"
@@ -340,7 +352,8 @@ class ServeConfig:
             f"storage: {s.root} (spool/, outbox/, done/, quarantine/, state.json); "
             f"refuse C-STORE (0xA700) below {s.min_free_mb} MiB free",
             f"model: {m.bundle or 'bundled real-data model'} on backend '{m.backend}'"
-            + (f", {m.threads} threads" if m.threads else "")
+            + f", {self.model_threads} thread(s) per worker"
+            + ("" if m.threads else " (the usable CPUs shared by the workers)")
             + f"; outputs {', '.join(m.outputs)}",
             f"work: {self.worker.processes} worker processes, each scan at most {self.worker.timeout_s:g} s and "
             + (f"{self.worker.memory_mb} MiB above the loaded model" if self.worker.memory_mb else "no memory limit")

@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -161,7 +162,8 @@ class Node:
             if factory is None:
                 from bcedge.serve.processing import SegmenterProcessor
 
-                factory = functools.partial(SegmenterProcessor, cfg.model)
+                # No [model] threads: each worker gets its share of the usable CPUs (bcedge.cpus).
+                factory = functools.partial(SegmenterProcessor, replace(cfg.model, threads=cfg.model_threads))
             limits = Limits(timeout_s=cfg.worker.timeout_s, memory_mb=cfg.worker.memory_mb)
             for index in range(cfg.worker.processes):
                 isolated = IsolatedProcessor(factory, limits, name=f"worker-{index + 1}")

@@ -44,10 +44,12 @@ class SegmenterProcessor:
         )
 
     def describe(self) -> str:
-        """One line: bundle, artifact and backend that actually run."""
+        """One line: bundle, artifact, backend and backend threads that actually run."""
         artifact = getattr(self.segmenter, "artifact", None)
         file = getattr(artifact, "file", None) or getattr(artifact, "path", None) or "?"
-        return f"{self.bundle_path} ({file}) on {self.segmenter.backend_name}"
+        threads = (getattr(self.segmenter, "model_info", None) or {}).get("threads")
+        used = f", {threads} thread(s)" if threads else ""
+        return f"{self.bundle_path} ({file}) on {self.segmenter.backend_name}{used}"
 
     def __call__(self, source: Path, out_dir: Path) -> Mapping[str, Path]:
         from bcedge.errors import InputError
