@@ -1,4 +1,4 @@
-"""bcedge.cli_progress: the one progress bar of the long CLI steps."""
+"""bcedge.cli.progress: the one progress bar of the long CLI steps."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import io
 
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-from bcedge.cli_progress import progress_bar
+from bcedge.cli.progress import progress_bar
 
 
 def test_columns_console_and_transience() -> None:

@@ -326,7 +326,7 @@ def _consume(
 ) -> None:
     from contextlib import nullcontext
 
-    from bcedge.cli_progress import progress_bar
+    from bcedge.cli.progress import progress_bar
 
     bar = progress_bar(info=True, transient=False) if progress else None
     t0 = time.perf_counter()

@@ -11,8 +11,8 @@ from typing import Annotated
 
 import typer
 
-from bcedge.cli_progress import progress_bar
-from bcedge.cli_train import DEFAULT_CACHE
+from bcedge.cli.progress import progress_bar
+from bcedge.cli.train import DEFAULT_CACHE
 from bcedge.errors import MissingDependencyError
 
 _STATUS_STYLE = {

@@ -21,7 +21,7 @@ from typing import Annotated, Any
 
 import typer
 
-from bcedge.cli_train import DEFAULT_CACHE
+from bcedge.cli.train import DEFAULT_CACHE
 from bcedge.errors import ConfigError
 from bcedge.postprocess import check_threshold
 
@@ -110,7 +110,7 @@ def _evaluate_bundle(
     min_area: float | None,
 ) -> dict[str, Any]:
     from bcedge.bench import BenchData
-    from bcedge.cli_progress import progress_bar
+    from bcedge.cli.progress import progress_bar
     from bcedge.evaluation import evaluate_bundle
 
     if data is None:
@@ -140,7 +140,7 @@ def _evaluate_run(
     cache: Path,
     threshold: float,
 ) -> dict[str, Any]:
-    from bcedge.cli_train import _load_sets, _need_keras
+    from bcedge.cli.train import _load_sets, _need_keras
 
     _need_keras()
     from bcedge.preprocess import PreprocessConfig

@@ -1,4 +1,4 @@
-"""``bcedge train``: a thin wrapper over :mod:`training` (desktop side; evaluation: :mod:`bcedge.cli_evaluate`).
+"""``bcedge train``: a thin wrapper over :mod:`training` (desktop side; evaluation: :mod:`bcedge.cli.evaluate`).
 
 Keras is imported only inside the commands, so the runtime CLI works on a
 device without it; there these commands say which extra to install.
@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from bcedge.cli_progress import progress_bar
+from bcedge.cli.progress import progress_bar
 from bcedge.errors import ConfigError, MissingDependencyError
 
 DEFAULT_CACHE = Path(".bcedge-cache")

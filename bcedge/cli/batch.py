@@ -22,7 +22,7 @@ from typing import Annotated
 
 import typer
 
-from bcedge.cli_infer import BackendOpt, MinAreaOpt, ModelOpt, ThresholdOpt
+from bcedge.cli.infer import BackendOpt, MinAreaOpt, ModelOpt, ThresholdOpt
 
 #: Per-scan outputs written when --outputs is not given (the table is always written).
 DEFAULT_BATCH_OUTPUTS = "mask,json"
@@ -74,7 +74,7 @@ def batch_command(
     Exit code 0: all done; 2: bad option/source or some scans failed; 3: model problem; 4: Ray failed.
     """
     from bcedge.batch.run import BatchOptions, run_batch
-    from bcedge.cli_infer import _log_to_stderr
+    from bcedge.cli.infer import _log_to_stderr
 
     opts = BatchOptions(
         source=source,

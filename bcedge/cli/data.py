@@ -179,7 +179,7 @@ def prepare(
         from bcedge.datasets.splits import filter_samples, load_split
 
         samples = filter_samples(samples, load_split(split), subset)
-    from bcedge.cli_progress import progress_bar
+    from bcedge.cli.progress import progress_bar
 
     with progress_bar() as progress:
         task = progress.add_task(f"preprocessing {reader.name} ({config.hash()})", total=len(samples))

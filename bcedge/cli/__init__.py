@@ -1,0 +1,130 @@
+"""The ``bcedge`` command line: parse, call, map errors to exit codes.
+
+One module per command beside this one (``inspect``, ``phantom``, ``data``, ``train``,
+``evaluate``, ``export``, ``infer`` (+ ``demo``), ``benchmark``, ``serve``, ``batch``;
+``progress`` is the shared progress bar). This package is the only layer of ``bcedge`` that
+may import the desktop packages ``training`` and ``export``, and only inside command
+functions (``tests/test_architecture.py`` holds that).
+
+Thin on purpose: every command calls a library function and prints its result.
+A :class:`~bcedge.errors.BcedgeError` becomes one line on stderr and exit code
+2; ``--debug`` shows the traceback instead. Heavy modules are imported inside
+the commands so ``bcedge --help`` stays fast and works without optional extras.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+from bcedge.errors import BcedgeError, first_line
+
+app = typer.Typer(
+    name="bcedge",
+    help="Breast-mass segmentation on mammograms: read, preprocess, segment, benchmark.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+def _register_subapps() -> None:
+    """Attach the sub-apps and desktop commands once (their modules import nothing heavy)."""
+    if getattr(app, "_bcedge_registered", False):
+        return
+    # Registration order is the order of `bcedge --help`: commands first (inspect, phantom, ...), then groups.
+    from bcedge.cli.data import app as data_app
+    from bcedge.cli.evaluate import register as register_evaluate
+    from bcedge.cli.export import export_command
+    from bcedge.cli.inspect import inspect_command
+    from bcedge.cli.phantom import phantom_command
+    from bcedge.cli.train import train_command
+
+    app.command("inspect")(inspect_command)
+    app.command("phantom")(phantom_command)
+    app.add_typer(data_app, name="data", help="Dataset statistics, splits and preprocessed caches.")
+    app.command("train")(train_command)
+    register_evaluate(app)
+    app.command("export")(export_command)
+    from bcedge.cli.infer import register as register_infer
+
+    register_infer(app)
+    from bcedge.cli.benchmark import register as register_benchmark
+
+    register_benchmark(app)
+    from bcedge.cli.serve import register as register_serve
+
+    register_serve(app)
+    from bcedge.cli.batch import register as register_batch
+
+    register_batch(app)
+    app._bcedge_registered = True  # type: ignore[attr-defined]
+
+
+def _fail(message: str, code: int, as_json: bool) -> int:
+    """Print one ``error:`` line on stderr (and, with ``--json``, one JSON document on stdout); return ``code``."""
+    line = " ".join(message.split())  # one line, whatever the message held
+    typer.echo(f"error: {line}", err=True)
+    if as_json:
+        from bcedge import __version__
+
+        doc = {"bcedge_version": __version__, "error": line, "exit_code": code, "scans": [], "failures": []}
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        sys.stdout.flush()
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app; map errors to one ``error:`` line and an exit code.
+
+    Exit codes: 0 done; 2 bad input or usage (click's usage errors too: one line with a hint,
+    never its usage block); 3 model or backend problem (:class:`~bcedge.errors.BundleError`);
+    130 interrupted; 1 only for a bug (an exception nobody foresaw). With ``--json`` a failure
+    before the command could print its own document still prints one JSON document.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    as_json = "--json" in args
+    try:
+        _register_subapps()
+        # With standalone_mode=False click returns typer.Exit's code instead of raising it.
+        rc = app(args=args, standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            return rc
+    except BcedgeError as exc:
+        if debug:
+            raise
+        return _fail(str(exc), exc.exit_code, as_json)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("aborted", err=True)
+        return 130
+    except Exception as exc:  # click usage errors and the like
+        # Recent typer vendors click (typer._click) and `import click` may fail: match by duck type.
+        if isinstance(exc, typer.Exit) or type(exc).__name__ == "Exit":
+            return int(getattr(exc, "exit_code", 0))
+        if callable(getattr(exc, "format_message", None)) and isinstance(getattr(exc, "exit_code", None), int):
+            if debug:
+                raise
+            # A usage error (unknown option, missing argument, a path that does not exist...): the
+            # message and where to look, on one line, instead of click's usage block.
+            ctx = getattr(exc, "ctx", None)
+            command = getattr(ctx, "command_path", None) or "bcedge"
+            return _fail(f"{exc.format_message()} (see '{command} --help')", 2, as_json)
+        if debug:
+            raise
+        return _fail(
+            f"unexpected {type(exc).__name__}: {first_line(exc)} (rerun with --debug for the traceback)", 1, as_json
+        )
+    return 0
