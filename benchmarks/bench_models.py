@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from bcedge.bench import BenchData, BenchOptions, run_benchmark, source_state
-    from bcedge.bench_report import int8_speedups, plot_pareto, print_table, write_json, write_markdown
+    from bcedge.bench.report import int8_speedups, plot_pareto, print_table, write_json, write_markdown
     from bcedge.errors import BcedgeError
 
     root = args.root or (Path(os.environ["BCEDGE_DATA"]) if os.environ.get("BCEDGE_DATA") else None)

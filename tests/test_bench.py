@@ -1,4 +1,4 @@
-"""bcedge.bench and bcedge.bench_report: statistics, timing loop, FLOP counts, memory, rows, schema, outputs.
+"""bcedge.bench and bcedge.bench.report: statistics, timing loop, FLOP counts, memory, rows, schema, outputs.
 
 The model is the tiny two-format bundle of :mod:`bench_fixtures` (built without TensorFlow
 in ~0.1 s), so the whole file runs in a few seconds.
@@ -36,7 +36,7 @@ from bcedge.bench import (
     tflite_op_macs,
     time_calls,
 )
-from bcedge.bench_report import pareto_front, schema_errors, to_markdown, validate
+from bcedge.bench.report import pareto_front, schema_errors, to_markdown, validate
 from bcedge.errors import ConfigError, InputError
 
 pytest.importorskip("ai_edge_litert", reason="the benchmark tests run the tiny model on LiteRT")
@@ -414,7 +414,7 @@ def test_pareto_front() -> None:
 
 
 def test_markdown_and_plot(tmp_path: Path) -> None:
-    from bcedge.bench_report import plot_pareto, write_json, write_markdown
+    from bcedge.bench.report import plot_pareto, write_json, write_markdown
 
     doc = _doc()
     text = to_markdown(doc)
@@ -433,7 +433,7 @@ def test_markdown_and_plot(tmp_path: Path) -> None:
 
 
 def test_int8_speedups_pair_rows_by_model_format_and_threads() -> None:
-    from bcedge.bench_report import int8_speedups
+    from bcedge.bench.report import int8_speedups
 
     doc = _doc()
     fp32 = copy.deepcopy(doc["rows"][0])

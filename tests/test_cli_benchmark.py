@@ -10,7 +10,7 @@ import pytest
 from bench_fixtures import make_tiny_bundle
 
 from bcedge.bench import UNAVAILABLE, VALIDATED
-from bcedge.bench_report import load_report
+from bcedge.bench.report import load_report
 from bcedge.cli import main
 
 pytest.importorskip("ai_edge_litert", reason="the benchmark CLI tests run the tiny model on LiteRT")
@@ -97,12 +97,12 @@ def test_plot_without_matplotlib_fails_before_measuring(
     tiny_bundle: Path, spaced_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import bcedge.bench
-    import bcedge.bench_report
+    import bcedge.bench.report
 
     def never(*_a: object, **_k: object) -> None:
         raise AssertionError("measured although the plot could not be written")
 
-    monkeypatch.setattr(bcedge.bench_report, "plot_available", lambda: False)
+    monkeypatch.setattr(bcedge.bench.report, "plot_available", lambda: False)
     monkeypatch.setattr(bcedge.bench, "run_benchmark", never)
     rc = main(["benchmark", "--model", str(tiny_bundle), *FAST, *_outputs(spaced_dir)])
     err = capsys.readouterr().err

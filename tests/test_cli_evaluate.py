@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from bench_fixtures import make_tiny_bundle
 
-from bcedge.bench_report import load_report
+from bcedge.bench.report import load_report
 from bcedge.cli import main
 
 pytest.importorskip("ai_edge_litert", reason="the evaluation tests run the tiny model on LiteRT")

@@ -1,7 +1,7 @@
 """``bcedge benchmark``: Dice beside latency for every model, artifact and backend on this machine.
 
 Thin: parse the options, call :func:`bcedge.bench.run_benchmark`, print the table and write
-the JSON / Markdown / plot with :mod:`bcedge.bench_report`. Register with :func:`register`.
+the JSON / Markdown / plot with :mod:`bcedge.bench.report`. Register with :func:`register`.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def benchmark_command(
     from rich.console import Console
 
     from bcedge.bench import BenchData, BenchOptions, run_benchmark, sample_data
-    from bcedge.bench_report import plot_available, print_table, write_json, write_markdown
+    from bcedge.bench.report import plot_available, print_table, write_json, write_markdown
     from bcedge.errors import MissingDependencyError
 
     options = BenchOptions(
@@ -135,7 +135,7 @@ def benchmark_command(
     if markdown_out is not None:
         written.append(write_markdown(report, markdown_out))
     if plot_out is not None:
-        from bcedge.bench_report import plot_pareto
+        from bcedge.bench.report import plot_pareto
 
         written.append(plot_pareto(report, plot_out))
     for path in written:

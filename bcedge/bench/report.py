@@ -28,15 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bcedge.bench import (
-    E2E_STAGES,
-    GATE_FAILED,
-    NOT_VALIDATED,
-    REPORT_KIND,
-    REPORT_VERSION,
-    STATUSES,
-    VALIDATED,
-)
+from bcedge.bench.rows import E2E_STAGES, GATE_FAILED, NOT_VALIDATED, STATUSES, VALIDATED
+from bcedge.bench.run import REPORT_KIND, REPORT_VERSION
 from bcedge.errors import InputError, MissingDependencyError
 
 #: Statuses of rows that were run and measured.
@@ -95,6 +88,7 @@ ROW_SCHEMA: dict[str, Any] = {
     "peak_rss_mb": _Opt(_Num(0)),
     "gflops": _Opt(_Num(0)),
 }
+
 #: Keys a measured row (status in :data:`MEASURED`) must not leave null.
 MEASURED_KEYS = ("dice", "iou", "latency_ms", "e2e_ms", "throughput_ips", "peak_rss_mb")
 
@@ -208,7 +202,7 @@ def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def write_json(doc: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """Validate and write the report atomically (indent 2, no NaN)."""
-    from bcedge.bench import _json_default
+    from bcedge.bench.rows import _json_default
     from bcedge.imageio import atomic_write_bytes
 
     validate(doc)
@@ -421,6 +415,7 @@ def print_table(doc: dict[str, Any], console: Any = None) -> None:
 
 #: Issue #7's goal: INT8 at least this many times faster than FP32 at p50 ...
 SPEEDUP_GOAL = 1.5
+
 #: ... losing at most this much Dice (a gain never fails, as in the export gate).
 DICE_LOSS_GOAL = 0.01
 
