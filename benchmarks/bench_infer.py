@@ -65,10 +65,11 @@ _FIRST_WRITE = textwrap.dedent(
     """
     import json, sys, time
     from bcedge import outputs
+    from bcedge.outputs import highdicom_tables
     from bcedge.pipeline import Segmenter
     model, scan, out, kinds, mode, threads = sys.argv[1:7]
     if mode == "highdicom_full_table":
-        outputs._LAZY_INSTALLED = True  # leave highdicom's own 22 MB table parse in place (the "before")
+        highdicom_tables._INSTALLED = True  # leave highdicom's own 22 MB table parse in place (the "before")
     with Segmenter(model, "tflite", threads=int(threads)) as seg:
         result = seg.segment(scan)
         t0 = time.perf_counter()

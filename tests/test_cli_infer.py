@@ -273,13 +273,13 @@ def test_failed_write_leaves_no_partial_scan(
     capsys: pytest.CaptureFixture[str], scans: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The overlay fails after the mask was encoded: the scan is reported and nothing of it is written."""
-    import bcedge.outputs
+    import bcedge.outputs.overlay
     from bcedge.errors import InputError
 
     def broken(result: object, **_: object) -> None:
         raise InputError("overlay: disk full (simulated)")
 
-    monkeypatch.setattr(bcedge.outputs, "encode_overlay_png", broken)
+    monkeypatch.setattr(bcedge.outputs.overlay, "encode_overlay_png", broken)
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("the user's file")

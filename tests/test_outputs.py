@@ -23,6 +23,7 @@ from bcedge import outputs
 from bcedge.bundle import ArtifactRecord, Bundle, load_bundle
 from bcedge.dicom import ImageMeta, Mammogram, read_mammogram
 from bcedge.errors import ConfigError, DicomError, MissingDependencyError
+from bcedge.outputs import highdicom_tables
 from bcedge.phantom import make_phantom
 from bcedge.pipeline import Result
 from bcedge.postprocess import Finding
@@ -353,7 +354,7 @@ def test_seg_round_trip_and_references(phantom_result: Result, bundle: Bundle, s
     )
     algorithm = description.algorithm_identification[0]
     assert algorithm.AlgorithmName == "unet-mobilenetv2"
-    assert algorithm.AlgorithmVersion == f"bcedge {outputs.__version__} tflite/int8 {record.sha256[:12]}"
+    assert algorithm.AlgorithmVersion == f"bcedge {bcedge.__version__} tflite/int8 {record.sha256[:12]}"
     assert seg.Manufacturer == "bcedge" and seg.ManufacturerModelName == "unet-mobilenetv2"
 
 
@@ -444,38 +445,6 @@ def test_seg_of_real_mg_headers(bcedge_data: Path, bundle: Bundle, spaced_dir: P
         )
 
 
-def test_lazy_standard_table_matches_highdicom() -> None:
-    """The lazily parsed module table gives exactly what highdicom's full parse gives, for every module."""
-    pytest.importorskip("highdicom")
-    assert outputs._lazy_standard_tables()
-    import highdicom._standard_utils as su
-
-    lazy = su.get_module_attribute_map()
-    full = su.get_module_attribute_map.original()
-    assert isinstance(lazy, outputs._LazyModuleMap) and len(lazy) == len(full) and list(lazy) == list(full)
-    for key, value in full.items():
-        assert key in lazy and lazy[key] == value, key
-    assert "no-such-module" not in lazy
-    with pytest.raises(KeyError):
-        lazy["no-such-module"]
-
-
-def test_preload_seg_installs_the_lazy_table() -> None:
-    pytest.importorskip("highdicom")
-    outputs.preload_seg()
-    import highdicom._standard_utils as su
-
-    assert isinstance(su.get_module_attribute_map(), outputs._LazyModuleMap)
-
-
-def test_lazy_table_falls_back_on_unexpected_layout() -> None:
-    table = {"patient": [{"keyword": "PatientName", "type": "2", "path": []}], "x": []}
-    loads = []
-    lazy = outputs._LazyModuleMap(lambda: json.dumps(table).encode(), lambda: loads.append(1) or dict(table))
-    assert lazy["patient"] == table["patient"] and "x" in lazy and len(lazy) == 2
-    assert loads == [1]  # minified JSON has no two-space keys: parsed once, in full
-
-
 def test_seg_with_and_without_lazy_tables_is_identical(
     phantom_result: Result, bundle: Bundle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -484,6 +453,7 @@ def test_seg_with_and_without_lazy_tables_is_identical(
     import highdicom.image
     from highdicom import _standard_utils as su
 
+    assert highdicom_tables.install()
     fast = outputs.build_seg(phantom_result, bundle=bundle)
     original = su.get_module_attribute_map.original
     for module in (su, highdicom.base, highdicom.image):

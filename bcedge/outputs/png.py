@@ -1,0 +1,65 @@
+"""The mask PNG: a small encoder for 1-bit greyscale PNGs.
+
+Speed (the issue #6 budget for everything that is not the model is a few ms): one bit per
+pixel, filter type 0, zlib level 1 with the run-length strategy. A 3328x2560 mask takes ~2 ms,
+against ~11 ms for OpenCV's 8-bit PNG and ~6 ms for OpenCV's bilevel one. It is a standard PNG
+(IHDR/IDAT/IEND, greyscale, bit depth 1): every viewer shows it black and white; OpenCV reads
+it back as 0/255 uint8, Pillow as mode ``"1"``.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bcedge.errors import InputError
+from bcedge.imageio import atomic_write_bytes
+
+#: zlib level of the mask PNG (with Z_RLE the level hardly changes speed or size on a mask).
+MASK_PNG_ZLIB_LEVEL = 1
+
+
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(tag)) & 0xFFFFFFFF)
+
+
+def _deflate(data: Any, level: int) -> bytes:
+    # Z_RLE: a mask is long runs of zero bytes; as fast as the default strategy, files ~2.5x smaller.
+    compressor = zlib.compressobj(level, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
+    return compressor.compress(data) + compressor.flush()
+
+
+def encode_mask_png(mask: np.ndarray, level: int = MASK_PNG_ZLIB_LEVEL) -> bytes:
+    """Encode a binary mask as a 1-bit greyscale PNG.
+
+    Args:
+        mask: (H, W) uint8 or bool; nonzero pixels are lesion (white), zero background (black).
+        level: zlib level 0-9.
+
+    Returns:
+        The PNG file's bytes (OpenCV decodes them to (H, W) uint8 in {0, 255}).
+    """
+    if mask.ndim != 2 or mask.size == 0:
+        raise InputError(f"a mask must be a non-empty 2-D array; got shape {mask.shape}")
+    h, w = mask.shape
+    bits = np.packbits(mask if mask.dtype == bool else mask != 0, axis=1)
+    # Each scanline starts with its filter-type byte (0: none); the packed bits follow.
+    raw = np.zeros((h, bits.shape[1] + 1), np.uint8)
+    raw[:, 1:] = bits
+    header = struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0)  # bit depth 1, greyscale, deflate, filter 0, no interlace
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", _deflate(raw.data, level))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def write_mask(path: str | os.PathLike[str], mask: np.ndarray) -> Path:
+    """Write ``mask`` ((H, W) uint8 {0, 1} or bool, original resolution) as a 1-bit PNG, atomically."""
+    return atomic_write_bytes(path, encode_mask_png(mask))
