@@ -45,7 +45,7 @@ def default_kinds() -> tuple[str, ...]:
 
 def example_scan() -> Path:
     """The synthetic sample scan shipped with the package (a left CC phantom with its mask beside it)."""
-    return Path(__file__).resolve().parent / "examples" / "phantom_lcc.dcm"
+    return Path(__file__).resolve().parents[1] / "examples" / "phantom_lcc.dcm"
 
 
 class _OneLine(logging.Formatter):
