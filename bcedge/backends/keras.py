@@ -1,10 +1,12 @@
 """Keras backend: the ``.keras`` reference model (desktop only).
 
 Every exported artifact is measured against this one. It runs on whichever
-Keras backend is configured (``KERAS_BACKEND``: tensorflow, jax or torch). The
-training package's custom objects (losses, :class:`training.losses.SegmentationMetric`)
-are registered when ``training`` is importable; with ``compile=False`` they are
-only needed for models saved with a compiled loss or metrics.
+Keras backend is configured (``KERAS_BACKEND``: tensorflow, jax or torch). Models are
+loaded with ``compile=False`` and no custom objects: bcedge models are built from stock
+Keras layers, and only their compiled loss and metrics (training's custom objects) are
+custom, which ``compile=False`` never deserialises. So the runtime does not import the
+``training`` package (the layer rule; ``tests/test_backend_keras_standalone.py`` loads a
+model saved by ``bcedge train``'s compile step with ``training`` blocked).
 
 ``threads`` is recorded but not applied: Keras' thread pools are process-wide
 framework settings that must be fixed before the framework starts.
@@ -14,20 +16,11 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from bcedge.backends.base import Backend
 from bcedge.errors import InputError, MissingDependencyError
-
-
-def _custom_objects() -> dict[str, Any]:
-    try:
-        from training.models import custom_objects
-    except ImportError:  # a device with Keras but without the training package
-        return {}
-    return custom_objects()
 
 
 class KerasBackend(Backend):
@@ -44,14 +37,14 @@ class KerasBackend(Backend):
         self._keras = keras
         try:
             if self.content is None:
-                self._model = keras.models.load_model(self.path, custom_objects=_custom_objects(), compile=False)
+                self._model = keras.models.load_model(self.path, compile=False)
             else:
                 # Keras loads from a path only: the verified bytes go to a file in a folder only this
                 # process can write (0700), so nobody can swap what is loaded.
                 with tempfile.TemporaryDirectory(prefix="bcedge-model-") as folder:
                     private = Path(folder) / f"model{self.path.suffix or '.keras'}"
                     private.write_bytes(self.content)
-                    self._model = keras.models.load_model(private, custom_objects=_custom_objects(), compile=False)
+                    self._model = keras.models.load_model(private, compile=False)
         except Exception as exc:  # Keras raises ValueError, TypeError, OSError, zipfile errors... for a bad file
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise InputError(f"{self.path} is not a Keras model this Keras can load: {first}") from exc
