@@ -35,16 +35,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def pack(run_dir: Path, prefix: Path, chunk_mib: float) -> list[Path]:
     """Write ``PREFIX.partNN`` chunks of an npz holding the run's config and float16 weights."""
     from training.models import load_trained
+    from training.run import STATE, best_model, read_config, read_state
 
-    model = load_trained(run_dir / "best.keras")
+    model = load_trained(best_model(run_dir))
     arrays = {}
     for i, w in enumerate(model.get_weights()):
         half = w.astype(np.float16)
         arrays[f"w{i:04d}"] = half if np.isfinite(half).all() == np.isfinite(w).all() else w
-    meta = {"config": json.loads((run_dir / "config.json").read_text())}
-    for name in ("state.json",):
-        if (run_dir / name).is_file():
-            meta[name] = json.loads((run_dir / name).read_text())
+    meta = {"config": read_config(run_dir)}
+    state = read_state(run_dir)
+    if state is not None:
+        meta[STATE] = state
     buf = io.BytesIO()
     np.savez(buf, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
     data = buf.getvalue()
@@ -70,6 +71,7 @@ def unpack(prefix: Path, run_dir: Path, recalibrate_on: Path | None = None, lesi
             ``--train-on lesions``).
     """
     from training.models import build_model
+    from training.run import STATE, best_model, write_config, write_state
     from training.train import TrainConfig
 
     parts = sorted(prefix.parent.glob(f"{prefix.name}.part*"))
@@ -106,7 +108,7 @@ def unpack(prefix: Path, run_dir: Path, recalibrate_on: Path | None = None, lesi
         sets, _ = load_arrays(recalibrate_on)
         train = sets["train"].subset(sets["train"].positive) if lesions_only else sets["train"]
         layers = recalibrate(model, train.images, int(cfg.get("batch", 8)))
-        meta.setdefault("state.json", {})["gpu_pack_recalibration"] = {
+        meta.setdefault(STATE, {})["gpu_pack_recalibration"] = {
             "arrays": recalibrate_on.name,
             "images": len(train.images),
             "lesions_only": lesions_only,
@@ -116,10 +118,10 @@ def unpack(prefix: Path, run_dir: Path, recalibrate_on: Path | None = None, lesi
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
-    (run_dir / "config.json").write_text(json.dumps(cfg, indent=2))
-    if "state.json" in meta:
-        (run_dir / "state.json").write_text(json.dumps(meta["state.json"], indent=2))
-    model.save(run_dir / "best.keras")
+    write_config(run_dir, cfg)
+    if STATE in meta:
+        write_state(run_dir, meta[STATE])
+    model.save(best_model(run_dir))
     return run_dir
 
 

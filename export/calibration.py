@@ -13,9 +13,7 @@ so the tensors are bit-identical to what training used and what the runtime comp
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,70 +21,13 @@ import numpy as np
 
 from bcedge.errors import ConfigError
 
+# The run folder has one reader (training.run); load_run is re-exported for bundle_builder.
+from training.run import RunInfo
+from training.run import load_run as load_run
+
 DEFAULT_N_CALIB = 200
 #: Fixed seed of the calibration draw: the same run exports the same artifacts.
 CALIB_SEED = 0
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """What export needs from a training run folder.
-
-    Attributes:
-        run_dir: the folder.
-        model_path: its ``best.keras``.
-        config: ``config.json`` as a dict (model, data, root, split, size, preprocess...).
-        state: ``state.json`` as a dict (epochs done, best epoch and Dice), or empty.
-    """
-
-    run_dir: Path
-    model_path: Path
-    config: dict[str, Any]
-    state: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def size(self) -> int:
-        """Model input side S."""
-        return int(self.preprocess_config().size)
-
-    def preprocess_config(self):
-        """The run's frozen :class:`bcedge.preprocess.PreprocessConfig`."""
-        from bcedge.preprocess import PreprocessConfig
-
-        if not self.config.get("preprocess"):
-            raise ConfigError(f"{self.run_dir / 'config.json'} has no 'preprocess' config; re-run training")
-        return PreprocessConfig.from_dict(self.config["preprocess"])
-
-
-def load_run(run_dir: str | os.PathLike[str]) -> RunInfo:
-    """Read a run folder written by ``bcedge train``.
-
-    Raises:
-        ConfigError: the folder, ``best.keras`` or ``config.json`` is missing or unreadable.
-    """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ConfigError(f"run folder {run_dir} does not exist (expected the --out folder of 'bcedge train')")
-    model_path = run_dir / "best.keras"
-    if not model_path.is_file():
-        raise ConfigError(f"{run_dir}: no best.keras; not a finished training run (train at least one epoch)")
-    config_path = run_dir / "config.json"
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{run_dir}: no config.json; export needs the run's data and preprocessing config") from None
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{config_path}: unreadable ({exc})") from exc
-    if not isinstance(config, dict):
-        raise ConfigError(f"{config_path}: expected a JSON object")
-    state: dict[str, Any] = {}
-    state_path = run_dir / "state.json"
-    if state_path.is_file():
-        try:
-            state = json.loads(state_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            state = {}  # provenance only; the model file is what matters
-    return RunInfo(run_dir, model_path, config, state)
 
 
 def choose(n_total: int, n: int, seed: int = CALIB_SEED) -> np.ndarray:
@@ -112,7 +53,7 @@ def split_sets(
     """The run's split arrays (train/val/test), preprocessed with the run's config.
 
     Args:
-        run: from :func:`load_run`.
+        run: from :func:`training.run.load_run`.
         cache_dir: preprocessed-array cache folder.
         data, root, split: overrides of the run's ``data``, ``root`` and ``split``.
         options: reader options.

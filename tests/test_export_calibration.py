@@ -13,8 +13,9 @@ pytest.importorskip("keras")
 from bcedge.cli import main
 from bcedge.errors import ConfigError
 from bcedge.preprocess import PreprocessConfig, preprocess
-from export.calibration import RunInfo, calibration_images, choose, load_run, split_sets
+from export.calibration import calibration_images, choose, split_sets
 from export.tflite import representative_dataset
+from training.run import RunInfo, load_run
 
 SIZE = 64
 
