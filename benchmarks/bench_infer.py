@@ -4,12 +4,12 @@ For a 2944x1920 and a 3328x2560 12-bit full-field phantom (``bcedge.phantom``; t
 smaller one is a crop of a 70 um 3328x2560 phantom, breast side kept), written as
 uncompressed MG DICOM into a temporary folder whose name has a space:
 
-1. ``stages``: one :class:`bcedge.pipeline.Segmenter` (warm), ``segment(path)`` then
-   ``write_outputs(..., ["json", "mask"])``, repeated; medians of the stages
+1. ``stages``: one :class:`bcedge.pipeline.Segmenter` (warm), the scan job of ``bcedge infer``
+   (``bcedge.scanjob.run_scan(..., ["json", "mask"])``), repeated; medians of the stages
    ``decode``, ``preprocess``, ``infer``, ``postprocess``, ``write`` and of
    ``non_model = decode + preprocess + postprocess + write`` (per run), reported as
    a percentage of ``infer`` (target <= 30 %).
-2. ``seg``: on the same warm process, ``write_outputs`` with ``json,mask`` and with
+2. ``seg``: on the same warm process, ``write_scan_outputs`` with ``json,mask`` and with
    ``json,mask,seg`` alternately on one result; SEG added = difference of the medians
    (target <= 100 ms). Also in fresh processes (``seg_first_in_process``): the first
    SEG of a process pays ``import highdicom`` and highdicom's standard tables. That
@@ -60,21 +60,19 @@ TARGET_NON_MODEL_PCT = 30.0
 TARGET_SEG_MS = 100.0
 TARGET_COLD_S = 1.5
 
-# A fresh interpreter: segment one scan, then time its first write_outputs (the SEG's first-use costs).
+# A fresh interpreter: one scan through the scan job; its write stage is the first (the SEG's first-use costs).
 _FIRST_WRITE = textwrap.dedent(
     """
-    import json, sys, time
-    from bcedge import outputs
+    import json, sys
     from bcedge.outputs import highdicom_tables
     from bcedge.pipeline import Segmenter
+    from bcedge.scanjob import run_scan
     model, scan, out, kinds, mode, threads = sys.argv[1:7]
     if mode == "highdicom_full_table":
         highdicom_tables._INSTALLED = True  # leave highdicom's own 22 MB table parse in place (the "before")
     with Segmenter(model, "tflite", threads=int(threads)) as seg:
-        result = seg.segment(scan)
-        t0 = time.perf_counter()
-        outputs.write_outputs(result, out, kinds.split(","), bundle=seg.bundle, artifact=seg.artifact)
-        print(json.dumps({"write_ms": (time.perf_counter() - t0) * 1000.0}))
+        result = run_scan(seg, scan, out, kinds.split(","))  # the scan job: its write stage is the first one
+        print(json.dumps({"write_ms": result.timing_ms["write"]}))
     """
 )
 
@@ -200,12 +198,15 @@ def make_scans(folder: Path) -> list[tuple[Path, dict[str, Any]]]:
 def bench_stages(segmenter: Any, path: Path, out: Path, runs: int, warmup: int) -> dict[str, Any]:
     """Warm per-stage timings with --outputs json,mask; SEG added on the same process."""
     from bcedge import outputs
+    from bcedge.pipeline import ScanFailure
+    from bcedge.scanjob import run_scan, write_scan_outputs
 
     stages: dict[str, list[float]] = {k: [] for k in ("decode", "preprocess", "infer", "postprocess", "write")}
     non_model, ratio = [], []
     for i in range(warmup + runs):
-        result = segmenter.segment(path)
-        outputs.write_outputs(result, out, ["json", "mask"], bundle=segmenter.bundle, artifact=segmenter.artifact)
+        result = run_scan(segmenter, path, out, ["json", "mask"])  # the scan job of bcedge infer
+        if isinstance(result, ScanFailure):
+            raise SystemExit(f"error: {result.error}")
         if i < warmup:
             continue
         t = result.timing_ms
@@ -222,12 +223,10 @@ def bench_stages(segmenter: Any, path: Path, out: Path, runs: int, warmup: int) 
     # SEG: the same result written with and without it, alternately (same load on both).
     with_seg, without = [], []
     for _ in range(3):
-        outputs.write_outputs(
-            result, out, ["json", "mask", "seg"], bundle=segmenter.bundle, artifact=segmenter.artifact
-        )
+        write_scan_outputs(result, out, ["json", "mask", "seg"], segmenter)
     for _ in range(runs):
         for kinds, bucket in ((["json", "mask"], without), (["json", "mask", "seg"], with_seg)):
-            outputs.write_outputs(result, out, kinds, bundle=segmenter.bundle, artifact=segmenter.artifact)
+            write_scan_outputs(result, out, kinds, segmenter)
             bucket.append(result.timing_ms["write"])
     report["write_json_mask"] = summary(without)
     report["write_json_mask_seg"] = summary(with_seg)
@@ -237,7 +236,7 @@ def bench_stages(segmenter: Any, path: Path, out: Path, runs: int, warmup: int) 
 
 
 def bench_seg_first(model: Path, path: Path, out: Path, runs: int, threads: int) -> dict[str, Any]:
-    """The first write_outputs of a fresh process, with and without seg, and with highdicom's full table."""
+    """A fresh process's first write (the scan job's write stage), with and without seg, and highdicom's own table."""
     modes = (("json,mask", "lazy_table"), ("json,mask,seg", "lazy_table"), ("json,mask,seg", "highdicom_full_table"))
     times: dict[str, list[float]] = {f"{k} ({m})": [] for k, m in modes}
     for _ in range(runs):

@@ -227,7 +227,9 @@ def test_process_scans_turns_every_write_failure_into_a_scan_failure(
     unreadable = ScanFailure("bad.dcm", DicomError("bad.dcm: not a DICOM file"))
     seg = _FakeSegmenter({"bad.dcm": unreadable, "odd.dcm": unwritable, "broken.dcm": broken, str(path): good}, bundle)
     got = list(process_scans(seg, ["bad.dcm", "odd.dcm", "broken.dcm", str(path)], tmp_path, "mask,overlay,json"))
-    assert [type(x).__name__ for x in got] == ["ScanFailure", "ScanFailure", "ScanFailure", "Result"]
+    # A scan that could not be read is a ScanFailure; one segmented but not written, a WriteFailure (a ScanFailure).
+    assert [type(x).__name__ for x in got] == ["ScanFailure", "WriteFailure", "WriteFailure", "Result"]
+    assert all(isinstance(x, ScanFailure) for x in got[:3])
     assert got[0] is unreadable and "shape" in str(got[1].error)
     assert isinstance(got[2].error, InputError) and "AttributeError" in str(got[2].error)
     assert got[3].timing_ms["total"] > 0 and sorted(p.name for p in tmp_path.iterdir()) == [

@@ -132,11 +132,8 @@ class ScanWorker:
         try:
             stems = {path: ref.stem for _, ref, path, _ in local}
             paths = [path for _, _, path, _ in local]
-            items = (
-                process_scans(self.seg, paths, o.out, o.kinds, stems=stems, batch_size=o.batch_size)
-                if o.kinds
-                else (self.seg.segment_many(paths, batch_size=o.batch_size))
-            )
+            # No kinds: segment only (findings rows, no files); the same scan job either way.
+            items = process_scans(self.seg, paths, o.out, o.kinds, stems=stems, batch_size=o.batch_size)
             for (i, ref, _path, timing), item in zip(local, items, strict=True):
                 if isinstance(item, ScanFailure):
                     out[i] = (self._failed(ref, item.error, timing), [])

@@ -1,6 +1,6 @@
-"""The real processing step: the same :class:`~bcedge.pipeline.Segmenter` as ``bcedge infer``, then the SEG.
+"""The real processing step: the scan job of ``bcedge infer`` (:func:`bcedge.scanjob.run_scan`) on one scan.
 
-The SEG's SOP Instance UID comes from :func:`bcedge.outputs.seg_sop_instance_uid`: derived from
+The SEG's SOP Instance UID comes from :func:`bcedge.outputs.seg.seg_sop_instance_uid`: derived from
 the source SOP Instance UID and the model artifact, so processing the same scan again (after a
 crash before the outbox commit, or when the modality sends it twice) gives the same UID and
 PACS keeps one instance.
@@ -52,19 +52,32 @@ class SegmenterProcessor:
         return f"{self.bundle_path} ({file}) on {self.segmenter.backend_name}{used}"
 
     def __call__(self, source: Path, out_dir: Path) -> Mapping[str, Path]:
-        from bcedge.errors import InputError
-        from bcedge.scanjob import write_scan_outputs
+        """Segment ``source`` and write its outputs into ``out_dir`` (:func:`bcedge.scanjob.run_scan`).
 
-        result = self.segmenter.segment(source)
-        try:
-            # The same all-or-nothing write as bcedge infer (same SEG UIDs for the same scan and model).
-            written = write_scan_outputs(result, out_dir, self.kinds, self.segmenter)
-        except InputError as exc:
-            if isinstance(exc.__cause__, OSError):
-                # The node's own disk, not the scan: retried by the worker instead of quarantining the scan.
-                raise OSError(exc.__cause__.errno, f"writing outputs: {exc}") from exc
-            raise
-        return {kind: Path(os.fspath(path)) for kind, path in written.items()}
+        Returns:
+            kind -> path written (``seg`` among them).
+
+        Raises:
+            BcedgeError: the scan's own problem (exit code 2: quarantined) or the model's (retried).
+            OSError: the outputs could not be written to the node's own disk (retried, not the scan's fault).
+        """
+        from bcedge.errors import InputError
+        from bcedge.pipeline import ScanFailure
+        from bcedge.scanjob import WriteFailure, run_scan
+
+        # The same scan job as bcedge infer: one read of the scan, the same all-or-nothing write and SEG UIDs.
+        item = run_scan(self.segmenter, source, out_dir, self.kinds)
+        if (
+            isinstance(item, WriteFailure)
+            and isinstance(item.error, InputError)
+            and isinstance(item.error.__cause__, OSError)
+        ):
+            # The node's own disk, not the scan: retried by the worker instead of quarantining the scan.
+            cause = item.error.__cause__
+            raise OSError(cause.errno, f"writing outputs: {item.error}") from item.error
+        if isinstance(item, ScanFailure):
+            raise item.error
+        return {kind: Path(os.fspath(path)) for kind, path in item.outputs.items()}
 
     def close(self) -> None:
         self.segmenter.close()

@@ -26,12 +26,14 @@ Several workers (one thread each, each with its own worker process) share one
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bcedge.errors import BcedgeError
 from bcedge.serve.fsutil import fsync_tree, move_durable, remove_tree, write_durable, write_json_durable
@@ -52,15 +54,26 @@ def _one_line(exc: BaseException) -> str:
 
 
 def read_uids(path: Path) -> dict[str, str]:
-    """SOP Class/Instance UID and transfer syntax of a DICOM file (header only), '' when absent."""
+    """SOP Class/Instance UID and transfer syntax of a DICOM file (header only), '' when absent.
+
+    For a SEG, also the image it references (``referenced_sop_instance_uid`` and
+    ``referenced_sop_class_uid``, from the first item of its Referenced Series Sequence; '' when
+    absent): the worker takes the source's UIDs from there, so the scan is not read again.
+    """
     import pydicom
 
-    ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID"])
+    tags = ["SOPClassUID", "SOPInstanceUID", "ReferencedSeriesSequence"]
+    ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=tags)
     meta = getattr(ds, "file_meta", None)
+    referenced: Any = None
+    with contextlib.suppress(AttributeError, IndexError, KeyError, TypeError):  # not a SEG, or no reference
+        referenced = ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
     return {
         "sop_class_uid": str(ds.get("SOPClassUID", "") or ""),
         "sop_instance_uid": str(ds.get("SOPInstanceUID", "") or ""),
         "transfer_syntax_uid": str(getattr(meta, "TransferSyntaxUID", "") or "") if meta is not None else "",
+        "referenced_sop_instance_uid": str(referenced.get("ReferencedSOPInstanceUID", "") or "") if referenced else "",
+        "referenced_sop_class_uid": str(referenced.get("ReferencedSOPClassUID", "") or "") if referenced else "",
     }
 
 
@@ -243,11 +256,18 @@ class Worker(threading.Thread):
             remove_tree(work)
             self._failed(name, RuntimeError(f"the processing step wrote no SEG into {work}: {outputs}"))
             return
-        try:
-            source_uids = read_uids(source)
-        except Exception:  # the SEG was made from it, so this is unlikely; keep going without the UID
-            source_uids = {"sop_instance_uid": "", "sop_class_uid": "", "transfer_syntax_uid": ""}
         seg_uids = read_uids(Path(seg))
+        # The SEG references the image it was made from (its real SOP class included), so the scan is
+        # not read from disk again; only a processing step whose SEG lacks the reference costs a read.
+        source_uids = {
+            "sop_instance_uid": seg_uids["referenced_sop_instance_uid"],
+            "sop_class_uid": seg_uids["referenced_sop_class_uid"],
+        }
+        if not source_uids["sop_instance_uid"]:
+            try:
+                source_uids = read_uids(source)
+            except Exception:  # the SEG was made from it, so this is unlikely; keep going without the UID
+                source_uids = {"sop_instance_uid": "", "sop_class_uid": ""}
         item = {
             "name": name,
             "seq": parse_seq(name),
