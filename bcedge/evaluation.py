@@ -29,6 +29,9 @@ For ``bcedge evaluate --model`` and ``bcedge benchmark`` the masks are those of
 :class:`bcedge.pipeline.Segmenter` on the **original** pixel grid (:func:`score_result`), the
 path ``bcedge infer`` takes; ``bcedge evaluate RUN_DIR`` scores the model grid with the same
 functions. Runtime-light: NumPy and OpenCV only.
+
+Why one module: the one scoring of ``bcedge evaluate`` and ``bcedge benchmark`` (per-image
+scores, grouping, bootstrap, tables); one home keeps both commands' numbers identical.
 """
 
 from __future__ import annotations

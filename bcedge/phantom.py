@@ -24,6 +24,9 @@ Reproducibility: every random draw comes from ``numpy.random.default_rng(seed)``
 in a fixed order (options given explicitly still consume their draws, so fixing
 the laterality does not change the anatomy), and the UIDs and dates are derived
 from the seed, so the same call writes byte-identical files.
+
+Why one module: one generator whose random draws happen in one fixed order (reproducibility
+above); its parts (silhouette, texture, masses, labels, DICOM header) are only used together.
 """
 
 from __future__ import annotations

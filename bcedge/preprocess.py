@@ -34,6 +34,10 @@ Coordinates: pixel centres sit at integer (row, col); pixel ``i`` spans
 maps the crop box's outer edges onto the content region's outer edges and the
 model <-> original map is one exact axis-aligned affine per axis (see
 :class:`Geometry`).
+
+Why one module: the single implementation every stage must share (training, export, benchmarks,
+runtime); the steps share the working-image and coordinate conventions above, and splitting them
+across modules would invite a second copy of one of them.
 """
 
 from __future__ import annotations

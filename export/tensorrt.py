@@ -40,6 +40,9 @@ FP16 rather than FP32 (as trtexec ``--int8 --fp16``).
 
 Engine building has not been run in this project's development environment (no
 TensorRT, no GPU); :func:`trtexec_command` prints the equivalent ``trtexec`` line.
+
+Why one module: every TensorRT version difference of building is decided in one place
+(:class:`TrtFeatures`), beside the calibrator and the caches that depend on it.
 """
 
 from __future__ import annotations

@@ -26,6 +26,9 @@ and CUDA modules).
   with float16 I/O is fed and read through a cast; integer I/O is refused.
 
 Importing this module imports neither ``tensorrt`` nor any CUDA binding.
+
+Why one module: the version and CUDA-binding differences stay behind the few functions listed
+above, in the one file the fake-TensorRT tests drive.
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ The document :func:`bcedge.bench.run_benchmark` returns is plain JSON::
 :func:`validate` checks that layout (types, required keys, value ranges, and that a
 measured row has its measurements while an unmeasured one says why). Matplotlib is
 needed only for :func:`plot_pareto` (``pip install 'bcedge[plot]'``).
+
+Why one module: one document in every form (schema check, terminal table, JSON, Markdown, plot),
+all reading the same row fields; the schema and its renderings change together.
 """
 
 from __future__ import annotations

@@ -85,6 +85,9 @@ Sources
   such as DeepMind dm_nevis ``ddsm`` handler (``csv/dicom_info.csv``, ``jpeg/<uid>/<file>``, join on the
   first CSV path component = ``PatientID``) and others joining on ``SeriesInstanceUID``; a notebook
   noting rows whose SeriesDescription does not fit the image size.
+
+Why one module: two readers of one collection that share the CSV parsing and the matching rules
+above; its length is the data set's quirks, each handled once.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ Every mistake a user can make in the file raises :class:`~bcedge.errors.ConfigEr
 line naming the file, the ``[section] key``, what was found and what was expected. Relative
 paths are resolved against the folder holding the config file, so a config and its
 certificates can move together.
+
+Why one module: every ``serve.toml`` setting with its default, description and check, so a key
+is defined, documented and validated in one place.
 """
 
 from __future__ import annotations
