@@ -60,8 +60,10 @@ class ModelRef(Protocol):
 class WriteFailure(ScanFailure):
     """A scan that was segmented but whose outputs could not be written; nothing of it was written.
 
-    Its ``error`` is an :class:`~bcedge.errors.InputError` (exit code 2) or
-    :class:`~bcedge.errors.DicomError`; when the file system refused (disk full, permissions),
+    Its ``error`` is an :class:`~bcedge.errors.InputError` (exit code 2; a
+    :class:`~bcedge.errors.DicomError` when the source header cannot make a SEG), or a
+    :class:`~bcedge.errors.MissingDependencyError` for ``seg`` without highdicom; when the file
+    system refused (disk full, permissions),
     ``error.__cause__`` is the ``OSError``, so a front end can tell its own disk's trouble (the DICOM
     node retries) from the scan's. ``to_dict()`` is that of any :class:`ScanFailure`.
     """
