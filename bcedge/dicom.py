@@ -816,6 +816,32 @@ def _check_first_frame(ds: Any, path: Path, ts: str, rows: int, cols: int) -> No
         raise DicomError(f"{path}: {exc}") from exc
 
 
+def _pixel_array(ds: Any, ts: str | None) -> np.ndarray:
+    """``ds.pixel_array``, decoded by the fastest installed plugin for ``ts`` (:mod:`bcedge.decoders`).
+
+    The chosen plugin's verdict is final: no retry with pydicom's other plugins, because the
+    slower ones accept what the chosen ones refuse (pylibjpeg-libjpeg decodes a truncated
+    JPEG-LS or lossless JPEG stream into a partly blank image without an error; CharLS refuses
+    it). ``ts`` None (uncompressed) or no listed plugin installed: pydicom's own order.
+    """
+    from bcedge.decoders import decoding_plugin
+
+    plugin = decoding_plugin(ts) if ts else None
+    if plugin is not None:
+        ds.pixel_array_options(decoding_plugin=plugin)
+    try:
+        return ds.pixel_array
+    except Exception:
+        raise
+    except BaseException as exc:
+        # pyo3's PanicException derives from BaseException: a Rust decoder (pylibjpeg-rle) whose
+        # bounds check stopped on bad data (benchmarks/hostile.py's bomb_rle_runs). Memory-safe,
+        # so it is corrupt data like any other decoder's error, not a crash.
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise ValueError(f"{plugin or 'the decoder'} stopped on bad data ({first_line(exc)})") from exc
+
+
 def _decode(ds: Any, path: Path, rows: int, cols: int) -> np.ndarray:
     """Stored values as a (rows, cols) integer array; maps decoder failures to one-line errors."""
     meta = getattr(ds, "file_meta", None)
@@ -866,7 +892,7 @@ def _decode(ds: Any, path: Path, rows: int, cols: int) -> np.ndarray:
                 )
     try:
         with _c_stderr_to_debug_log(path):
-            arr = ds.pixel_array
+            arr = _pixel_array(ds, str(ts) if ts.is_compressed else None)
     except MemoryError as exc:
         raise DicomError(f"{path}: decoding Pixel Data (7FE0,0010) ran out of memory") from exc
     except Exception as exc:  # decoders raise ValueError, RuntimeError, EOFError, their own types...
