@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from bcedge import __version__
 from bcedge.errors import BcedgeError, BundleError, first_line
+from bcedge.formats import FORMATS, PRECISIONS
 
 if TYPE_CHECKING:
     from bcedge.backends.base import Backend
@@ -40,38 +41,7 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 
-FORMATS = ("keras", "tflite", "onnx", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
 GATES = ("passed", "failed", "not-measured")
-
-#: Pseudo backend name for ``--backend auto``: onnxruntime with a GPU execution provider
-#: (CUDA or TensorRT). Put it in the set given to :meth:`Bundle.best_artifact` when
-#: :func:`bcedge.backends.auto_backend_names` finds one; the artifact still runs on ``onnx``.
-ONNX_GPU = "onnx-gpu"
-
-#: ``--backend auto`` preference, best first: (availability key, artifact backend, artifact precision).
-#: GPU paths first (a TensorRT engine, then onnxruntime on a GPU); then LiteRT on the CPU,
-#: where INT8 with XNNPACK is the fastest and FP16 weights are the next smallest; then
-#: onnxruntime on the CPU; the Keras reference last (desktop only, slowest to load).
-AUTO_PREFERENCE: tuple[tuple[str, str, str], ...] = (
-    ("tensorrt", "tensorrt", "int8"),
-    ("tensorrt", "tensorrt", "fp16"),
-    ("tensorrt", "tensorrt", "fp32"),
-    (ONNX_GPU, "onnx", "fp16"),
-    (ONNX_GPU, "onnx", "fp32"),
-    (ONNX_GPU, "onnx", "int8"),
-    (ONNX_GPU, "onnx", "dynamic"),
-    ("tflite", "tflite", "int8"),
-    ("tflite", "tflite", "fp16"),
-    ("tflite", "tflite", "fp32"),
-    ("tflite", "tflite", "dynamic"),
-    ("onnx", "onnx", "fp32"),
-    ("onnx", "onnx", "dynamic"),
-    ("onnx", "onnx", "int8"),
-    ("onnx", "onnx", "fp16"),
-    ("keras", "keras", "fp32"),
-    ("keras", "keras", "fp16"),
-)
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
@@ -116,8 +86,8 @@ class ArtifactRecord:
 
     Attributes:
         file: path relative to the bundle directory (POSIX separators), e.g. ``model_int8.tflite``.
-        format: ``keras`` | ``tflite`` | ``onnx`` | ``tensorrt``.
-        precision: ``fp32`` | ``fp16`` | ``dynamic`` | ``int8``.
+        format: one of :data:`bcedge.formats.FORMATS` (``keras`` | ``tflite`` | ``onnx`` | ``tensorrt``).
+        precision: one of :data:`bcedge.formats.PRECISIONS` (``fp32`` | ``fp16`` | ``dynamic`` | ``int8``).
         backend: registry name of the backend that runs it (:data:`bcedge.backends.BACKENDS`).
         sha256: hex SHA-256 of the file's bytes.
         size_bytes: file size in bytes.
@@ -447,43 +417,6 @@ class Bundle:
                     "the artifact was tampered with or truncated (re-export or re-copy the bundle)"
                 )
         return path
-
-    def best_artifact(self, available_backends: set[str], *, allow_unmeasured: bool = False) -> ArtifactRecord:
-        """The artifact ``--backend auto`` runs: the first row of :data:`AUTO_PREFERENCE` that matches.
-
-        Only artifacts whose accuracy gate ``passed`` are candidates (also ``not-measured``
-        ones when ``allow_unmeasured``); among those, the first (availability key,
-        backend, precision) row whose key is in ``available_backends`` and which the
-        bundle holds wins. Artifacts of a backend missing from the table come last,
-        in manifest order, when their backend is available.
-
-        Args:
-            available_backends: backend names usable here (``bcedge.backends.auto_backend_names()``),
-                plus :data:`ONNX_GPU` when onnxruntime has a GPU provider.
-            allow_unmeasured: also consider artifacts whose gate is ``not-measured``.
-
-        Raises:
-            BundleError: no candidate artifact; the message says what was skipped and why.
-        """
-        gates = ("passed", "not-measured") if allow_unmeasured else ("passed",)
-        candidates = [a for a in self.manifest.artifacts if a.gate in gates]
-        for key, backend, precision in AUTO_PREFERENCE:
-            if key not in available_backends:
-                continue
-            for record in candidates:
-                if record.backend == backend and record.precision == precision:
-                    return record
-        ranked = {(b, p) for _, b, p in AUTO_PREFERENCE}
-        for record in candidates:
-            if (record.backend, record.precision) not in ranked and record.backend in available_backends:
-                return record
-        skipped = "; ".join(
-            f"{a.format}/{a.precision} on {a.backend}: "
-            + (f"gate {a.gate}" if a.gate not in gates else f"backend {a.backend} not available")
-            for a in self.manifest.artifacts
-        )
-        have = ", ".join(sorted(available_backends)) or "none"
-        raise BundleError(f"bundle {self.dir} has no usable artifact (available backends: {have}): {skipped}")
 
     def open(self, record: ArtifactRecord, *, verify: bool = True, **options: Any) -> Backend:
         """Read ``record``'s bytes once, verify them, and open the backend on those bytes (``options``:

@@ -54,3 +54,11 @@ class BundleError(BcedgeError):
     """A model bundle is missing, malformed, of an unknown schema, or its artifacts do not match the manifest."""
 
     exit_code = 3
+
+
+class BackendError(BundleError):
+    """The backend cannot run the bundle's model: unknown backend, library missing, load or run failure.
+
+    A :class:`BundleError` (exit code 3): the scan is not at fault. (Here rather than in
+    :mod:`bcedge.pipeline` so the standard-library :mod:`bcedge.formats` can raise it.)
+    """

@@ -34,7 +34,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bcedge.errors import BcedgeError, BundleError, ConfigError, InputError, MissingDependencyError, first_line
+from bcedge.errors import (
+    BackendError,
+    BcedgeError,
+    BundleError,
+    ConfigError,
+    InputError,
+    MissingDependencyError,
+    first_line,
+)
 from bcedge.postprocess import DEFAULT_MIN_AREA_MM2, Finding, check_min_area, check_threshold, postprocess
 
 if TYPE_CHECKING:
@@ -46,13 +54,6 @@ if TYPE_CHECKING:
 #: Stages timed for every scan, in order. ``write`` is added by :func:`bcedge.outputs.write_outputs`,
 #: ``total`` (wall clock from the start of the scan to the end of its outputs) by the caller.
 STAGES = ("decode", "preprocess", "infer", "postprocess", "write")
-
-
-class BackendError(BundleError):
-    """The backend cannot run the bundle's model: unknown backend, library missing, load or run failure.
-
-    A :class:`~bcedge.errors.BundleError` (exit code 3): the scan is not at fault.
-    """
 
 
 def default_bundle_path() -> Path:
@@ -179,7 +180,7 @@ class Segmenter:
     Args:
         bundle: a loaded :class:`~bcedge.bundle.Bundle` or its directory.
         backend: ``auto`` (the bundle's best artifact whose accuracy gate passed, on the
-            fastest backend available here: see :data:`bcedge.bundle.AUTO_PREFERENCE`) or a
+            fastest backend available here: see :func:`bcedge.formats.choose_artifact`) or a
             backend name (``tflite``, ``onnx``, ``tensorrt``, ``keras``): the bundle's best
             artifact for that backend (gate passed first, else one not measured, with a warning).
         threads: CPU threads for the backend (None: the library's default).
@@ -243,43 +244,14 @@ class Segmenter:
 
     # ----------------------------------------------------------------- opening
     def _choose(self, backend: str, artifact: ArtifactRecord | str | None) -> ArtifactRecord:
-        from bcedge.backends import auto_backend_names, get_spec
-        from bcedge.bundle import ONNX_GPU
+        """The artifact to run (:func:`bcedge.formats.choose_artifact`); its warnings go to :attr:`warnings`."""
+        # BACKENDS is read here, not at import: tests register extra backends in it.
+        from bcedge.backends import BACKENDS, auto_backend_names
+        from bcedge.formats import choose_artifact
 
-        bundle = self.bundle
-        if artifact is not None:
-            if not isinstance(artifact, str):
-                return artifact
-            for record in bundle.manifest.artifacts:
-                if record.file == artifact:
-                    return record
-            raise BundleError(f"bundle {bundle.dir} has no artifact {artifact!r}; it holds {bundle._list()}")
-        if not isinstance(backend, str):
-            raise BackendError(f"backend is {backend!r}; expected 'auto' or a backend name")
-        if backend == "auto":
-            # Probing onnxruntime for GPU providers imports it (~0.2 s): only when an onnx artifact could use it.
-            probe = any(a.backend == "onnx" for a in bundle.manifest.artifacts)
-            return bundle.best_artifact(auto_backend_names(probe_gpu=probe))
-        try:
-            get_spec(backend)
-        except ConfigError as exc:
-            raise BackendError(f"{exc} (or auto)") from None
-        names = {backend}
-        if backend == "onnx":
-            # onnxruntime on a GPU prefers the fp16 artifact, on the CPU the fp32 one (AUTO_PREFERENCE).
-            names = auto_backend_names(probe_gpu=True) & {"onnx", ONNX_GPU} or names
-        try:
-            return bundle.best_artifact(names)
-        except BundleError:
-            pass
-        unmeasured = [a for a in bundle.manifest.artifacts if a.backend == backend and a.gate == "not-measured"]
-        if unmeasured:
-            record = bundle.best_artifact(names, allow_unmeasured=True)
-            self.warnings.append(f"{record.file}: accuracy gate not measured at export; its Dice is unknown")
-            return record
-        raise BundleError(
-            f"bundle {bundle.dir} has no {backend} artifact that passed its accuracy gate; it holds {bundle._list()}"
-        )
+        choice = choose_artifact(self.bundle, backend, auto_backend_names, known=BACKENDS, artifact=artifact)
+        self.warnings.extend(choice.warnings)
+        return choice.record
 
     def _open(self, threads: int | None, verify: bool, options: dict[str, Any]) -> Backend:
         try:

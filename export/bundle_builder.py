@@ -1,13 +1,14 @@
 """``bcedge export``: a training run folder -> a bundle of gated artifacts.
 
-One table, :data:`EXPORT_FORMATS`, says what each format is (file, backend,
-precision, where it can be built); :func:`build_bundle` walks it:
+The artifact-kind table (:data:`bcedge.formats.KINDS`; :data:`EXPORT_FORMATS` is its
+``--formats`` rows) says what each format is (file, backend, precision, builder, what the
+builder needs, where it can be built); :func:`build_bundle` walks it:
 
 1. read the run (``best.keras``, ``config.json``) and its split arrays, preprocessed
    with the run's config through the cache (:mod:`export.calibration`);
-2. write the Keras reference (``model.keras``) and convert each requested format
-   (TFLite through one SavedModel, ONNX through tf2onnx, TensorRT engines from the
-   ONNX file when TensorRT is importable);
+2. write the Keras reference (``model.keras``) and convert each requested format by
+   calling the builder its row names (:mod:`export.builders`: TFLite through one
+   SavedModel, ONNX through tf2onnx, TensorRT engines from the ONNX file);
 3. measure every artifact through its runtime backend on the validation split and
    gate it against the Keras model (:mod:`export.verify`);
 4. write ``manifest.json`` last (:func:`bcedge.bundle.write_manifest`).
@@ -20,9 +21,8 @@ its manifest for the same reason.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -33,86 +33,20 @@ from typing import Any
 import numpy as np
 
 from bcedge.errors import ConfigError
+from bcedge.formats import EXPORT_KINDS, KINDS, PRECISIONS, ArtifactKind, build_availability
+from export.builders import BuildContext, Built, Log
 
-#: Printed in the report; callers may pass a rich console's ``print``.
-Log = Callable[[str], None]
+#: A row of the artifact-kind table (the name export used before the table moved to bcedge.formats).
+ExportFormat = ArtifactKind
 
-
-@dataclass(frozen=True)
-class ExportFormat:
-    """One row of :data:`EXPORT_FORMATS`.
-
-    Attributes:
-        name: ``--formats`` value, e.g. ``tflite-int8``.
-        format: :class:`bcedge.bundle.ArtifactRecord` format.
-        precision: ``fp32`` | ``fp16`` | ``dynamic`` | ``int8``.
-        backend: runtime backend that runs (and gates) it.
-        file: file name in the bundle; TensorRT engines are named by :mod:`export.tensorrt` after the
-            stem of this name, the TensorRT version and the GPU (engines are not portable).
-        calibrated: needs calibration images.
-        hardware: where it is built.
-    """
-
-    name: str
-    format: str
-    precision: str
-    backend: str
-    file: str
-    calibrated: bool = False
-    hardware: str = "CPU"
-
-
-EXPORT_FORMATS: dict[str, ExportFormat] = {
-    f.name: f
-    for f in (
-        ExportFormat("tflite-fp32", "tflite", "fp32", "tflite", "model_fp32.tflite"),
-        ExportFormat("tflite-fp16", "tflite", "fp16", "tflite", "model_fp16.tflite"),
-        ExportFormat("tflite-dynamic", "tflite", "dynamic", "tflite", "model_dynamic.tflite"),
-        ExportFormat("tflite-int8", "tflite", "int8", "tflite", "model_int8.tflite", calibrated=True),
-        ExportFormat("onnx", "onnx", "fp32", "onnx", "model.onnx"),
-        ExportFormat("tensorrt-fp16", "tensorrt", "fp16", "tensorrt", "model_fp16.engine", hardware="NVIDIA GPU"),
-        ExportFormat(
-            "tensorrt-int8", "tensorrt", "int8", "tensorrt", "model_int8.engine", calibrated=True, hardware="NVIDIA GPU"
-        ),
-    )
-}
-KERAS_FILE = "model.keras"
+#: The ``--formats`` rows of :data:`bcedge.formats.KINDS`, in build order (ONNX before the engines built from it).
+EXPORT_FORMATS: dict[str, ArtifactKind] = {name: KINDS[name] for name in EXPORT_KINDS}
+KERAS_FILE = KINDS["keras"].file
 
 
 def format_availability() -> dict[str, tuple[bool, str]]:
     """``{format name: (buildable here, reason)}`` without importing TensorFlow or TensorRT."""
-
-    def found(module: str) -> bool:
-        try:
-            return importlib.util.find_spec(module) is not None
-        except (ImportError, ValueError):
-            return False
-
-    tf_ok = found("tensorflow")
-    out: dict[str, tuple[bool, str]] = {}
-    for name, fmt in EXPORT_FORMATS.items():
-        if fmt.format == "tflite":
-            out[name] = (
-                (True, "tensorflow") if tf_ok else (False, "tensorflow is not installed: pip install 'bcedge[train]'")
-            )
-        elif fmt.format == "onnx":
-            missing = [m for m in ("tensorflow", "tf2onnx", "onnx") if not found(m)]
-            out[name] = (
-                (False, f"{', '.join(missing)} not installed: pip install 'bcedge[train]'")
-                if missing
-                else (
-                    True,
-                    "tf2onnx",
-                )
-            )
-        else:
-            if not found("tensorrt"):
-                out[name] = (False, "TensorRT is not installed (it ships with JetPack / NVIDIA's pip index)")
-            elif not found("export.tensorrt"):
-                out[name] = (False, "export.tensorrt is missing from this bcedge")
-            else:
-                out[name] = (True, "tensorrt")
-    return out
+    return build_availability(EXPORT_FORMATS)
 
 
 def parse_formats(text: str | None) -> tuple[list[str], dict[str, str]]:
@@ -146,7 +80,8 @@ def parse_formats(text: str | None) -> tuple[list[str], dict[str, str]]:
 
 
 def parse_tolerances(items: list[str] | None) -> dict[str, float]:
-    """Default tolerances updated by ``PRECISION=VALUE`` items (``--tolerance int8=0.02``)."""
+    """Default tolerances (:data:`bcedge.formats.PRECISION_SPECS`) updated by ``PRECISION=VALUE`` items
+    (``--tolerance int8=0.02``)."""
     from export.verify import DEFAULT_TOLERANCES
 
     out = dict(DEFAULT_TOLERANCES)
@@ -304,49 +239,38 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _build_tflite(fmt: ExportFormat, saved_model: Path, dest: Path, calib: np.ndarray | None, int8_io: str) -> dict:
-    from bcedge.imageio import atomic_write_bytes
-    from export import tflite
-
-    content = tflite.convert(saved_model, fmt.precision, calib_images=calib, int8_io=int8_io)  # type: ignore[arg-type]
-    atomic_write_bytes(dest, content)
-    details: dict[str, Any] = {"io": tflite.io_details(content)}
-    if fmt.precision == "int8":
-        details["int8_io"] = int8_io
-        details["float_ops"] = tflite.float_ops(content)
-    return details
+def builder_of(kind: ArtifactKind) -> Callable[[ArtifactKind, BuildContext], Built]:
+    """The function a row's ``builder`` string names (imported now: :mod:`bcedge` never imports export)."""
+    module, _, function = kind.builder.partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
-def _build_tensorrt(
-    fmt: ExportFormat, onnx_path: Path, out: Path, calib: np.ndarray | None, cache_dir: Path
-) -> tuple[str, dict]:
-    """Build a TensorRT engine with :func:`export.tensorrt.build_engine`.
-
-    Args:
-        fmt: a ``tensorrt-*`` row of :data:`EXPORT_FORMATS`.
-        onnx_path: the static-shape ONNX model (``image`` -> ``mask``).
-        out: the bundle folder (the engine is written there under TensorRT's versioned name).
-        calib: INT8: (N, S, S, 1) float32 preprocessed calibration images.
-        cache_dir: where calibration and timing caches persist between exports.
-
-    Returns:
-        ``(engine file name relative to out, details for the manifest)``.
-    """
-    from export import tensorrt as trt_export
-
-    result = trt_export.build_engine(
-        onnx_path,
-        out,
-        precision=fmt.precision,  # type: ignore[arg-type]
-        calibration=calib if fmt.calibrated else None,
-        cache_dir=cache_dir,
-        stem=Path(fmt.file).stem.rsplit("_", 1)[0],
-    )
-    details = result.to_dict()
-    # Absolute paths of this machine mean nothing once the bundle is copied to the device.
-    for key in ("path", "onnx"):
-        details.pop(key, None)
-    return Path(result.path).resolve().relative_to(out.resolve()).as_posix(), details
+def _build_row(kind: ArtifactKind, context: BuildContext, calib_info: dict[str, Any]) -> ArtifactResult:
+    """Build one artifact through its row's builder; a failure becomes a ``build-failed`` row, not an exception."""
+    log = context.log
+    row = ArtifactResult(kind.name, kind.file, kind.format, kind.precision, kind.backend, "not-measured")
+    start, untimed = time.perf_counter(), context.untimed_seconds
+    try:
+        row.file, row.details = builder_of(kind)(kind, context)
+    except Exception as exc:  # one failed converter must not lose the others; reported, fails --strict
+        row.status = "build-failed"
+        row.file = None
+        row.message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+        log(f"{kind.name}: build failed: {row.message}")
+        return row
+    context.built[kind.name] = context.out / row.file
+    # Shared intermediates (the SavedModel) are logged on their own, not charged to the row that made them.
+    row.build_seconds = time.perf_counter() - start - (context.untimed_seconds - untimed)
+    if row.details.get("trtexec"):
+        log(f"{kind.name}: trtexec equivalent: {row.details['trtexec']}")
+    if context.calibration is not None and kind.calibrated:
+        row.details["calibration"] = calib_info
+    note = ""
+    if "float_ops" in row.details:
+        ops = row.details["float_ops"]
+        note = f"; ops left in float: {', '.join(ops) if ops else 'none'}"
+    log(f"{kind.name}: converted in {row.build_seconds:.1f} s{note}")
+    return row
 
 
 def check_options(opts: ExportOptions) -> tuple[list[str], dict[str, str]]:
@@ -364,9 +288,9 @@ def check_options(opts: ExportOptions) -> tuple[list[str], dict[str, str]]:
         raise ConfigError(f"--int8-io {opts.int8_io!r}: expected float or int8")
     if not 0.0 < opts.threshold < 1.0:
         raise ConfigError(f"--threshold {opts.threshold}: expected a probability in (0, 1)")
-    unknown = sorted(set(opts.tolerances) - {"fp32", "fp16", "dynamic", "int8"})
+    unknown = sorted(set(opts.tolerances) - set(PRECISIONS))
     if unknown:
-        raise ConfigError(f"tolerances for unknown precision(s) {unknown}; expected fp32, fp16, dynamic, int8")
+        raise ConfigError(f"tolerances for unknown precision(s) {unknown}; expected {', '.join(PRECISIONS)}")
     names = parse_formats(opts.formats)
     load_run(opts.run_dir)
     import keras
@@ -399,7 +323,6 @@ def build_bundle(opts: ExportOptions, log: Log = print, progress=None) -> Export
         ConfigError: bad options, a run folder without model/config/data, a split without val images.
     """
     from bcedge.bundle import ArtifactRecord, Manifest, io_specs, write_manifest
-    from bcedge.imageio import atomic_write
     from export.calibration import calibration_images, load_run, split_sets
     from export.verify import DEFAULT_TOLERANCES, measure, score
 
@@ -450,75 +373,36 @@ def build_bundle(opts: ExportOptions, log: Log = print, progress=None) -> Export
     _prepare_out(opts.out, opts.overwrite)
     out = opts.out
     rows: list[ArtifactResult] = []
-    # The reference travels with the bundle (unless left out to keep a device bundle small); saved from the
-    # uncompiled model, so loading it needs no training custom objects.
-    if opts.include_keras:
-        atomic_write(out / KERAS_FILE, lambda p: model.save(p))
-        rows.append(ArtifactResult("keras", KERAS_FILE, "keras", "fp32", "keras", "not-measured"))
-
-    from training.evaluate import predict
-
-    reference = score(predict(model, val.images), val.masks, opts.threshold)
-    log(
-        f"reference (Keras, in memory): Dice {reference['dice']:.4f} on {reference['n_lesion_images']} lesion images, "
-        f"{reference['dice_all_images']:.4f} on all {reference['n_images']} val images"
-    )
-
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out) as tmp:
-        work = Path(tmp)
-        saved_model: Path | None = None
-        onnx_path: Path | None = None
+        context = BuildContext(
+            model=model,
+            size=size,
+            out=out,
+            work=Path(tmp),
+            calibration=calib_images,
+            int8_io=opts.int8_io,
+            opset=opts.opset,
+            onnx_dynamic_batch=opts.onnx_dynamic_batch,
+            cache=Path(opts.cache),
+            log=log,
+        )
+        # The reference travels with the bundle (unless left out to keep a device bundle small).
+        if opts.include_keras:
+            kind = KINDS["keras"]
+            file, _ = builder_of(kind)(kind, context)
+            rows.append(ArtifactResult(kind.name, file, kind.format, kind.precision, kind.backend, "not-measured"))
+
+        from training.evaluate import predict
+
+        reference = score(predict(model, val.images), val.masks, opts.threshold)
+        log(
+            f"reference (Keras, in memory): Dice {reference['dice']:.4f} on {reference['n_lesion_images']} "
+            f"lesion images, {reference['dice_all_images']:.4f} on all {reference['n_images']} val images"
+        )
+
         for name in names:
-            fmt = EXPORT_FORMATS[name]
-            row = ArtifactResult(name, fmt.file, fmt.format, fmt.precision, fmt.backend, "not-measured")
-            rows.append(row)
-            start = time.perf_counter()
-            try:
-                if fmt.format == "tflite":
-                    if saved_model is None:
-                        from export.tflite import export_saved_model
-
-                        t0 = time.perf_counter()
-                        saved_model = export_saved_model(model, work / "saved_model", size)
-                        log(f"SavedModel written in {time.perf_counter() - t0:.1f} s")
-                        start = time.perf_counter()
-                    row.details = _build_tflite(fmt, saved_model, out / fmt.file, calib_images, opts.int8_io)
-                elif fmt.format == "onnx":
-                    from export.onnx import convert as onnx_convert
-
-                    row.details = onnx_convert(
-                        model, out / fmt.file, size, opset=opts.opset, dynamic_batch=opts.onnx_dynamic_batch
-                    )
-                    onnx_path = out / fmt.file
-                else:  # tensorrt
-                    if onnx_path is None:
-                        from export.onnx import convert as onnx_convert
-
-                        onnx_path = work / "model.onnx"
-                        onnx_convert(model, onnx_path, size, opset=opts.opset)
-                    row.file, row.details = _build_tensorrt(
-                        fmt, onnx_path, out, calib_images, Path(opts.cache) / "tensorrt"
-                    )
-                    if row.details.get("trtexec"):
-                        log(f"{name}: trtexec equivalent: {row.details['trtexec']}")
-            except Exception as exc:  # one failed converter must not lose the others; reported, fails --strict
-                row.status = "build-failed"
-                row.file = None
-                row.message = (
-                    f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
-                )
-                log(f"{name}: build failed: {row.message}")
-                continue
-            row.build_seconds = time.perf_counter() - start
-            if calib_images is not None and fmt.calibrated:
-                row.details["calibration"] = calib_info
-            note = ""
-            if "float_ops" in row.details:
-                ops = row.details["float_ops"]
-                note = f"; ops left in float: {', '.join(ops) if ops else 'none'}"
-            log(f"{name}: converted in {row.build_seconds:.1f} s{note}")
-        if saved_model is not None:
-            shutil.rmtree(saved_model, ignore_errors=True)
+            rows.append(_build_row(EXPORT_FORMATS[name], context, calib_info))
+        context.close()
 
     for name, why in skipped.items():
         fmt = EXPORT_FORMATS[name]

@@ -32,8 +32,10 @@ from typing import Literal
 import numpy as np
 
 from bcedge.errors import ConfigError
+from bcedge.formats import KINDS
 
-TFLITE_PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
+#: The precisions of the tflite rows of the artifact-kind table (:data:`bcedge.formats.KINDS`).
+TFLITE_PRECISIONS = tuple(k.precision for k in KINDS.values() if k.format == "tflite")
 IoType = Literal["float", "int8"]
 #: Ops whose job is to convert between float and int8 at the model's boundary.
 BOUNDARY_OPS = frozenset({"QUANTIZE", "DEQUANTIZE"})

@@ -25,25 +25,18 @@ from typing import Any
 import numpy as np
 
 from bcedge.errors import BcedgeError
+from bcedge.formats import PRECISION_SPECS
 from bcedge.metrics import MetricAccumulator
 
-#: Largest Dice loss (reference minus artifact, on lesion images) an artifact may show, per precision.
-#: FP32/FP16 should reproduce the reference up to rounding; quantised models may lose a little.
-DEFAULT_TOLERANCES: dict[str, float] = {"fp32": 0.001, "fp16": 0.001, "dynamic": 0.01, "int8": 0.01}
+#: Largest Dice loss (reference minus artifact, on lesion images) an artifact may show, per precision
+#: (from :data:`bcedge.formats.PRECISION_SPECS`, where the reasons are written).
+DEFAULT_TOLERANCES: dict[str, float] = {p.name: p.tolerance for p in PRECISION_SPECS.values()}
 
 #: How far an artifact's probabilities may stray from the Keras model's on preprocessed images,
-#: per precision: ``(max |p - p_keras|, mean |p - p_keras|)`` over every pixel. Tests hold each
-#: format of each architecture to these; the gate itself judges Dice, not probabilities.
-#: FP32 differs by float reordering only. FP16 rounds weights to 11 significant bits. Dynamic range
-#: and INT8 quantise weights (and INT8 activations, output step 1/256); near a steep sigmoid edge one
-#: pixel may move by a tenth (seen on the plain VGG19 encoder, which has no batch norm), while the
-#: mean stays an order of magnitude below 0.01 on 64 px test models (measured 0.0005-0.0016).
-OUTPUT_TOLERANCES: dict[str, tuple[float, float]] = {
-    "fp32": (1e-4, 1e-5),
-    "fp16": (1e-2, 1e-3),
-    "dynamic": (0.25, 0.01),
-    "int8": (0.25, 0.01),
-}
+#: per precision: ``(max |p - p_keras|, mean |p - p_keras|)`` over every pixel (from
+#: :data:`bcedge.formats.PRECISION_SPECS`). Tests hold each format of each architecture to these;
+#: the gate itself judges Dice, not probabilities.
+OUTPUT_TOLERANCES: dict[str, tuple[float, float]] = {p.name: p.output_tolerance for p in PRECISION_SPECS.values()}
 
 
 class GateError(BcedgeError):

@@ -34,8 +34,9 @@ from bcedge.backends import (
     open_backend,
 )
 from bcedge.backends.base import RANGE_TOLERANCE
-from bcedge.bundle import FORMATS, ONNX_GPU, ArtifactRecord, load_bundle
+from bcedge.bundle import ArtifactRecord, load_bundle
 from bcedge.errors import ConfigError, InputError, MissingDependencyError
+from bcedge.formats import FORMATS, ONNX_GPU, choose_artifact
 
 SIZE = 32
 FP32_ATOL = 1e-4
@@ -406,7 +407,7 @@ def test_bundle_opens_its_best_artifact(tiny: TinyModels, spaced_dir: Path) -> N
     available = auto_backend_names()
     if "tflite" not in available:
         pytest.skip("tflite backend not available")
-    record = bundle.best_artifact(available)
+    record = choose_artifact(bundle, "auto", available, known=BACKENDS).record
     expected = "model.onnx" if ONNX_GPU in available else "model_int8.tflite"
     assert record.file == expected
     x = images(2, seed=5)

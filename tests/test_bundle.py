@@ -13,10 +13,6 @@ from bundle_support import write_test_manifest
 
 from bcedge.backends import BACKENDS
 from bcedge.bundle import (
-    AUTO_PREFERENCE,
-    FORMATS,
-    ONNX_GPU,
-    PRECISIONS,
     SCHEMA_VERSION,
     ArtifactRecord,
     Manifest,
@@ -25,6 +21,7 @@ from bcedge.bundle import (
     write_manifest,
 )
 from bcedge.errors import BcedgeError, BundleError
+from bcedge.formats import AUTO_PREFERENCE, FORMATS, ONNX_GPU, PRECISIONS, choose_artifact
 from bcedge.preprocess import PreprocessConfig
 
 SIZE = 32
@@ -336,35 +333,38 @@ def test_bundle_error_exit_code(monkeypatch: pytest.MonkeyPatch, capsys: pytest.
         ({"keras"}, "model.keras"),
     ],
 )
-def test_best_artifact(bundle_dir: Path, available: set[str], expected: str) -> None:
-    assert load_bundle(bundle_dir).best_artifact(available).file == expected
+def test_auto_choice(bundle_dir: Path, available: set[str], expected: str) -> None:
+    assert choose_artifact(load_bundle(bundle_dir), "auto", available, known=BACKENDS).record.file == expected
 
 
-def test_best_artifact_order_within_tflite(spaced_dir: Path) -> None:
+def test_auto_order_within_tflite(spaced_dir: Path) -> None:
     arts = tuple(
         (f"m_{p}.tflite", "tflite", p, "tflite", "passed") for p in ("dynamic", "fp32", "fp16", "int8")
     )  # manifest order is the reverse of the preference
     make_bundle(spaced_dir, arts)
     b = load_bundle(spaced_dir)
-    assert b.best_artifact({"tflite"}).precision == "int8"
+    assert choose_artifact(b, "auto", {"tflite"}, known=BACKENDS).record.precision == "int8"
     b.manifest.artifacts = [a for a in b.manifest.artifacts if a.precision != "int8"]
-    assert b.best_artifact({"tflite"}).precision == "fp16"
+    assert choose_artifact(b, "auto", {"tflite"}, known=BACKENDS).record.precision == "fp16"
     b.manifest.artifacts = [a for a in b.manifest.artifacts if a.precision != "fp16"]
-    assert b.best_artifact({"tflite"}).precision == "fp32"
+    assert choose_artifact(b, "auto", {"tflite"}, known=BACKENDS).record.precision == "fp32"
 
 
-def test_best_artifact_unmeasured_and_none(bundle_dir: Path) -> None:
+def test_choice_unmeasured_and_none(bundle_dir: Path) -> None:
     b = load_bundle(bundle_dir)
-    assert b.best_artifact({"tensorrt"}, allow_unmeasured=True).file == "engines/model_int8.engine"
-    assert b.best_artifact({"tensorrt"}).file == "engines/model_fp16.engine"
+    b.manifest.artifacts = [a for a in b.manifest.artifacts if a.file != "engines/model_fp16.engine"]
+    choice = choose_artifact(b, "tensorrt", set(), known=BACKENDS)  # explicit backend: unmeasured, with a warning
+    assert choice.record.file == "engines/model_int8.engine" and "not measured" in choice.warnings[0]
+    b = load_bundle(bundle_dir)
+    assert choose_artifact(b, "auto", {"tensorrt"}, known=BACKENDS).record.file == "engines/model_fp16.engine"
     with pytest.raises(BundleError) as excinfo:
-        b.best_artifact(set())
+        choose_artifact(b, "auto", set(), known=BACKENDS)
     one_line_bundle_error(
         excinfo, "no usable artifact", "available backends: none", "tflite/int8 on tflite: gate failed"
     )
     b.manifest.artifacts = [a for a in b.manifest.artifacts if a.gate == "failed"]
     with pytest.raises(BundleError, match="gate failed"):
-        b.best_artifact({"tflite", "onnx", "keras"})
+        choose_artifact(b, "auto", {"tflite", "onnx", "keras"}, known=BACKENDS)
 
 
 def test_preference_table_is_consistent() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,8 @@ import pytest
 
 from bcedge.errors import ConfigError
 from export import bundle_builder as bb
+from export.builders import BuildContext
+from export.bundle_builder import builder_of
 
 
 def test_default_formats_are_what_this_machine_can_build(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -66,13 +69,47 @@ def test_tensorrt_engines_come_from_export_tensorrt(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(trt_export, "build_engine", fake_build_engine)
     calib = np.zeros((3, 64, 64, 1), np.float32)
     onnx_path = out / "model.onnx"
-    file, details = bb._build_tensorrt(bb.EXPORT_FORMATS["tensorrt-int8"], onnx_path, out, calib, tmp_path / "cache")
+    context = BuildContext(model=None, size=64, out=out, work=tmp_path, calibration=calib, cache=tmp_path / "cache")
+    context.built["onnx"] = onnx_path  # the bundle's ONNX artifact, written earlier in the export
+    kind = bb.EXPORT_FORMATS["tensorrt-int8"]
+    file, details = builder_of(kind)(kind, context)
     assert file == "model_int8.trt10.3.0.NVIDIA-Orin.engine" and (out / file).is_file()
     assert calls[0]["calibration"] is calib and calls[0]["precision"] == "int8" and calls[0]["onnx"] == onnx_path
+    assert calls[0]["cache"] == tmp_path / "cache" / "tensorrt"
     assert "path" not in details and "onnx" not in details  # no machine-local paths in the manifest
     assert details["trt_version"] == "10.3.0" and details["gpu_name"] == "NVIDIA Orin"
-    bb._build_tensorrt(bb.EXPORT_FORMATS["tensorrt-fp16"], onnx_path, out, calib, tmp_path / "cache")
+    kind = bb.EXPORT_FORMATS["tensorrt-fp16"]
+    builder_of(kind)(kind, context)
     assert calls[1]["calibration"] is None and calls[1]["precision"] == "fp16"
+
+
+def test_rows_build_through_the_table(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """build_bundle's per-row step calls the row's builder string, times it without the shared SavedModel,
+    and turns a failing builder into a build-failed row."""
+    import export.builders as builders
+
+    lines: list[str] = []
+    context = BuildContext(model=None, size=8, out=tmp_path, work=tmp_path, log=lines.append)
+
+    def fake_tflite(kind, context):
+        time.sleep(0.2)  # as if making the shared SavedModel took 0.2 s: not charged to this row
+        context.untimed_seconds += 0.2
+        (context.out / kind.file).write_bytes(b"tflite")
+        return kind.file, {"float_ops": []}
+
+    def broken(kind, context):
+        raise RuntimeError("converter exploded\nsecond line")
+
+    monkeypatch.setattr(builders, "build_tflite", fake_tflite)
+    monkeypatch.setattr(builders, "build_onnx", broken)
+    row = bb._build_row(bb.EXPORT_FORMATS["tflite-int8"], context, {"n": 3})
+    assert row.file == "model_int8.tflite" and row.status == "not-measured" and 0 <= row.build_seconds < 0.1
+    assert context.built == {"tflite-int8": tmp_path / "model_int8.tflite"}
+    assert row.details == {"float_ops": []}  # no calibration images in this context: nothing recorded
+    assert lines[-1].startswith("tflite-int8: converted in") and lines[-1].endswith("ops left in float: none")
+    row = bb._build_row(bb.EXPORT_FORMATS["onnx"], context, {})
+    assert row.status == "build-failed" and row.file is None
+    assert row.message == "RuntimeError: converter exploded" and "onnx" not in context.built
 
 
 def test_overwrite_removes_only_the_old_bundles_own_files(tmp_path: Path) -> None:

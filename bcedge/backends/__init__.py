@@ -25,6 +25,7 @@ from typing import Any
 
 from bcedge.backends.base import Backend
 from bcedge.errors import ConfigError, MissingDependencyError
+from bcedge.formats import ONNX_GPU, backend_formats
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class BackendSpec:
     Attributes:
         name: registry name (``--backend`` value, ``ArtifactRecord.backend``).
         target: ``"module:Class"`` of the :class:`~bcedge.backends.base.Backend` subclass.
-        formats: artifact formats it runs (``ArtifactRecord.format``).
+        formats: artifact formats it runs (``ArtifactRecord.format``; :func:`bcedge.formats.backend_formats`).
         description: one line for listings.
         requirement: the pip extra that provides it (``pip install 'bcedge[<requirement>]'``).
         modules: importable top-level modules; the backend is available when any one is installed.
@@ -66,15 +67,15 @@ class BackendSpec:
         return getattr(importlib.import_module(module), cls)
 
 
-#: Every backend bcedge knows, in listing order. The one table: ``--backend`` choices,
-#: export targets and benchmark rows all come from here.
+#: Every backend bcedge knows, in listing order: ``--backend`` choices and how to open each.
+#: Which formats each runs comes from the artifact-kind table (:data:`bcedge.formats.KINDS`).
 BACKENDS: dict[str, BackendSpec] = {
     spec.name: spec
     for spec in (
         BackendSpec(
             name="keras",
             target="bcedge.backends.keras:KerasBackend",
-            formats=("keras",),
+            formats=backend_formats("keras"),
             description="Keras 3 reference model (desktop only)",
             requirement="train",
             modules=("keras",),
@@ -83,7 +84,7 @@ BACKENDS: dict[str, BackendSpec] = {
         BackendSpec(
             name="tflite",
             target="bcedge.backends.tflite:TFLiteBackend",
-            formats=("tflite",),
+            formats=backend_formats("tflite"),
             description="LiteRT / TFLite interpreter, XNNPACK on CPU (fp32, fp16, dynamic, int8)",
             requirement="tflite",
             # tensorflow last: its bundled interpreter is a desktop fallback only.
@@ -93,7 +94,7 @@ BACKENDS: dict[str, BackendSpec] = {
         BackendSpec(
             name="onnx",
             target="bcedge.backends.onnx:OnnxBackend",
-            formats=("onnx",),
+            formats=backend_formats("onnx"),
             description="onnxruntime (TensorRT / CUDA / CPU execution providers)",
             requirement="onnx",
             modules=("onnxruntime",),
@@ -102,7 +103,7 @@ BACKENDS: dict[str, BackendSpec] = {
         BackendSpec(
             name="tensorrt",
             target="bcedge.backends.tensorrt:TensorRTBackend",
-            formats=("tensorrt",),
+            formats=backend_formats("tensorrt"),
             description="TensorRT engine (fp32, fp16, int8) on an NVIDIA GPU",
             requirement="tensorrt",
             modules=("tensorrt",),
@@ -146,14 +147,13 @@ def available_backends() -> dict[str, tuple[bool, str]]:
 
 
 def auto_backend_names(probe_gpu: bool = True) -> set[str]:
-    """Names for :meth:`bcedge.bundle.Bundle.best_artifact`: the available backends, plus
-    :data:`bcedge.bundle.ONNX_GPU` when onnxruntime offers a CUDA or TensorRT provider.
+    """The backend names usable here, for :func:`bcedge.formats.choose_artifact` (its ``available``):
+    the installed backends, plus :data:`bcedge.formats.ONNX_GPU` when onnxruntime offers a CUDA or
+    TensorRT provider.
 
     Args:
         probe_gpu: import onnxruntime to ask for its providers (skip on a CPU-only device to save time).
     """
-    from bcedge.bundle import ONNX_GPU
-
     names = {name for name, (ok, _) in available_backends().items() if ok}
     if probe_gpu and "onnx" in names:
         from bcedge.backends.onnx import gpu_providers

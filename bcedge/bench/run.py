@@ -61,26 +61,20 @@ class BenchOptions:
 
 
 def select_artifacts(bundle: Bundle, formats: Sequence[str] | None) -> list[ArtifactRecord]:
-    """The bundle's artifacts matching any of ``formats`` (``tflite``, ``tflite/int8``, ``int8``...).
+    """The bundle's artifacts matching any of ``formats`` (``tflite``, ``tflite/int8``, ``int8``...;
+    :func:`bcedge.formats.parse_filter`).
 
     Raises:
         ConfigError: a token matching nothing the bcedge formats/precisions know.
     """
-    from bcedge.bundle import FORMATS, PRECISIONS
+    from bcedge.formats import parse_filter
 
     records = list(bundle.manifest.artifacts)
     if not formats:
         return records
     chosen = []
     for token in formats:
-        fmt, _, prec = token.strip().lower().replace("-", "/").partition("/")
-        if fmt in PRECISIONS and not prec:
-            fmt, prec = "", fmt
-        if (fmt and fmt not in FORMATS) or (prec and prec not in PRECISIONS):
-            raise ConfigError(
-                f"format {token!r}; expected a format ({', '.join(FORMATS)}), a precision ({', '.join(PRECISIONS)}) "
-                "or FORMAT/PRECISION such as tflite/int8"
-            )
+        fmt, prec = parse_filter(token)
         chosen += [r for r in records if (not fmt or r.format == fmt) and (not prec or r.precision == prec)]
     return [r for r in records if r in chosen]
 

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from bcedge.errors import ConfigError
+from bcedge.formats import formats_help
 
 
 def _thread_counts(values: list[str] | None) -> tuple[int, ...] | None:
@@ -51,8 +52,7 @@ def benchmark_command(
         list[str] | None,
         typer.Option(
             "--formats",
-            help="Artifacts to measure, comma-separated: a format (tflite, onnx, keras, tensorrt), a precision "
-            "(int8) or both (tflite/int8, tflite-int8). Default: every artifact.",
+            help=formats_help(),
         ),
     ] = None,
     data: Annotated[

@@ -14,6 +14,7 @@ import typer
 from bcedge.cli.progress import progress_bar
 from bcedge.cli.train import DEFAULT_CACHE
 from bcedge.errors import MissingDependencyError
+from bcedge.formats import export_formats_help
 
 _STATUS_STYLE = {
     "passed": "green",
@@ -52,8 +53,7 @@ def export_command(
         str | None,
         typer.Option(
             "--formats",
-            help="Comma-separated: tflite-fp32, tflite-fp16, tflite-dynamic, tflite-int8, onnx, tensorrt-fp16, "
-            "tensorrt-int8 (default: every format buildable here).",
+            help=export_formats_help(),
         ),
     ] = None,
     calib: Annotated[
