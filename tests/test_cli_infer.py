@@ -407,3 +407,19 @@ def test_infer_without_model_serves_the_real_data_model(
     model = doc["scans"][0]["model"]
     assert model["name"] == "unet-mobilenetv2" and Path(model["bundle"]).name == "mass_model"
     assert (tmp_path / "P111_R_DM_MLO_mask.png").is_file()
+
+
+def test_threads_default_to_every_usable_cpu(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, scans: dict[str, Path], tmp_path: Path
+) -> None:
+    """Issue #14 item 4: no --threads -> bcedge.cpus.usable_cpus() threads, and the JSON says so."""
+    from bcedge import cpus
+
+    monkeypatch.setattr(cpus, "usable_cpus", lambda: 3)  # not LiteRT's own default (1), not this machine's
+    out = tmp_path / "threads"
+    rc, stdout, _ = run(
+        capsys, "infer", scans["rmlo"], "--model", REAL_BUNDLE, "--backend", "tflite", "--out", out, "--outputs",
+        "json", "--json",
+    )  # fmt: skip
+    assert rc == 0
+    assert json.loads(stdout)["model"]["threads"] == 3

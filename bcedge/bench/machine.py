@@ -20,11 +20,10 @@ from typing import Any
 
 
 def usable_cpus() -> int:
-    """CPUs this process may run on (affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+    """CPUs this process may run on (:func:`bcedge.cpus.usable_cpus`: affinity mask, cgroup quota)."""
+    from bcedge import cpus
+
+    return cpus.usable_cpus()
 
 
 _CPU_FLAGS = (

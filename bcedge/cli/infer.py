@@ -91,6 +91,7 @@ def run_infer(
     Raises:
         BcedgeError: a problem that concerns every scan (bundle, backend, options); exit code 3 or 2.
     """
+    from bcedge.cpus import default_threads
     from bcedge.errors import ConfigError, MissingDependencyError
     from bcedge.pipeline import ScanFailure, Segmenter, default_bundle_path
     from bcedge.scanjob import process_scans, unique_stems
@@ -106,6 +107,8 @@ def run_infer(
         if backend != "onnx":
             raise ConfigError(f"--providers applies to --backend onnx (got --backend {backend})")
         options["providers"] = providers
+    # No --threads: every usable CPU (the backend libraries' own defaults differ: LiteRT's is one).
+    threads = default_threads(threads)
     with Segmenter(
         bundle_path, backend, threads=threads, threshold=threshold, min_area_mm2=min_area_mm2, **options
     ) as seg:
@@ -209,7 +212,10 @@ BackendOpt = Annotated[
         help="auto (the bundle's fastest gated artifact here), or tflite, onnx, tensorrt, keras.",
     ),
 ]
-ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads for the backend.")]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option("--threads", min=1, help="CPU threads for the backend. Default: every usable CPU."),
+]
 ThresholdOpt = Annotated[
     float | None,
     typer.Option("--threshold", help="Probability threshold in (0, 1). Default: the bundle's."),
