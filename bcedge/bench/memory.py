@@ -35,6 +35,20 @@ def _proc_peak_mb() -> float | None:
     return None
 
 
+def own_peak_rss_mb() -> tuple[float, str]:
+    """This process's own peak RSS, MB, and where it came from (``VmHWM`` or ``ru_maxrss``).
+
+    ``VmHWM`` (/proc/self/status) is the peak of the address space the process has had since
+    its ``exec`` (or since :func:`reset_peak_rss`). ``ru_maxrss`` is not: Linux carries it
+    across ``fork`` and ``exec``, so a worker spawned by a 700 MB parent reports >= 700 MB
+    whatever it used itself; it is the fallback where there is no /proc (macOS).
+    """
+    peak = _proc_peak_mb()
+    if peak is not None:
+        return peak, "VmHWM"
+    return peak_rss_mb(), "ru_maxrss"
+
+
 def reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS mark of this process (Linux >= 4.0); False where that is not possible."""
     try:

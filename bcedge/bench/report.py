@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bcedge.bench.load import BUSY_SHARE
 from bcedge.bench.rows import E2E_STAGES, GATE_FAILED, NOT_VALIDATED, STATUSES, VALIDATED
 from bcedge.bench.run import REPORT_KIND, REPORT_VERSION
 from bcedge.errors import InputError, MissingDependencyError
@@ -244,7 +245,8 @@ def _share(row: dict[str, Any]) -> str:
 
 
 def _status(row: dict[str, Any]) -> str:
-    return str(row["status"])
+    # A row timed while other processes used the machine (bcedge.bench.load) says so where its figures are.
+    return f"{row['status']} (busy)" if row.get("busy") else str(row["status"])
 
 
 def row_label(row: dict[str, Any], with_threads: bool = True) -> str:
@@ -342,7 +344,24 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
         f"{', '.join(str(t) for t in s['threads'])}, {isolate}",
         f"Data: {doc['data']['label']}",
         f"FP32 GEMM ceiling (NumPy matmul): {_ceiling_text(doc)}",
+        _busy_text(doc),
     ]
+
+
+def _busy_text(doc: dict[str, Any]) -> str:
+    """One line: how many timed rows ran while other processes used the machine (bcedge.bench.load)."""
+    timed = [r for r in doc["rows"] if r.get("latency_ms")]
+    known = [r for r in timed if r.get("busy") is not None]
+    if not known:
+        return "Machine load during the rows: not recorded"
+    busy = [r for r in known if r["busy"]]
+    worst = max((r.get("others_cpu_share") or 0.0) for r in known)
+    if not busy:
+        return f"Machine load during the rows: quiet (other processes used at most {100 * worst:.0f} % of the CPUs)"
+    return (
+        f"Machine load during the rows: {len(busy)} of {len(known)} timed rows measured on a busy machine "
+        f"(other processes used up to {100 * worst:.0f} % of the CPUs; marked 'busy'): not this machine's speed"
+    )
 
 
 # --------------------------------------------------------------------------- terminal
@@ -543,7 +562,11 @@ def to_markdown(doc: dict[str, Any], title: str = "bcedge benchmark") -> str:
         "produces on the original pixel grid (`bcedge.metrics`); p50/p95/p99/mean are model latencies "
         "(`Backend.predict`, batch 1, inputs rotated, warm-up excluded); e2e is the median per image of the "
         "decode, preprocess, infer and postprocess stages of the runtime pipeline; img/s = 1000 / mean model "
-        "latency; peak RSS is the measuring process' peak resident memory; GFLOPs count 2 x the "
+        "latency; peak RSS is the peak resident memory of the process that measured the row (VmHWM: with "
+        "isolation, that row's own); 'busy' marks a row during whose timing other processes used more than "
+        f"{100 * BUSY_SHARE:.0f} % of the machine's CPUs (its JSON row has the process CPU time per call and "
+        "the others' share); "
+        "GFLOPs count 2 x the "
         "multiply-accumulates of convolutions and matrix products; GFLOP/s = GFLOPs / p50; % GEMM is that "
         "over the FP32 NumPy GEMM ceiling at the same thread count (INT8 rows can exceed 100%).",
         "",

@@ -25,7 +25,8 @@ import numpy as np
 
 from bcedge.bench.data import BenchData, BenchItem
 from bcedge.bench.gemm import BLAS_THREAD_VARS, last_line
-from bcedge.bench.memory import _proc_peak_mb, current_rss_mb, peak_rss_mb, reset_peak_rss
+from bcedge.bench.load import LoadMeter
+from bcedge.bench.memory import current_rss_mb, own_peak_rss_mb, reset_peak_rss
 from bcedge.bench.ops import profile_tflite_ops, summarise_ops
 from bcedge.bench.timing import MIN_DISTINCT_INPUTS, distinct_inputs, latency_stats, time_calls
 from bcedge.errors import BcedgeError, InputError
@@ -89,6 +90,11 @@ def base_row(bundle: Bundle, record: ArtifactRecord, threads: int | None) -> dic
         "throughput_ips": None,
         "peak_rss_mb": None,
         "gflops": None,
+        # Timing honesty (bcedge.bench.load): this process's CPU per model call and how much of the
+        # machine other processes used while the row was timed; busy: do not publish its timings.
+        "cpu_ms_per_call": None,
+        "others_cpu_share": None,
+        "busy": None,
     }
 
 
@@ -132,8 +138,11 @@ def measure_row(job: RowJob, *, items: list[BenchItem] | None = None, isolated: 
     if record.backend == "keras":
         # Keras' thread pools are process-wide: only a fresh worker can size them (see worker_env).
         row["threads_applied"] = isolated
-    peak = peak_rss_mb() if isolated else (_proc_peak_mb() or peak_rss_mb())
+    # VmHWM, not ru_maxrss: a worker's ru_maxrss starts at its parent's peak (Linux carries the
+    # mark across fork and exec), which made every isolated row report the parent's 691.65 MB.
+    peak, source = own_peak_rss_mb()
     row["peak_rss_mb"] = peak
+    row["peak_rss_source"] = source
     row["peak_rss_scope"] = "process per row" if isolated else ("row (peak reset)" if peak_reset else "whole run")
     return row
 
@@ -181,6 +190,7 @@ def _measure_into(
         totals: list[float] = []
         tensors: list[np.ndarray] = []
         passes = max(1, math.ceil(MIN_E2E_TIMINGS / len(items)))
+        e2e_meter = LoadMeter()
         # The first call of a backend allocates and sets up its delegate: not part of any stage.
         warm_id = None
         for item in items:
@@ -191,41 +201,43 @@ def _measure_into(
         if tensors:
             backend.predict(tensors[0])
         skipped: dict[str, str] = {}
-        for p in range(passes):
-            for item in items:
-                if item.id in skipped:
-                    continue
-                try:
-                    t0 = time.perf_counter_ns()
-                    mammo = item.decode()
-                    decode_ms = (time.perf_counter_ns() - t0) / 1e6
-                    result = seg.segment(mammo)
-                except InputError as exc:  # a bad scan is reported and left out; a backend failure is not caught
-                    skipped[item.id] = str(exc)
-                    continue
-                timing = dict(result.timing_ms)
-                timing["decode"] = decode_ms
-                for stage in E2E_STAGES:
-                    stages[stage].append(float(timing.get(stage, 0.0)))
-                totals.append(sum(float(timing.get(s, 0.0)) for s in E2E_STAGES))
-                if p:
-                    continue
-                if item.id != warm_id and len(tensors) < MIN_DISTINCT_INPUTS * 2:
-                    tensors.append(preprocess(mammo, config)[0])
-                try:
-                    truth = item.mask(mammo.pixels.shape[:2])
-                except InputError as exc:  # a mask that does not fit its image: left out, as by bcedge evaluate
-                    skipped[item.id] = str(exc)
-                    continue
-                # The one scoring of bcedge evaluate --model (bcedge.evaluation): same numbers.
-                image_scores.append(
-                    score_result(result, truth, id=item.id, source=item.source, mask_kind=item.mask_kind)
-                )
+        with e2e_meter:  # the end-to-end pass: decode, preprocess, model, postprocess per image
+            for p in range(passes):
+                for item in items:
+                    if item.id in skipped:
+                        continue
+                    try:
+                        t0 = time.perf_counter_ns()
+                        mammo = item.decode()
+                        decode_ms = (time.perf_counter_ns() - t0) / 1e6
+                        result = seg.segment(mammo)
+                    except InputError as exc:  # a bad scan is reported and left out; a backend failure is not caught
+                        skipped[item.id] = str(exc)
+                        continue
+                    timing = dict(result.timing_ms)
+                    timing["decode"] = decode_ms
+                    for stage in E2E_STAGES:
+                        stages[stage].append(float(timing.get(stage, 0.0)))
+                    totals.append(sum(float(timing.get(s, 0.0)) for s in E2E_STAGES))
+                    if p:
+                        continue
+                    if item.id != warm_id and len(tensors) < MIN_DISTINCT_INPUTS * 2:
+                        tensors.append(preprocess(mammo, config)[0])
+                    try:
+                        truth = item.mask(mammo.pixels.shape[:2])
+                    except InputError as exc:  # a mask that does not fit its image: left out, as by bcedge evaluate
+                        skipped[item.id] = str(exc)
+                        continue
+                    # The one scoring of bcedge evaluate --model (bcedge.evaluation): same numbers.
+                    image_scores.append(
+                        score_result(result, truth, id=item.id, source=item.source, mask_kind=item.mask_kind)
+                    )
         if not totals:
             raise InputError(f"no evaluation image could be read; first error: {next(iter(skipped.values()))}")
         # Model latency: batch 1, rotating distinct inputs, warm-up excluded.
         inputs = distinct_inputs(tensors)
-        ns = time_calls(backend.predict, inputs, job.runs, job.warmup)
+        with LoadMeter() as latency_meter:  # warm-up calls included: the loop is one block
+            ns = time_calls(backend.predict, inputs, job.runs, job.warmup)
         details = dict(getattr(backend, "details", {}) or {})
     finally:
         seg.close()
@@ -256,6 +268,7 @@ def _measure_into(
         rss_before_model_mb=rss_before,
         backend_details={k: v for k, v in details.items() if k not in ("path",)},
         skipped_images=[{"id": key, "error": why} for key, why in skipped.items()],
+        **_load_fields(latency_meter.result, e2e_meter.result, job.runs + job.warmup),
     )
     if job.profile_ops and record.format == "tflite":
         path = bundle.artifact_path(record, verify=False)
@@ -265,6 +278,24 @@ def _measure_into(
             row["op_profile_error"] = str(exc)
         else:
             row["op_profile"] = summarise_ops(ops, model_p50_ms=latency["p50"])
+
+
+def _load_fields(latency: dict[str, Any], e2e: dict[str, Any], calls: int) -> dict[str, Any]:
+    """The row's timing-honesty fields from the two timed sections (model loop, end-to-end pass).
+
+    Returns:
+        ``cpu_ms_per_call`` (this process's CPU time per model call, every thread), the largest
+        ``others_cpu_share`` of the two sections, ``busy`` (either section busy; None when the
+        machine's counters are unreadable) and both sections' raw figures under ``load``.
+    """
+    shares = [s["others_cpu_share"] for s in (latency, e2e) if s.get("others_cpu_share") is not None]
+    flags = [s["busy"] for s in (latency, e2e) if s.get("busy") is not None]
+    return {
+        "cpu_ms_per_call": round(latency["cpu_ms"] / calls, 3) if calls and "cpu_ms" in latency else None,
+        "others_cpu_share": max(shares) if shares else None,
+        "busy": any(flags) if flags else None,
+        "load": {"model_calls": latency, "end_to_end": e2e},
+    }
 
 
 def _kind_groups(evaluation: dict[str, Any]) -> dict[str, dict[str, Any]]:
