@@ -82,6 +82,16 @@ def test_patch_training_saves_a_fixed_size_model_and_fine_tunes(
     assert tuple(best.input_shape) == (None, 64, 64, 1)  # export and the bundle need a fixed side
     assert tuple(load_trained(run / "last.keras").input_shape) == (None, None, None, 1)  # resumable
 
+    # The final epoch as the selected model (training.promote): fixed size, choice recorded.
+    from training.promote import promote_last
+
+    promoted = tmp_path / "promoted"
+    state = promote_last(run, promoted, "test")
+    assert state["selected_checkpoint"]["file"] == "last.keras" and state["best_epoch"] == 1
+    assert tuple(load_trained(promoted / "best.keras").input_shape) == (None, 64, 64, 1)
+    with pytest.raises(Exception, match="exists"):
+        promote_last(run, promoted, "again")
+
     tuned = tmp_path / "tuned"
     init = ["--init-weights", str(run / "best.keras")]
     assert main([*common, "--out", str(tuned), "--epochs", "1", "--lr", "0", *init]) == 0

@@ -22,22 +22,31 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import math
 import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from bcedge.bench.machine import keras_machine_info
 from bcedge.errors import ConfigError
 from bcedge.imageio import atomic_write, atomic_write_bytes
 
-RUN_CONFIG = "config.json"
-STATE = "state.json"
-LAST = "last.keras"
-BEST = "best.keras"
+# The run folder's layout and its readers/writers live in training.run (its one owner).
+from training.run import (
+    BEST,
+    HISTORY_CSV,
+    HISTORY_JSON,
+    LAST,
+    STATE,
+    read_config,
+    read_state,
+    write_config,
+    write_json,
+    write_state,
+)
+
 #: Fields that may differ between a run folder and the command that resumes it.
 RESUMABLE_CHANGES = {"epochs", "patience", "workers", "time_budget_s"}
 
@@ -86,11 +95,6 @@ class TrainConfig:
         return {k: v for k, v in asdict(self).items() if k not in RESUMABLE_CHANGES}
 
 
-def write_json(path: Path, obj: object) -> None:
-    """Write JSON atomically (sorted keys, 2-space indent)."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
-
-
 def lr_at(epoch: int, config: TrainConfig) -> float:
     """Cosine decay from ``lr`` to ``min_lr`` over ``epochs`` (a function of the epoch alone)."""
     t = min(max(epoch, 0), max(config.epochs - 1, 1)) / max(config.epochs - 1, 1)
@@ -103,10 +107,9 @@ def check_resume(run_dir: Path, config: TrainConfig) -> dict | None:
     Raises:
         ConfigError: the folder holds a different run.
     """
-    state_path = run_dir / STATE
-    if not state_path.exists():
+    if not (run_dir / STATE).exists():
         return None
-    saved = json.loads((run_dir / RUN_CONFIG).read_text())
+    saved = read_config(run_dir)
     known = {f for f in TrainConfig.__dataclass_fields__}
     fields = {k: v for k, v in saved.items() if k in known}
     fields.update(data=tuple(saved["data"]), reader_options=tuple(saved.get("reader_options") or ()))
@@ -116,23 +119,7 @@ def check_resume(run_dir: Path, config: TrainConfig) -> dict | None:
     if diff:
         detail = ", ".join(f"{k}: saved {theirs.get(k)!r} vs now {mine[k]!r}" for k in diff[:3])
         raise ConfigError(f"{run_dir} holds a different run ({detail}); use a new --out folder")
-    return json.loads(state_path.read_text())
-
-
-def machine_info() -> dict:
-    """Backend, versions and devices of this process, for provenance."""
-    import keras
-
-    info = {
-        "keras": keras.__version__,
-        "backend": keras.backend.backend(),
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "devices": [],
-    }
-    with contextlib.suppress(Exception):  # device listing is informational only
-        info["devices"] = [str(d) for d in keras.distribution.list_devices()]
-    return info
+    return read_state(run_dir)
 
 
 def _distribution_scope(devices: list[str]):
@@ -192,15 +179,15 @@ class _RunState:
                     atomic_write(self.run_dir / BEST, lambda p: self.model.save(p))
                 atomic_write(self.run_dir / LAST, lambda p: self.model.save(p))
                 self.state["epoch"] = epoch + 1
-                write_json(self.run_dir / "history.json", history)
-                atomic_write_bytes(self.run_dir / "history.csv", _history_csv(history).encode())
-                write_json(self.run_dir / STATE, self.state)
+                write_json(self.run_dir / HISTORY_JSON, history)
+                atomic_write_bytes(self.run_dir / HISTORY_CSV, _history_csv(history).encode())
+                write_state(self.run_dir, self.state)
                 if self.progress:
                     self.progress("epoch", epoch, logs)
                 if epoch + 1 - self.state.get("best_epoch", 0) >= self.config.patience:
                     self.model.stop_training = True
                     self.state["stopped_early"] = True
-                    write_json(self.run_dir / STATE, self.state)
+                    write_state(self.run_dir, self.state)
                 budget = self.config.time_budget_s
                 if budget is not None and time.time() - self.started >= budget:
                     # Out of time, not converged: a later call with a budget resumes from here.
@@ -265,7 +252,7 @@ def train(
             model = load_trained(run_dir / LAST, compile=True)
         else:
             state = {"epoch": 0, "best_val_dice": -1.0, "best_epoch": 0, "history": []}
-            write_json(run_dir / RUN_CONFIG, {**asdict(config), "machine": machine_info()})
+            write_config(run_dir, {**asdict(config), "machine": keras_machine_info()})
             # Patch training feeds crops and validates on whole images: one model, any input size.
             model = _build(config, None if config.patch else config.size)
             if config.init_weights:
@@ -307,7 +294,7 @@ def train(
     if epochs_run > 0:
         # Training draws per second over this invocation (validation time included).
         state["images_per_second"] = round(epochs_run * len(train_data.order_at(train_data_start)) / elapsed, 3)
-    write_json(run_dir / STATE, state)
+    write_state(run_dir, state)
     return state
 
 
@@ -341,16 +328,21 @@ def _load_init_weights(model, path: str) -> None:
     model.set_weights(theirs)
 
 
-def fix_input_size(run_dir: Path, config: TrainConfig) -> bool:
-    """Rewrite a patch-trained ``best.keras`` (any input size) as a (size, size, 1) model.
+def fix_input_size(run_dir: Path, config: TrainConfig, source: Path | None = None) -> bool:
+    """Write ``best.keras`` as a (size, size, 1) model when it (or ``source``) takes any input size.
 
-    Export, evaluation and the bundle need the fixed input side; the weights are the same
-    (every layer is convolutional). Returns True when the file was rewritten.
+    Patch training saves models for any input side; export, evaluation and the bundle need
+    the fixed one. The weights are the same (every layer is convolutional). ``source`` (e.g.
+    the run's ``last.keras``) is read instead of ``best.keras`` when given. Returns True when
+    ``best.keras`` was written.
     """
     from training.models import load_trained
 
-    model = load_trained(run_dir / BEST)
+    model = load_trained(source or run_dir / BEST)
     if model.inputs[0].shape[1] is not None:
+        if source is not None:
+            atomic_write(run_dir / BEST, lambda p: model.save(p))
+            return True
         return False
     fixed = _build(config, config.size, encoder_weights=False)
     fixed.set_weights(model.get_weights())
