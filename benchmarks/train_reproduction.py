@@ -24,9 +24,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bcedge import bench
+from bcedge.bench.machine import keras_machine_info
 from training.data import load_arrays
 from training.evaluate import format_row, predict, table
-from training.train import TrainConfig, machine_info, train, write_json
+from training.run import best_model, write_json
+from training.train import TrainConfig, train
 
 MODELS = ("unet", "unet-mobilenetv2", "unet-vgg19")
 
@@ -67,7 +69,7 @@ def main() -> int:
         "arrays": {"file": args.arrays.name, "meta": meta, "counts": {k: len(v) for k, v in sets.items()}},
         "train_on": args.train_on,
         "args": {k: str(v) for k, v in vars(args).items()},
-        "machine": {**machine_info(), "cpu": host["cpu_model"], "gpu": "; ".join(host["gpu"]) or None},
+        "machine": {**keras_machine_info(), "cpu": host["cpu_model"], "gpu": "; ".join(host["gpu"]) or None},
         "models": {},
     }
     for name in args.models.split(","):
@@ -102,7 +104,7 @@ def main() -> int:
                 )
 
         state = train(config, run_dir, sets["train"], sets["val"], progress=show)
-        best = load_trained(run_dir / "best.keras")
+        best = load_trained(best_model(run_dir))
         test = sets["test"]
         t1 = time.time()
         probs = predict(best, test.images)
