@@ -17,6 +17,11 @@ Every file is written to a temporary name in the bundle folder and renamed, and 
 manifest comes last, so an interrupted export never leaves a bundle that loads with
 missing or half-written artifacts. Re-exporting into an existing bundle first removes
 its manifest for the same reason.
+
+Why one module: the export run's steps (options, run folder, one row of the format table after
+another, the gate, the manifest) share the ExportOptions/ExportResult records and the write-
+then-rename order above; the converters themselves are in export/builders.py and the modules it
+calls.
 """
 
 from __future__ import annotations
@@ -218,25 +223,24 @@ def _listed_files(out: Path, manifest: Path) -> list[Path]:
     return paths
 
 
-def _versions() -> dict[str, str]:
-    import importlib.metadata
+#: Distributions whose versions the manifest records under ``exported_with`` (the converters).
+EXPORTED_WITH = (
+    "tensorflow",
+    "tensorflow-cpu",
+    "keras",
+    "tf2onnx",
+    "onnx",
+    "onnxruntime",
+    "ai-edge-litert",
+    "tensorrt",
+)
 
-    out = {}
-    for dist in (
-        "tensorflow",
-        "tensorflow-cpu",
-        "keras",
-        "tf2onnx",
-        "onnx",
-        "onnxruntime",
-        "ai-edge-litert",
-        "tensorrt",
-    ):
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return out
+
+def _versions() -> dict[str, str]:
+    """Installed versions of :data:`EXPORTED_WITH` (absent ones left out), read by the one provenance module."""
+    from bcedge.bench.machine import distribution_versions
+
+    return distribution_versions(EXPORTED_WITH)
 
 
 def builder_of(kind: ArtifactKind) -> Callable[[ArtifactKind, BuildContext], Built]:
@@ -282,7 +286,7 @@ def check_options(opts: ExportOptions) -> tuple[list[str], dict[str, str]]:
     Raises:
         ConfigError: a bad option, or a run folder without ``best.keras``/``config.json``.
     """
-    from export.calibration import load_run
+    from training.run import load_run
 
     if opts.int8_io not in ("float", "int8"):
         raise ConfigError(f"--int8-io {opts.int8_io!r}: expected float or int8")
@@ -323,8 +327,9 @@ def build_bundle(opts: ExportOptions, log: Log = print, progress=None) -> Export
         ConfigError: bad options, a run folder without model/config/data, a split without val images.
     """
     from bcedge.bundle import ArtifactRecord, Manifest, io_specs, write_manifest
-    from export.calibration import calibration_images, load_run, split_sets
+    from export.calibration import calibration_images, split_sets
     from export.verify import DEFAULT_TOLERANCES, measure, score
+    from training.run import load_run
 
     names, skipped = check_options(opts)
     tolerances = {**DEFAULT_TOLERANCES, **opts.tolerances}

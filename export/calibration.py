@@ -20,10 +20,7 @@ from typing import Any
 import numpy as np
 
 from bcedge.errors import ConfigError
-
-# The run folder has one reader (training.run); load_run is re-exported for bundle_builder.
-from training.run import RunInfo
-from training.run import load_run as load_run
+from training.run import RunInfo  # the run folder's one reader (load_run) is there too
 
 DEFAULT_N_CALIB = 200
 #: Fixed seed of the calibration draw: the same run exports the same artifacts.
