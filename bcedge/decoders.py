@@ -17,6 +17,9 @@ changes the time, never the pixels. When the chosen plugin cannot decode a file,
 from __future__ import annotations
 
 import functools
+import sys
+import threading
+from types import ModuleType
 
 #: Transfer syntax UID -> pydicom plugin names, fastest first. Measured with
 #: benchmarks/bench_decoders.py's method (process CPU ms per decode of the 2944x1920 12-bit
@@ -68,3 +71,38 @@ def decoding_plugin(transfer_syntax: str) -> str | None:
 def chosen_decoders() -> dict[str, str | None]:
     """Transfer syntax UID -> the plugin :func:`decoding_plugin` picks here (for reports and ``--json``)."""
     return {ts: decoding_plugin(ts) for ts in PREFERENCE}
+
+
+#: Optional imports of pydicom's test-data downloader (``pydicom.data.download``), which
+#: ``import pydicom`` loads through ``pydicom.pixels`` -> ``pydicom.data``: requests brings
+#: urllib3, charset_normalizer, idna and certifi. bcedge never downloads pydicom's test data.
+_DOWNLOADER_EXTRAS = ("requests", "tqdm")
+_IMPORT_LOCK = threading.Lock()
+
+
+def import_pydicom() -> ModuleType:
+    """``import pydicom``, without loading the optional extras of pydicom's test-data downloader.
+
+    Cold start (issue #14 item 8): those extras are ~135 of the ~430 modules ``import pydicom``
+    loads here and ~100-200 ms CPU of it (measured on the busy 2-core machine). While pydicom
+    is first imported, ``requests`` and ``tqdm`` are marked absent, so its downloader takes its
+    own urllib fallback; the marks are removed at once, and a later ``import requests`` (e.g.
+    by dicomweb-client in ``bcedge batch``) works as usual. No effect once pydicom is imported.
+
+    Returns:
+        The ``pydicom`` module.
+    """
+    module = sys.modules.get("pydicom")
+    if module is not None:
+        return module
+    with _IMPORT_LOCK:
+        hidden = [name for name in _DOWNLOADER_EXTRAS if name not in sys.modules]
+        for name in hidden:
+            sys.modules[name] = None  # type: ignore[assignment]  # None: "import name" raises ImportError
+        try:
+            import pydicom
+        finally:
+            for name in hidden:
+                if name in sys.modules and sys.modules[name] is None:
+                    del sys.modules[name]
+    return pydicom

@@ -975,7 +975,9 @@ def _parse(p: Path) -> tuple[Any, tuple[int, int, int] | None]:
     The file is memory-mapped, so a length field claiming more than the file holds reads only
     what is there; files over :data:`~bcedge.limits.MAX_FILE_BYTES` are refused before mapping.
     """
-    import pydicom
+    from bcedge.decoders import import_pydicom
+
+    pydicom = import_pydicom()  # the first import in a bcedge infer process: lean (cold start)
 
     size = p.stat().st_size
     try:

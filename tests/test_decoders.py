@@ -8,8 +8,10 @@ must give exactly the uncompressed file's stored values, and ``read_dicom`` the 
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -187,3 +189,27 @@ def test_a_rust_decoder_panic_is_corrupt_data() -> None:
 
     with pytest.raises(KeyboardInterrupt):  # other BaseExceptions are not swallowed
         _pixel_array(Interrupted(), "1.2.840.10008.1.2.5")
+
+
+def test_pydicom_is_imported_without_its_downloaders_extras() -> None:
+    """Cold start: reading a scan does not load requests/urllib3/tqdm; a later import of them still works."""
+    script = (
+        "import importlib.util, json, sys\n"
+        "from bcedge.dicom import read_dicom\n"
+        "m = read_dicom(sys.argv[1])\n"
+        "loaded = sorted(n for n in ('requests', 'urllib3', 'tqdm', 'charset_normalizer') if n in sys.modules)\n"
+        "later = None\n"
+        "if importlib.util.find_spec('requests') is not None:\n"
+        "    import requests\n"
+        "    later = requests.__name__\n"
+        "import pydicom.data.download as d\n"
+        "print(json.dumps({'shape': list(m.pixels.shape), 'loaded': loaded, 'later': later,\n"
+        "                  'have_requests': d.HAVE_REQUESTS}))\n"
+    )
+    scan = Path(__file__).resolve().parents[1] / "bcedge" / "examples" / "phantom_lcc.dcm"
+    out = subprocess.run([sys.executable, "-c", script, str(scan)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    doc = json.loads(out.stdout)
+    assert len(doc["shape"]) == 2 and doc["loaded"] == [], doc  # none of them loaded by reading
+    assert doc["have_requests"] is False  # pydicom's downloader falls back to urllib
+    assert doc["later"] in (None, "requests")  # the absence mark was removed: requests imports normally afterwards
