@@ -445,6 +445,10 @@ def _warm_up() -> None:
     ``decode``. Cold start is unchanged, the per-stage timings stay about the stages.
     """
     import cv2
+
+    from bcedge.decoders import import_pydicom
+
+    import_pydicom()  # first, so pydicom comes in without its downloader's extras (cold start)
     import pydicom.filereader
     import pydicom.pixels  # noqa: F401
 

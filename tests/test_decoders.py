@@ -191,10 +191,16 @@ def test_a_rust_decoder_panic_is_corrupt_data() -> None:
         _pixel_array(Interrupted(), "1.2.840.10008.1.2.5")
 
 
-def test_pydicom_is_imported_without_its_downloaders_extras() -> None:
-    """Cold start: reading a scan does not load requests/urllib3/tqdm; a later import of them still works."""
+@pytest.mark.parametrize("first", ["read_dicom", "Segmenter warm-up"])
+def test_pydicom_is_imported_without_its_downloaders_extras(first: str) -> None:
+    """Cold start: the first pydicom import (reader or the Segmenter's warm-up) loads no requests/urllib3/tqdm.
+
+    A later import of them still works.
+    """
+    warm = "from bcedge.pipeline import _warm_up\n_warm_up()\n" if first != "read_dicom" else ""
     script = (
         "import importlib.util, json, sys\n"
+        f"{warm}"
         "from bcedge.dicom import read_dicom\n"
         "m = read_dicom(sys.argv[1])\n"
         "loaded = sorted(n for n in ('requests', 'urllib3', 'tqdm', 'charset_normalizer') if n in sys.modules)\n"
