@@ -67,7 +67,7 @@ def benchmark_command(
         Path | None, typer.Option("--root", help="Dataset folder (default: $BCEDGE_DATA for --data).")
     ] = None,
     option: Annotated[
-        list[str] | None, typer.Option("--option", help="Dataset reader option KEY=VALUE (repeatable).")
+        list[str] | None, typer.Option("--option", "-o", help="Dataset reader option KEY=VALUE (repeatable).")
     ] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use only the first N images.")] = None,
     phantoms: Annotated[

@@ -46,7 +46,9 @@ def evaluate_command(
     subset: Annotated[str, typer.Option("--subset", help="Which split of --split to score.")] = "test",
     option: Annotated[
         list[str] | None,
-        typer.Option("--option", help="Dataset reader option KEY=VALUE (repeatable; run folder default: the run's)."),
+        typer.Option(
+            "--option", "-o", help="Dataset reader option KEY=VALUE (repeatable; run folder default: the run's)."
+        ),
     ] = None,
     backend: Annotated[str, typer.Option("--backend", help="--model: backend (as bcedge infer).")] = "auto",
     artifact: Annotated[
