@@ -32,6 +32,10 @@ FOR PROCESSING images (and any image without a VOI) carry no display window:
 bcedge applies a *robust window*, linear between the 0.5th and 99.5th
 percentiles of the modality values (on a subsampled grid of at least ~250k
 pixels), documented in ``ImageMeta.window_source == "robust"``.
+
+Why one module: the reader is one pipeline (header checks, limits, decoding, each LUT step,
+photometric and orientation rules) whose steps are small pure functions sharing the same header
+conventions; every rule about what a mammogram looks like lives here, once.
 """
 
 from __future__ import annotations

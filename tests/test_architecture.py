@@ -9,7 +9,9 @@ every module, including ones whose optional dependencies are not installed here:
   ``training`` and ``export`` (not at module level, not inside a function), and the CLI imports
   them only inside functions (so ``bcedge --help`` and the runtime work without them);
 * module-level imports among ``bcedge`` modules form no circle;
-* every test ARCHITECTURE.md names as the holder of an invariant exists.
+* every test ARCHITECTURE.md names as the holder of an invariant exists;
+* a module over :data:`LONG` lines says why it is one module (a "Why one module:" paragraph in
+  its docstring).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("bcedge", "training", "export")
 DESKTOP = ("training", "export")
 CLI = ROOT / "bcedge" / "cli"
+#: Modules longer than this many lines must say why they are one module.
+LONG = 500
 
 
 def _python_files(package: str) -> list[Path]:
@@ -94,6 +98,19 @@ def test_named_tests_exist() -> None:
                 missing.append(f"{current.relative_to(ROOT).as_posix()}::{name}")
     assert named >= 10, f"only {named} named tests found: the parser lost the table"
     assert not missing, f"ARCHITECTURE.md names tests that do not exist: {missing}"
+
+
+def test_long_modules_say_why() -> None:
+    unexplained = []
+    for package in PACKAGES:
+        for path in _python_files(package):
+            text = path.read_text(encoding="utf-8")
+            if text.count("\n") > LONG and "Why one module:" not in (ast.get_docstring(ast.parse(text)) or ""):
+                unexplained.append(f"{path.relative_to(ROOT).as_posix()} ({text.count(chr(10))} lines)")
+    assert not unexplained, (
+        f"modules over {LONG} lines without a 'Why one module:' paragraph in their docstring "
+        f"(split them, or say why they are one thing): {unexplained}"
+    )
 
 
 def _imports(tree: ast.AST, *, module_level_only: bool) -> Iterator[tuple[ast.stmt, bool]]:
