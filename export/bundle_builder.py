@@ -33,13 +33,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bcedge.errors import ConfigError
 from bcedge.formats import EXPORT_KINDS, KINDS, PRECISIONS, ArtifactKind, build_availability
 from export.builders import BuildContext, Built, Log
+
+if TYPE_CHECKING:
+    from training.run import RunInfo
 
 #: A row of the artifact-kind table (the name export used before the table moved to bcedge.formats).
 ExportFormat = ArtifactKind
@@ -286,6 +289,12 @@ def check_options(opts: ExportOptions) -> tuple[list[str], dict[str, str]]:
     Raises:
         ConfigError: a bad option, or a run folder without ``best.keras``/``config.json``.
     """
+    names, skipped, _run = _checked(opts)
+    return names, skipped
+
+
+def _checked(opts: ExportOptions) -> tuple[list[str], dict[str, str], RunInfo]:
+    """:func:`check_options`, plus the run folder it read (so :func:`build_bundle` reads it once)."""
     from training.run import load_run
 
     if opts.int8_io not in ("float", "int8"):
@@ -295,8 +304,8 @@ def check_options(opts: ExportOptions) -> tuple[list[str], dict[str, str]]:
     unknown = sorted(set(opts.tolerances) - set(PRECISIONS))
     if unknown:
         raise ConfigError(f"tolerances for unknown precision(s) {unknown}; expected {', '.join(PRECISIONS)}")
-    names = parse_formats(opts.formats)
-    load_run(opts.run_dir)
+    names, skipped = parse_formats(opts.formats)
+    run = load_run(opts.run_dir)
     import keras
 
     if keras.backend.backend() != "tensorflow":
@@ -307,7 +316,7 @@ def check_options(opts: ExportOptions) -> tuple[list[str], dict[str, str]]:
             f"export needs the TensorFlow Keras backend; this process uses {keras.backend.backend()!r}: "
             "rerun with KERAS_BACKEND=tensorflow (models trained on JAX or PyTorch load fine)"
         )
-    return names
+    return names, skipped, run
 
 
 def build_bundle(opts: ExportOptions, log: Log = print, progress=None) -> ExportResult:
@@ -329,11 +338,9 @@ def build_bundle(opts: ExportOptions, log: Log = print, progress=None) -> Export
     from bcedge.bundle import ArtifactRecord, Manifest, io_specs, write_manifest
     from export.calibration import calibration_images, split_sets
     from export.verify import DEFAULT_TOLERANCES, measure, score
-    from training.run import load_run
 
-    names, skipped = check_options(opts)
+    names, skipped, run = _checked(opts)
     tolerances = {**DEFAULT_TOLERANCES, **opts.tolerances}
-    run = load_run(opts.run_dir)
     config = run.preprocess_config()
     size = int(config.size)
 
