@@ -1,0 +1,41 @@
+"""The operating-point rule of benchmarks/ablation_v2.py (threshold chosen on validation)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from ablation_v2 import choose
+
+
+def _point(t: float, dice: float, found: float, fp: float | None) -> dict:
+    return {
+        "threshold": t,
+        "dm_dice": {"value": dice},
+        "dm_detection": {"value": found},
+        "normal_fp_per_image": None if fp is None else {"value": fp},
+    }
+
+
+def test_middle_of_the_near_best_band_under_the_targets() -> None:
+    grid = [
+        _point(0.3, 0.52, 0.9, 0.9),  # best Dice, too many false positives
+        _point(0.4, 0.50, 0.9, 0.4),
+        _point(0.5, 0.503, 0.9, 0.3),
+        _point(0.6, 0.505, 0.9, 0.1),
+        _point(0.7, 0.504, 0.9, 0.0),  # zero false positives is a value, not a missing one
+        _point(0.8, 0.30, 0.5, 0.0),  # finds too few
+        _point(0.9, 0.0, 0.0, 0.0),  # finds nothing
+    ]
+    chosen, met = choose(grid)
+    assert met and chosen["threshold"] == 0.6  # band 0.5-0.7 (within 0.005 of 0.505): its middle
+
+
+def test_no_point_meets_the_targets_is_flagged() -> None:
+    grid = [_point(0.3, 0.54, 0.93, 0.7), _point(0.5, 0.52, 0.9, 0.6), _point(0.8, 0.01, 0.1, 0.0)]
+    chosen, met = choose(grid)
+    assert not met and chosen["threshold"] == 0.3  # best Dice among those that find >= 80 %
+    chosen, met = choose([_point(0.3, 0.4, 0.6, 0.2), _point(0.5, 0.3, 0.5, 0.1)])
+    assert not met and chosen["threshold"] == 0.3  # nothing finds 80 %: best Dice overall
