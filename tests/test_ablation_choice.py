@@ -22,7 +22,7 @@ def _point(t: float, dice: float, found: float, fp: float | None) -> dict:
 def test_middle_of_the_near_best_band_under_the_targets() -> None:
     grid = [
         _point(0.3, 0.52, 0.9, 0.9),  # best Dice, too many false positives
-        _point(0.4, 0.50, 0.9, 0.4),
+        _point(0.4, 0.49, 0.9, 0.4),
         _point(0.5, 0.503, 0.9, 0.3),
         _point(0.6, 0.505, 0.9, 0.1),
         _point(0.7, 0.504, 0.9, 0.0),  # zero false positives is a value, not a missing one
