@@ -490,6 +490,12 @@ def build_bundle(opts: ExportOptions, log: Log = print, progress=None) -> Export
                 "epochs_done": run.state.get("epoch"),
                 "best_epoch": run.state.get("best_epoch"),
                 "best_val_dice": run.state.get("best_val_dice"),
+                # training.promote: which checkpoint was chosen, and why, when not the run's best.
+                **(
+                    {"selected_checkpoint": run.state["selected_checkpoint"]}
+                    if run.state.get("selected_checkpoint")
+                    else {}
+                ),
                 "loss": cfg.get("loss"),
                 "seed": cfg.get("seed"),
                 # Everything the run was trained with (bcedge train's config.json, minus machine/preprocess).
