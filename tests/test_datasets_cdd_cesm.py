@@ -152,7 +152,10 @@ def test_copies_merge_to_one_view_in_the_acquired_orientation(tmp_path: Path) ->
     samples = {s.id: s for s in CddCesm(first, roots=[extra]).samples()}
     assert sorted(samples) == ["P1_L_DM_CC", "P2_L_DM_CC", "P3_L_DM_CC"]
     assert samples["P1_L_DM_CC"].undo == "vflip" and samples["P1_L_DM_CC"].extra["copy"] == "flipped"
-    assert samples["P2_L_DM_CC"].undo == "" and "extra/mirrored_P2_L_DM_CC.png" in samples["P2_L_DM_CC"].extra["other_copies"]
+    assert (
+        samples["P2_L_DM_CC"].undo == ""
+        and "extra/mirrored_P2_L_DM_CC.png" in samples["P2_L_DM_CC"].extra["other_copies"]
+    )
     assert samples["P3_L_DM_CC"].undo == "hflip"
     for sample in samples.values():
         pixels = sample.load_image().pixels

@@ -20,7 +20,7 @@ def test_strong_preset_keeps_range_background_and_never_mirrors() -> None:
     assert strong is not None and strong.vflip > 0 and strong.noise_std[1] > 0
     for _ in range(50):
         out, out_mask = augment(image, mask, rng, strong)
-        assert out.dtype == np.float32 and 0.0 <= out.min() and out.max() <= 1.0
+        assert out.dtype == np.float32 and out.min() >= 0.0 and out.max() <= 1.0
         # No left-right mirror: the tissue (and the lesion) stay on the left half.
         assert out[:, :28].mean() > out[:, 36:].mean()
         assert out_mask[:, 40:].sum() == 0
