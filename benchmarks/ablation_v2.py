@@ -133,9 +133,10 @@ def rechoose(doc: dict) -> dict:
 def score_run(run: Path, cache: Path, val_cache: dict, tta: str = "none", checkpoint: str = "best") -> dict:
     from bcedge.evaluation import find_group, score_image, summarize
     from training.models import load_trained
+    from training.run import read_config, read_state
 
-    config = json.loads((run / "config.json").read_text())
-    state = json.loads((run / "state.json").read_text())
+    config = read_config(run)
+    state = read_state(run) or {}
     key = (tuple(config["data"]), config["split"], json.dumps(config["preprocess"], sort_keys=True))
     if key not in val_cache:
         val_cache[key] = _val_arrays(config, cache)

@@ -36,14 +36,12 @@ def promote_last(run_dir: Path, out_dir: Path, reason: str) -> dict:
         raise ConfigError(f"{run_dir}: no state.json/last.keras; expected a bcedge train run folder")
     if out_dir.exists():
         raise ConfigError(f"{out_dir} exists; choose a new folder")
-    config = read_config(run_dir)
-    fields = {k: v for k, v in config.items() if k in TrainConfig.__dataclass_fields__}
-    fields.update(data=tuple(fields.get("data", ())), reader_options=tuple(fields.get("reader_options") or ()))
+    config = TrainConfig.from_saved(read_config(run_dir))
     out_dir.mkdir(parents=True)
     for name in (RUN_CONFIG, HISTORY_JSON, HISTORY_CSV):
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, out_dir / name)
-    fix_input_size(out_dir, TrainConfig(**fields), source=run_dir / LAST)
+    fix_input_size(out_dir, config, source=run_dir / LAST)
     last = state["history"][-1] if state.get("history") else {}
     new = {
         **state,

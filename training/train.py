@@ -90,6 +90,13 @@ class TrainConfig:
     preprocess: dict = field(default_factory=dict)
     preprocess_hash: str = ""
 
+    @classmethod
+    def from_saved(cls, saved: dict) -> TrainConfig:
+        """The configuration a run folder's ``config.json`` records (its extra keys, e.g. machine, dropped)."""
+        fields = {k: v for k, v in saved.items() if k in cls.__dataclass_fields__}
+        fields.update(data=tuple(saved["data"]), reader_options=tuple(saved.get("reader_options") or ()))
+        return cls(**fields)
+
     def comparable(self) -> dict:
         """The fields a resume must keep identical."""
         return {k: v for k, v in asdict(self).items() if k not in RESUMABLE_CHANGES}
@@ -109,11 +116,7 @@ def check_resume(run_dir: Path, config: TrainConfig) -> dict | None:
     """
     if not (run_dir / STATE).exists():
         return None
-    saved = read_config(run_dir)
-    known = {f for f in TrainConfig.__dataclass_fields__}
-    fields = {k: v for k, v in saved.items() if k in known}
-    fields.update(data=tuple(saved["data"]), reader_options=tuple(saved.get("reader_options") or ()))
-    saved_cfg = TrainConfig(**fields)
+    saved_cfg = TrainConfig.from_saved(read_config(run_dir))
     mine, theirs = config.comparable(), saved_cfg.comparable()
     diff = sorted(k for k in mine if mine[k] != theirs.get(k))
     if diff:
