@@ -11,8 +11,8 @@
 # the script again after an interruption); BUNDLE_DIR (default bcedge/mass_model) receives
 # the bundle. Needs the [train,tflite] extras and BCEDGE_DATA (default ../shared/data) and
 # BCEDGE_WEIGHTS (default ../shared/weights). On the 2-core AVX2 CPU of sessions 3-4 the
-# first stage took ~21 min (10 epochs at ~0.9 images/s), the second ~36 min and the export
-# ~10 min.
+# first stage took ~21 min (10 epochs at ~0.9 images/s), the second ~36 min (state.json
+# wall_seconds 2132) and the dynamic + FP16 export ~3 min.
 set -euo pipefail
 WORK="${1:-/tmp/bcedge-mass}"
 BUNDLE="${2:-bcedge/mass_model}"
