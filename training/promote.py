@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 from pathlib import Path
 
-from bcedge.errors import ConfigError
+from bcedge.errors import BcedgeError, ConfigError
 from training.run import HISTORY_CSV, HISTORY_JSON, LAST, RUN_CONFIG, read_config, read_state, write_state
 
 
@@ -66,7 +67,11 @@ def main() -> None:
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--reason", required=True, help="why the final epoch was chosen (recorded)")
     args = parser.parse_args()
-    state = promote_last(args.run_dir, args.out_dir, args.reason)
+    try:
+        state = promote_last(args.run_dir, args.out_dir, args.reason)
+    except BcedgeError as exc:  # a wrong or unreadable run folder: one line, exit 2 (as bcedge's CLI)
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(f"wrote {args.out_dir}: best.keras = epoch {state['best_epoch']} of {args.run_dir}")
 
 
