@@ -27,6 +27,17 @@ Contract:
 - **A scan is read from disk once.** The reader keeps the DICOM header without its Pixel Data
   (``Result.mammogram.header``); the SEG is built from it (:func:`bcedge.outputs.seg.build_seg`),
   not from the source file read again.
+- **Pipelined, same results.** With several scans, :func:`process_scans` overlaps the stages of
+  different scans on three threads (OpenCV, NumPy and the TFLite/ONNX runtimes release the GIL
+  while they work): one reads and preprocesses the next scans, one runs the model on a batch,
+  one post-processes and writes the previous ones. Every stage is the same call as in the serial
+  path, the batches are the same blocks of ``batch_size`` consecutive inputs, each stage takes
+  scans in input order, so results, outputs, failures and their order are those of the serial
+  path (``pipelined=False``; one scan always runs serially: nothing to overlap). At most
+  ``max_in_flight`` scans (default ``3 * batch_size``: one batch being read, one in the model,
+  one being written) are between the start of their reading and their hand-over to the caller,
+  which bounds memory (~40 MB per full-field scan). A model failure still raises, after every
+  scan before its batch was handed over; closing the generator early stops the threads.
 - **Names.** :func:`unique_stems` gives each input its output stem: the file name without an
   image suffix, cut with a hash suffix when long (:func:`bcedge.outputs.shorten_stem`), with
   ``_2``, ``_3``... when two inputs share one. The same inputs in the same order always give
@@ -36,13 +47,17 @@ Contract:
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from bcedge.errors import BcedgeError, InputError, first_line
-from bcedge.pipeline import Result, ScanFailure
+import numpy as np
+
+from bcedge.errors import BcedgeError, ConfigError, InputError, first_line
+from bcedge.pipeline import Result, ScanFailure, _source_of, _unexpected
 
 if TYPE_CHECKING:
     from bcedge.bundle import ArtifactRecord, Bundle
@@ -131,40 +146,53 @@ def process_scans(
     *,
     stems: dict[str, str] | None = None,
     batch_size: int = 1,
+    pipelined: bool = True,
+    max_in_flight: int | None = None,
 ) -> Iterator[Result | ScanFailure]:
     """Segment ``scans`` and write each one's outputs; yields one item per scan, in input order.
 
     Args:
-        segmenter: an open :class:`~bcedge.pipeline.Segmenter`.
+        segmenter: an open :class:`~bcedge.pipeline.Segmenter` (an object with only
+            ``segment_many``, such as a test double, runs serially).
         scans: paths (or in-memory mammograms, stem ``mammogram``).
         out_dir: output folder.
         kinds: output kinds; empty (``()`` or ``""``): segment only, write nothing (``bcedge batch``
             without outputs).
         stems: source -> stem (default: :func:`unique_stems` of the path inputs).
-        batch_size: scans per model call.
+        batch_size: scans per model call (blocks of consecutive inputs, failures included).
+        pipelined: overlap reading, the model and writing on threads (see the module docstring);
+            False: every stage of every scan on the calling thread, one batch after the other.
+        max_in_flight: most scans between the start of their reading and their hand-over to
+            the caller when pipelined (default ``3 * batch_size``; at least ``batch_size``).
 
     Yields:
         A :class:`~bcedge.pipeline.Result` with its outputs written and ``timing_ms["total"]``
-        set, or a :class:`~bcedge.pipeline.ScanFailure` (reading or post-processing failed) or
-        :class:`WriteFailure` (writing failed); nothing of a failed scan was written.
+        set (the sum of its stages), or a :class:`~bcedge.pipeline.ScanFailure` (reading or
+        post-processing failed) or :class:`WriteFailure` (writing failed); nothing of a failed
+        scan was written.
 
     Raises:
+        ConfigError: ``batch_size`` or ``max_in_flight`` is not a positive integer, or
+            ``max_in_flight < batch_size`` (a batch could never fill).
         BackendError: the model failed to run (a problem for every scan).
     """
+    _check_positive("batch_size", batch_size)
+    if max_in_flight is None:
+        max_in_flight = 3 * batch_size
+    _check_positive("max_in_flight", max_in_flight)
+    if max_in_flight < batch_size:
+        raise ConfigError(f"max_in_flight is {max_in_flight}; it must be at least batch_size ({batch_size})")
     items = list(scans)
     if stems is None:
         stems = unique_stems([s for s in items if isinstance(s, (str, os.PathLike))])
+    if pipelined and len(items) > 1 and all(callable(getattr(segmenter, n, None)) for n in _STAGE_METHODS):
+        yield from _Pipeline(segmenter, items, out_dir, kinds, stems, batch_size, max_in_flight).run()
+        return
     for item in segmenter.segment_many(items, batch_size=batch_size):  # type: ignore[attr-defined]
         if isinstance(item, ScanFailure):
             yield item
             continue
-        if kinds:
-            failure = _write(item, out_dir, kinds, segmenter, stems.get(item.source))  # type: ignore[arg-type]
-            if failure is not None:
-                yield failure
-                continue
-        item.timing_ms["total"] = sum(v for k, v in item.timing_ms.items() if k != "total")
-        yield item
+        yield _write_and_total(item, out_dir, kinds, segmenter, stems)  # type: ignore[arg-type]
 
 
 def run_scan(
@@ -193,6 +221,173 @@ def run_scan(
     """
     stems = {os.fspath(scan): stem} if stem is not None and isinstance(scan, (str, os.PathLike)) else None
     return next(iter(process_scans(segmenter, [scan], out_dir, kinds, stems=stems, batch_size=1)))
+
+
+def _check_positive(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} is {value!r}; expected a positive integer")
+
+
+def _write_and_total(
+    item: Result,
+    out_dir: str | os.PathLike[str],
+    kinds: str | Sequence[str],
+    segmenter: ModelRef,
+    stems: dict[str, str],
+) -> Result | WriteFailure:
+    """The last step of every scan, serial or pipelined: write its outputs (when ``kinds``), then its total."""
+    if kinds:
+        failure = _write(item, out_dir, kinds, segmenter, stems.get(item.source))
+        if failure is not None:
+            return failure
+    item.timing_ms["total"] = sum(v for k, v in item.timing_ms.items() if k != "total")
+    return item
+
+
+#: The Segmenter's stage methods the pipeline drives (the same ones ``segment_many`` runs).
+_STAGE_METHODS = ("_prepare", "_infer", "_finish")
+
+
+class _Raise:
+    """A thread's exception, handed to the caller's thread in its place in the stream."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+_END = object()  # a stage's last item: the stage before it has finished
+
+
+class _Pipeline:
+    """Three threads over one Segmenter: read+preprocess -> model (per batch) -> post-process+write.
+
+    Each stage is one thread taking its input in order from a FIFO queue, so order needs no
+    sorting. The bound on memory is a semaphore of ``max_in_flight`` slots: the reader takes one
+    before it reads a scan, the caller's thread gives it back when it hands the scan over (the
+    queues themselves are unbounded; the slots bound what they can hold).
+    """
+
+    def __init__(
+        self,
+        segmenter: Any,
+        items: list[str | os.PathLike[str] | Mammogram],
+        out_dir: str | os.PathLike[str],
+        kinds: str | Sequence[str],
+        stems: dict[str, str],
+        batch_size: int,
+        max_in_flight: int,
+    ) -> None:
+        self.seg = segmenter
+        self.items = items
+        self.out_dir = out_dir
+        self.kinds = kinds
+        self.stems = stems
+        self.batch_size = batch_size
+        self.slots = threading.Semaphore(max_in_flight)
+        self.stop = threading.Event()
+        self.prepared: queue.Queue[Any] = queue.Queue()  # _Prepared | ScanFailure | _END
+        self.inferred: queue.Queue[Any] = queue.Queue()  # (_Prepared, probability, ms) | ScanFailure | _Raise | _END
+        self.done: queue.Queue[Any] = queue.Queue()  # Result | ScanFailure | _Raise | _END
+
+    def run(self) -> Iterator[Result | ScanFailure]:
+        threads = [
+            threading.Thread(target=self._read, name="bcedge-read", daemon=True),
+            threading.Thread(target=self._model, name="bcedge-model", daemon=True),
+            threading.Thread(target=self._post, name="bcedge-write", daemon=True),
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            while True:
+                item = self.done.get()
+                if item is _END:
+                    return
+                if isinstance(item, _Raise):
+                    raise item.exc
+                self.slots.release()  # handed over: the reader may start another scan
+                yield item
+        finally:
+            # Normal end, a model failure, or the caller closed the generator early (break,
+            # Ctrl-C): stop every stage, wake a reader waiting for a slot, wait for the threads
+            # (a stage finishes the call it is in; nothing more is read or written).
+            self.stop.set()
+            self.slots.release()
+            for thread in threads:
+                thread.join()
+
+    def _read(self) -> None:
+        """Stage 1: read and preprocess each scan, in input order; a bad scan becomes its ScanFailure."""
+        try:
+            for index, scan in enumerate(self.items):
+                self.slots.acquire()
+                if self.stop.is_set():
+                    return
+                try:
+                    self.prepared.put(self.seg._prepare(index, scan))
+                except BcedgeError as exc:
+                    self.prepared.put(ScanFailure(_source_of(scan), exc))
+                except Exception as exc:  # one scan's unforeseen failure must not stop the others
+                    self.prepared.put(ScanFailure(_source_of(scan), _unexpected(scan, exc)))
+        finally:
+            self.prepared.put(_END)
+
+    def _model(self) -> None:
+        """Stage 2: the model on blocks of ``batch_size`` consecutive inputs (as ``segment_many``)."""
+        try:
+            block: list[Any] = []
+            while not self.stop.is_set():
+                item = self.prepared.get()
+                if item is not _END:
+                    block.append(item)
+                if block and (item is _END or len(block) == self.batch_size):
+                    self._run_block(block)
+                    block = []
+                if item is _END:
+                    break
+        except BaseException as exc:  # BackendError (every scan's problem) or a bug: the caller raises it
+            self.inferred.put(_Raise(exc))
+        finally:
+            self.inferred.put(_END)
+
+    def _run_block(self, block: list[Any]) -> None:
+        ready = [item for item in block if not isinstance(item, ScanFailure)]
+        if ready:
+            probs, infer_ms = self.seg._infer(np.concatenate([item.tensor for item in ready]))
+            share = infer_ms / len(ready)
+        k = 0
+        for item in block:
+            if isinstance(item, ScanFailure):
+                self.inferred.put(item)
+            else:
+                self.inferred.put((item, probs[k, :, :, 0], share))
+                k += 1
+
+    def _post(self) -> None:
+        """Stage 3: post-process and write each scan's outputs, in input order."""
+        try:
+            while True:
+                item = self.inferred.get()
+                if item is _END:
+                    break
+                if self.stop.is_set():
+                    continue  # the caller is gone: write nothing more
+                if isinstance(item, (ScanFailure, _Raise)):
+                    self.done.put(item)
+                    continue
+                prepared, probability, infer_ms = item
+                try:
+                    result = self.seg._finish(prepared, probability, infer_ms)
+                except BcedgeError as exc:
+                    self.done.put(ScanFailure(prepared.source, exc))
+                    continue
+                except Exception as exc:
+                    self.done.put(ScanFailure(prepared.source, _unexpected(prepared.source, exc)))
+                    continue
+                self.done.put(_write_and_total(result, self.out_dir, self.kinds, self.seg, self.stems))
+        except BaseException as exc:  # a bug in this stage: raised in the caller's thread, not lost
+            self.done.put(_Raise(exc))
+        finally:
+            self.done.put(_END)
 
 
 def _write(
