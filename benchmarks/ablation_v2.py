@@ -16,6 +16,9 @@ chosen on validation (among the thresholds 0.3-0.9 that find >= 80 % of the DM l
 with <= 0.5 false-positive components per normal image, those within 0.005 of the best DM
 Dice; the middle one of them, so the operating point does not sit at the edge of a Dice
 cliff; see :func:`choose`; the minimum area is the runtime's default).
+``--postprocess-grid`` also scores, at each row's chosen threshold, larger minimum areas and
+seed thresholds (hysteresis: keep a component only when its peak reaches the seed), reported
+in a second table; the runtime adopts one only when it beats the default rule on validation.
 
 Usage::
 
@@ -45,21 +48,36 @@ from bcedge.postprocess import DEFAULT_MIN_AREA_MODEL_PX  # noqa: E402
 
 MIN_AREAS = (round(DEFAULT_MIN_AREA_MODEL_PX),)
 FP_LIMIT = 0.5
+#: The post-processing grid (``--postprocess-grid``), scored at each run's chosen threshold:
+#: minimum component areas in model pixels (the runtime default first) and seed thresholds (a
+#: component is kept only when its peak probability reaches the seed; None: no seed, the
+#: runtime's rule). Reported, not used by :func:`choose`.
+PP_MIN_AREAS = (round(DEFAULT_MIN_AREA_MODEL_PX), 20, 60, 150, 400)
+PP_SEEDS = (None, 0.7, 0.75, 0.8)
 #: Share of validation DM lesions an operating point must find (the issue's ">= 80 % found").
 MIN_FOUND = 0.8
 #: Thresholds whose DM Dice is within TIE of the best count as equally good (see score_run).
 TIE = 0.005
 
 
-def _postprocess(prob: np.ndarray, threshold: float, min_area: int) -> np.ndarray:
+def _postprocess(prob: np.ndarray, threshold: float, min_area: int, seed: float | None = None) -> np.ndarray:
+    """(S, S) uint8 mask: ``prob >= threshold``, components under ``min_area`` pixels dropped.
+
+    With ``seed``, also components whose peak probability is under ``seed`` (hysteresis: the
+    outline at ``threshold``, the decision at ``seed``).
+    """
     import cv2
 
     mask = (prob >= threshold).astype(np.uint8)
-    if min_area <= 0 or not mask.any():
+    if (min_area <= 0 and seed is None) or not mask.any():
         return mask
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     keep = np.zeros(n, bool)
     keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_area
+    if seed is not None:
+        peak = np.zeros(n)
+        np.maximum.at(peak, labels.ravel(), prob.ravel())
+        keep &= peak >= seed
     return keep[labels].astype(np.uint8)
 
 
@@ -130,7 +148,9 @@ def rechoose(doc: dict) -> dict:
     return doc
 
 
-def score_run(run: Path, cache: Path, val_cache: dict, tta: str = "none", checkpoint: str = "best") -> dict:
+def score_run(
+    run: Path, cache: Path, val_cache: dict, tta: str = "none", checkpoint: str = "best", pp_grid: bool = False
+) -> dict:
     from bcedge.evaluation import find_group, score_image, summarize
     from training.models import load_trained
     from training.run import read_config, read_state
@@ -150,10 +170,10 @@ def score_run(run: Path, cache: Path, val_cache: dict, tta: str = "none", checkp
         if kind == "none" or (kind == "pixel" and "_DM_" in sid) or kind == "circle"
     ]
 
-    def report(threshold: float, min_area: int) -> dict:
+    def report(threshold: float, min_area: int, seed: float | None = None) -> dict:
         scores = [
             score_image(
-                _postprocess(probs[i], threshold, min_area),
+                _postprocess(probs[i], threshold, min_area, seed),
                 val.masks[i, :, :, 0],
                 probability=probs[i],
                 id=val.ids[i],
@@ -183,6 +203,11 @@ def score_run(run: Path, cache: Path, val_cache: dict, tta: str = "none", checkp
             grid.append({"threshold": t, "min_area_model_px": a, **b})
     best, ok = choose(grid)
     default = next(g for g in grid if g["threshold"] == 0.5)
+    postprocess_grid = [
+        {"threshold": best["threshold"], "min_area_model_px": a, "seed": s, **brief(report(best["threshold"], a, s))}
+        for a in (PP_MIN_AREAS if pp_grid else ())
+        for s in PP_SEEDS
+    ]
     recipe = {
         k: config.get(k)
         for k in (
@@ -216,6 +241,7 @@ def score_run(run: Path, cache: Path, val_cache: dict, tta: str = "none", checkp
         "chosen": best,
         "chosen_under_fp_limit": ok,
         "grid": grid,
+        "postprocess_grid": postprocess_grid,
     }
 
 
@@ -249,6 +275,22 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def markdown_postprocess(rows: list[dict]) -> str:
+    """The post-processing grid of every row that has one, as a Markdown table."""
+    lines = [
+        "| run | threshold | min area (model px) | seed | val DM Dice | found | FP / DM view | FP / normal film |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        for g in r.get("postprocess_grid") or ():
+            lines.append(
+                f"| {r['run']} | {g['threshold']} | {g['min_area_model_px']} | {g['seed'] or '-'} | "
+                f"{_fmt(g['dm_dice'])} | {_fmt(g['dm_detection'], 2)} | {_fmt(g['dm_fp_per_image'], 2)} | "
+                f"{_fmt(g['normal_fp_per_image'], 2)} |"
+            )
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="*", help="run folders; RUN_DIR:last scores the final epoch")
@@ -260,6 +302,11 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table as Markdown")
     parser.add_argument(
         "--tta", choices=("none", "vflip"), default="none", help="vflip: also score each run with test-time flips"
+    )
+    parser.add_argument(
+        "--postprocess-grid",
+        action="store_true",
+        help="also score minimum areas and seed thresholds at each run's chosen threshold (reported only)",
     )
     args = parser.parse_args()
     from bcedge.bench import machine_info
@@ -284,7 +331,7 @@ def main() -> None:
             print(f"skip {spec}: no {checkpoint}.keras", file=sys.stderr)
             continue
         for tta in ("none", args.tta) if args.tta != "none" else ("none",):
-            row = score_run(run, args.cache, val_cache, tta, checkpoint)
+            row = score_run(run, args.cache, val_cache, tta, checkpoint, args.postprocess_grid)
             rows.append(row)
             c, d = row["chosen"], row["at_0.5"]
             print(
@@ -303,7 +350,8 @@ def main() -> None:
     }
     atomic_write_bytes(args.out, (json.dumps(doc, indent=1, default=str) + "\n").encode())
     if args.markdown is not None:
-        atomic_write_bytes(args.markdown, markdown(rows).encode())
+        atomic_write_bytes(args.markdown, (markdown(rows) + "\n" + markdown_postprocess(rows)).encode())
+    print(markdown_postprocess(rows))
     print(f"wrote {args.out}")
 
 

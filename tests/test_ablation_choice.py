@@ -7,7 +7,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from ablation_v2 import choose
+import numpy as np
+from ablation_v2 import _postprocess, choose
 
 
 def _point(t: float, dice: float, found: float, fp: float | None) -> dict:
@@ -39,3 +40,18 @@ def test_no_point_meets_the_targets_is_flagged() -> None:
     assert not met and chosen["threshold"] == 0.3  # best Dice among those that find >= 80 %
     chosen, met = choose([_point(0.3, 0.4, 0.6, 0.2), _point(0.5, 0.3, 0.5, 0.1)])
     assert not met and chosen["threshold"] == 0.3  # nothing finds 80 %: best Dice overall
+
+
+def test_postprocess_minimum_area_and_seed() -> None:
+    prob = np.zeros((32, 32), np.float32)
+    prob[2:12, 2:12] = 0.9  # a 100-pixel component peaking at 0.9
+    prob[20:30, 20:30] = 0.6  # a 100-pixel component peaking at 0.6
+    prob[20:30, 22] = 0.72  # ... with a ridge at 0.72 (one column inside it)
+    prob[0, 31] = 0.95  # one pixel
+    base = _postprocess(prob, 0.5, 0)
+    assert base.sum() == 201
+    assert _postprocess(prob, 0.5, 2).sum() == 200  # the single pixel is under the area
+    seeded = _postprocess(prob, 0.5, 2, seed=0.8)
+    assert seeded.sum() == 100 and seeded[5, 5] == 1 and seeded[25, 25] == 0
+    # the outline stays at the threshold: the whole 0.6 component is kept when its peak reaches the seed
+    assert _postprocess(prob, 0.5, 2, seed=0.7)[20:30, 20:30].all()
