@@ -14,9 +14,10 @@ the commands so ``bcedge --help`` stays fast and works without optional extras.
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
-from typing import Annotated
+from typing import Annotated, Any, TextIO, cast
 
 import typer
 
@@ -102,6 +103,49 @@ def _app_for(args: list[str]) -> typer.Typer:
     return _light["infer"]
 
 
+def _run(args: list[str]) -> object:
+    """Run ``args``: a plain ``bcedge infer`` line through :mod:`bcedge.cli.fast_infer`, anything else through typer.
+
+    Returns:
+        What typer's ``standalone_mode=False`` returns: the command's return value, or the code of
+        a ``typer.Exit`` it raised.
+    """
+    app = _app_for(args)
+    if app is _light.get("infer"):
+        # Cold start (issue #14 item 8): typer would import pydantic and build a type adapter per
+        # parameter; the fast parse gives the same arguments, or None (then typer runs as before).
+        from bcedge.cli.fast_infer import parse_infer
+
+        parsed = parse_infer(app, args)
+        if parsed is not None:
+            return _invoke_like_typer(parsed)
+    # With standalone_mode=False click returns typer.Exit's code instead of raising it.
+    return app(args=args, standalone_mode=False)
+
+
+def _invoke_like_typer(parsed: Any) -> object:
+    """Run a :class:`~bcedge.cli.fast_infer.FastInfer` with the exception handling of typer's own main
+    (``typer.core._main`` with ``standalone_mode=False``), so either path ends the same way."""
+    try:
+        try:
+            return parsed.run()
+        except EOFError as exc:
+            typer.echo(err=True)
+            raise typer.Abort() from exc
+        except KeyboardInterrupt as exc:
+            raise typer.Exit(130) from exc
+        except OSError as exc:
+            if exc.errno != errno.EPIPE:
+                raise
+            from typer._click.utils import PacifyFlushWrapper
+
+            sys.stdout = cast(TextIO, PacifyFlushWrapper(sys.stdout))
+            sys.stderr = cast(TextIO, PacifyFlushWrapper(sys.stderr))
+            sys.exit(1)
+    except typer.Exit as exc:
+        return exc.exit_code
+
+
 def _fail(message: str, code: int, as_json: bool) -> int:
     """Print one ``error:`` line on stderr (and, with ``--json``, one JSON document on stdout); return ``code``."""
     line = " ".join(message.split())  # one line, whatever the message held
@@ -127,8 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in args
     as_json = "--json" in args
     try:
-        # With standalone_mode=False click returns typer.Exit's code instead of raising it.
-        rc = _app_for(args)(args=args, standalone_mode=False)
+        rc = _run(args)
         if isinstance(rc, int) and rc:
             return rc
     except BcedgeError as exc:
