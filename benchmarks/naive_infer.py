@@ -10,6 +10,9 @@ its masks are not expected to match bcedge's; it is a speed baseline only.
 
     python benchmarks/naive_infer.py SCAN.dcm MODEL.tflite OUT_DIR [--threads N] [--threshold 0.5]
 
+``load`` and ``segment`` are the same steps for a warm process (``benchmarks/bench_speed_done_when.py``:
+the interpreter loaded once, then ``segment`` per scan).
+
 Imports only numpy, pydicom, cv2 and ai_edge_litert (nothing from bcedge).
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from pathlib import Path
 
 import cv2
@@ -43,6 +47,50 @@ def window(ds: pydicom.Dataset) -> np.ndarray:
     return x
 
 
+def load(model: Path, threads: int) -> Interpreter:
+    """The LiteRT interpreter, tensors allocated."""
+    interpreter = Interpreter(model_path=str(model), num_threads=threads)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def segment(interpreter: Interpreter, scan: Path, out: Path, threshold: float) -> dict[str, float]:
+    """Read, window, resize, infer, resize back, threshold, write the mask PNG and the JSON.
+
+    Returns:
+        Milliseconds of the model call alone (``invoke``), for ``benchmarks/bench_speed_done_when.py``.
+    """
+    ds = pydicom.dcmread(scan)
+    image = window(ds)
+    inp, outp = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    size = int(inp["shape"][1])
+    small = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    tensor = np.repeat(small[None, :, :, None], int(inp["shape"][3]), axis=3)
+    if inp["dtype"] != np.float32:  # a fully quantised model: float -> int8/uint8
+        scale, zero = inp["quantization"]
+        tensor = np.clip(np.rint(tensor / scale + zero), np.iinfo(inp["dtype"]).min, np.iinfo(inp["dtype"]).max)
+    interpreter.set_tensor(inp["index"], tensor.astype(inp["dtype"]))
+    t0 = time.perf_counter()
+    interpreter.invoke()
+    invoke_ms = (time.perf_counter() - t0) * 1e3
+    prob = interpreter.get_tensor(outp["index"])[0, :, :, 0]
+    if outp["dtype"] != np.float32:
+        scale, zero = outp["quantization"]
+        prob = (prob.astype(np.float32) - zero) * scale
+    prob = cv2.resize(prob.astype(np.float32), (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+    mask = (prob >= threshold).astype(np.uint8) * 255
+
+    out.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out / f"{scan.stem}_mask.png"), mask)
+    n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    findings = [
+        {"bbox_px": [int(y), int(x), int(y + h), int(x + w)], "area_px": int(a)}
+        for x, y, w, h, a in stats[1:n].tolist()
+    ]
+    (out / f"{scan.stem}.json").write_text(json.dumps({"scan": str(scan), "findings": findings}))
+    return {"invoke_ms": invoke_ms}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("scan", type=Path)
@@ -52,34 +100,7 @@ def main() -> int:
     parser.add_argument("--threshold", type=float, default=0.5)
     args = parser.parse_args()
 
-    ds = pydicom.dcmread(args.scan)
-    image = window(ds)
-    interpreter = Interpreter(model_path=str(args.model), num_threads=args.threads)
-    interpreter.allocate_tensors()
-    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    size = int(inp["shape"][1])
-    small = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-    tensor = np.repeat(small[None, :, :, None], int(inp["shape"][3]), axis=3)
-    if inp["dtype"] != np.float32:  # a fully quantised model: float -> int8/uint8
-        scale, zero = inp["quantization"]
-        tensor = np.clip(np.rint(tensor / scale + zero), np.iinfo(inp["dtype"]).min, np.iinfo(inp["dtype"]).max)
-    interpreter.set_tensor(inp["index"], tensor.astype(inp["dtype"]))
-    interpreter.invoke()
-    prob = interpreter.get_tensor(out["index"])[0, :, :, 0]
-    if out["dtype"] != np.float32:
-        scale, zero = out["quantization"]
-        prob = (prob.astype(np.float32) - zero) * scale
-    prob = cv2.resize(prob.astype(np.float32), (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
-    mask = (prob >= args.threshold).astype(np.uint8) * 255
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(args.out / f"{args.scan.stem}_mask.png"), mask)
-    n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    findings = [
-        {"bbox_px": [int(y), int(x), int(y + h), int(x + w)], "area_px": int(a)}
-        for x, y, w, h, a in stats[1:n].tolist()
-    ]
-    (args.out / f"{args.scan.stem}.json").write_text(json.dumps({"scan": str(args.scan), "findings": findings}))
+    segment(load(args.model, args.threads), args.scan, args.out, args.threshold)
     return 0
 
 
