@@ -22,6 +22,15 @@ reached; and for the whole run whether any patient name, birth date or raw contr
 reached the node's log or stderr. Results go to ``benchmarks/results/serve_faults.json`` with
 the machine (CPU flags), its load before and after, and the git state.
 
+Where the time goes (``timeline`` per round, from the node's own records, not estimates): per
+good scan, seconds after the round began at which it was received, taken by a worker, processed
+and delivered (``item.json``'s ``received_at``/``started_at``/``processed_at``, ``delivery.json``),
+the worker's stage times (decode, preprocess, infer, postprocess, write); the node's start steps
+from its log (``starting``, each worker ``ready``, ``listening``); and per round the CPU seconds of
+the node process and of its worker processes with the machine's busy share (``cpu``), which says
+whether the 2 cores were saturated. The node runs with bytecode caching on (an installed node
+has its ``.pyc`` files; see ``node_env``).
+
 Usage::
 
     python benchmarks/bench_serve_faults.py [--good 20] [--scale 0.5] [--bundle DIR]
@@ -69,6 +78,26 @@ SANITISE = (
 
 def rss_mb(pid: int) -> float:
     return status_mb("VmRSS", pid)
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds ``pid`` has used so far (``/proc/<pid>/stat``); None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    # after the command name: state is field 3, utime 14 and stime 15 (1-based) -> 11, 12 here
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from the first line of ``/proc/stat``."""
+    with open("/proc/stat", encoding="ascii") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(values) - idle) / tick, sum(values) / tick
 
 
 def children(pid: int) -> list[int]:
@@ -134,15 +163,38 @@ class Watch(threading.Thread):
         self.echoes: list[tuple[float, bool]] = []
         self.node_rss = self.worker_rss = 0.0
         self.max_attempts = 0
+        #: Last CPU seconds seen per pid, for the node processes and their worker processes.
+        self.node_cpu: dict[int, float] = {}
+        self.worker_cpu: dict[int, float] = {}
+        #: CPU seconds of the processes already running when the watch began (not this round's).
+        self._cpu_before: dict[int, float] = {}
+        self.machine_start = machine_busy()
         self.halt = threading.Event()
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds used since the watch began: the node, its workers, and the whole machine's share busy."""
+        busy0, total0 = self.machine_start
+        busy1, total1 = machine_busy()
+        return {
+            "node_s": round(sum(self.node_cpu.values()), 2),
+            "workers_s": round(sum(self.worker_cpu.values()), 2),
+            "machine_busy_fraction": round((busy1 - busy0) / max(1e-9, total1 - total0), 3),
+        }
 
     def run(self) -> None:
         last_echo = 0.0
+        if self.pid is not None:
+            for proc in (self.pid, *children(self.pid)):
+                self._cpu_before[proc] = cpu_seconds(proc) or 0.0
         while not self.halt.is_set():
             pid = self.pid
             if pid is not None:
                 self.node_rss = max(self.node_rss, rss_mb(pid))
                 self.worker_rss = max([self.worker_rss, *(rss_mb(c) for c in children(pid))])
+                for proc, seen in ((pid, self.node_cpu), *((c, self.worker_cpu) for c in children(pid))):
+                    used = cpu_seconds(proc)
+                    if used is not None:
+                        seen[proc] = used - self._cpu_before.get(proc, 0.0)
                 try:
                     counts = json.loads(self.attempts_file.read_text())
                     self.max_attempts = max([self.max_attempts, *counts.values()])
@@ -219,9 +271,89 @@ def round_figures(root: Path, sources: set[str], watch: Watch, pacs: Path) -> di
             "answered": sum(1 for _, ok in watch.echoes if ok),
             "slowest_s": round(max(echo_times), 2) if echo_times else None,
         },
+        "cpu": watch.cpu(),
         "node_rss_peak_mb": round(watch.node_rss, 1),
         "worker_rss_peak_mb": round(watch.worker_rss, 1),
         "max_attempts_seen": watch.max_attempts,
+    }
+
+
+_LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) \S+ bcedge\.serve: (.*)$")
+#: Node log lines that mark a step of a (re)start: (label, pattern).
+_EVENTS = (
+    ("node_starting", re.compile(r"^starting: ")),
+    ("worker_ready", re.compile(r"^worker-\d+: pid \d+ ready")),
+    ("listening", re.compile(r"^listening as ")),
+)
+
+
+def log_events(log: Path, since: float) -> dict[str, list[float]]:
+    """Wall times (epoch seconds) of the node's start steps logged at or after ``since``, per label."""
+    out: dict[str, list[float]] = {label: [] for label, _ in _EVENTS}
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        m = _LOG_TIME.match(line)
+        if not m:
+            continue
+        # asctime is local time with milliseconds
+        t = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000.0
+        if t < since - 0.001:
+            continue
+        for label, pattern in _EVENTS:
+            if pattern.match(m.group(3)):
+                out[label].append(t)
+    return out
+
+
+def timeline(root: Path, sources: set[str], t0: float, log: Path) -> dict[str, Any]:
+    """Where each good scan's receipt -> delivery time went, from the node's own records.
+
+    Per good scan (seconds after the round started, from ``item.json`` and ``delivery.json``):
+    received, processing started and ended, delivered, and the worker's stage times; and the
+    node's start steps after ``t0`` (from its log), so that a restart's share is visible.
+    """
+    scans = []
+    for item in sorted((root / "done").iterdir()):
+        record = json.loads((item / "item.json").read_text())
+        if record["source_sop_instance_uid"] not in sources:
+            continue
+        delivered = json.loads((item / "delivery.json").read_text())["delivered_at"]
+        started = record.get("started_at", record["processed_at"] - record["process_ms"] / 1000.0)
+        scans.append(
+            {
+                "seq": record["seq"],
+                "received": round(record["received_at"] - t0, 2),
+                "started": round(started - t0, 2),
+                "processed": round(record["processed_at"] - t0, 2),
+                "delivered": round(delivered - t0, 2),
+                "stages_ms": record.get("stages_ms", {}),
+            }
+        )
+    scans.sort(key=lambda s: s["received"])
+
+    def spread(key: str) -> dict[str, float] | None:
+        values = [s[key] for s in scans]
+        if not values:
+            return None
+        return {"mean": round(sum(values) / len(values), 2), "max": round(max(values), 2)}
+
+    for s in scans:
+        s["queued_s"] = round(s["started"] - s["received"], 2)
+        s["processing_s"] = round(s["processed"] - s["started"], 2)
+        s["to_pacs_s"] = round(s["delivered"] - s["processed"], 2)
+    stage_names = sorted({k for s in scans for k in s["stages_ms"]})
+    stages = {k: round(sum(s["stages_ms"].get(k, 0.0) for s in scans) / len(scans), 1) for k in stage_names if scans}
+    events = {k: [round(t - t0, 2) for t in v] for k, v in log_events(log, t0).items()}
+    return {
+        "queued_s": spread("queued_s"),
+        "processing_s": spread("processing_s"),
+        "to_pacs_s": spread("to_pacs_s"),
+        "mean_stage_ms": stages,
+        "node_start_events_s": events,
+        "scans": scans,
     }
 
 
@@ -232,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundle", type=Path, default=None)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for each round")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--keep-logs", type=Path, default=None, help="copy the node's log and stderr here")
     args = parser.parse_args(argv)
     if not all(shutil.which(t) for t in ("storescu", "storescp", "echoscu")):
         raise SystemExit("dcmtk (storescu, storescp, echoscu) is needed: apt-get install dcmtk")
@@ -264,6 +397,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         stderr_log = work / "node.stderr"
 
+        # Bytecode caching on for the node and its workers (as benchmarks/bench_cold_start.py):
+        # with PYTHONDONTWRITEBYTECODE set in this shell, every bcedge module without a current
+        # .pyc would be compiled again at each (re)start, which an installed node never does.
+        node_env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
         def start_node() -> subprocess.Popen[bytes]:
             with stderr_log.open("ab") as err:
                 proc = subprocess.Popen(
@@ -271,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
                     stdout=err,
                     stderr=subprocess.STDOUT,
                     cwd=ROOT,
+                    env=node_env,
                 )
             wait(lambda: port_open(port) or proc.poll() is not None, "the node to listen", 300)
             if proc.poll() is not None:
@@ -288,13 +427,14 @@ def main(argv: list[str] | None = None) -> int:
                 watch.pid = node.pid
                 watch.start()
                 t0 = time.monotonic()
+                t0_wall = time.time()
                 half = len(files["good"]) // 2
                 senders = [
                     storescu(port, files["bomb"], ["-xt"]),
                     storescu(port, files["bad"] + files["good"][:half], []),
                     storescu(port, files["good"][half:], []),
                 ]
-                killed = None
+                killed = restarted = listening = None
                 resent = 0
                 if name == "round2_kill9":
                     wait(lambda g=good: any(s in g for s in seg_sources(pacs_dir)), "a first SEG", args.timeout)
@@ -303,7 +443,9 @@ def main(argv: list[str] | None = None) -> int:
                     node.wait(30)
                     killed = round(time.monotonic() - t0, 2)
                     outputs = [s.communicate(timeout=300)[0] for s in senders]
+                    restarted = round(time.monotonic() - t0, 2)
                     node = start_node()
+                    listening = round(time.monotonic() - t0, 2)
                     watch.pid = node.pid
                     # As a modality does: what got no success status is sent again.
                     done = {line.split("Sending file:", 1)[1].strip() for o in outputs for line in _acked_lines(o)}
@@ -343,10 +485,13 @@ def main(argv: list[str] | None = None) -> int:
                     "complete": complete,
                     "elapsed_s": elapsed,
                     "killed_at_s": killed,
+                    "restarted_at_s": restarted,
+                    "port_open_at_s": listening,
                     "resent_unacknowledged": resent,
                     **round_figures(root, good, watch, pacs_dir),
                     "quarantined": len(reasons),
                     "quarantine_reasons": reasons,
+                    "timeline": timeline(root, good, t0_wall, work / "node.log"),
                 }
                 print(json.dumps({name: rounds[name]}, indent=2))
         finally:
@@ -358,6 +503,11 @@ def main(argv: list[str] | None = None) -> int:
                     node.kill()
             pacs.kill()
             pacs.wait(10)
+        if args.keep_logs is not None:
+            args.keep_logs.mkdir(parents=True, exist_ok=True)
+            for log in (stderr_log, work / "node.log"):
+                if log.is_file():
+                    shutil.copy2(log, args.keep_logs / log.name)
         logs = stderr_log.read_text(errors="replace") + (work / "node.log").read_text(errors="replace")
         leaks = {
             "patient_values_in_logs": [v for v in LEAKS if v in logs],
@@ -378,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
             "scale": args.scale,
             "bundle": str(bundle.relative_to(ROOT)) if bundle.is_relative_to(ROOT) else str(bundle),
             "worker": {"processes": 2, "timeout_s": 20, "memory_mb": "default"},
+            "node_bytecode_cache": True,
             "bad_per_round": ["jpeg-ls frame header 65535x65535", "no study uid", "invalid sop uid", "rows x2"],
             "sanitised_headers_among_good": [name for name, _ in SANITISE],
         },

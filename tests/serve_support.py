@@ -269,6 +269,29 @@ class FakeSeg:
         return {"seg": out}
 
 
+class BarrierLoadSeg(FakeSeg):
+    """A :class:`FakeSeg` whose "model" finishes loading only while ``count`` workers load at once.
+
+    Each worker process marks ``folder/loading-<pid>`` when its load starts, then waits until
+    ``count`` such marks exist. Workers started one after another never get there (the first one
+    waits for the others, which are not started before it is ready): its load fails with a
+    :class:`~bcedge.errors.BundleError` after ``timeout_s``. No timing threshold is involved.
+    """
+
+    def __init__(self, folder: str, count: int, timeout_s: float = 60.0) -> None:
+        super().__init__()
+        from bcedge.errors import BundleError
+
+        marks = Path(folder)
+        (marks / f"loading-{os.getpid()}").touch()
+        deadline = time.monotonic() + timeout_s
+        while len(list(marks.glob("loading-*"))) < count:
+            if time.monotonic() > deadline:
+                seen = len(list(marks.glob("loading-*")))
+                raise BundleError(f"simulated: {seen} of {count} workers were loading at the same time")
+            time.sleep(0.05)
+
+
 def referenced_source(seg_path: Path) -> str:
     """The source SOP Instance UID a SEG file (fake or real) references."""
     import pydicom

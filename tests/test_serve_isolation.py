@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from serve_support import (
+    BarrierLoadSeg,
     FakeSeg,
     Storescp,
     acknowledged,
@@ -122,6 +124,44 @@ def test_worker_quarantines_over_limit_at_once_and_a_dying_scan_after_its_attemp
     hang, die = (reasons[n] for n in sorted(reasons))
     assert "wall-time limit exceeded" in hang and "[worker] timeout_s" in hang
     assert "started 2 times without finishing" in die
+
+
+def test_worker_processes_load_the_model_at_the_same_time(spaced_dir: Path) -> None:
+    # After a kill -9 every spooled scan waits for the start: one model load, not one per worker.
+    # BarrierLoadSeg finishes loading only while all 3 workers load at once (sequential loads fail).
+    marks = spaced_dir / "marks"
+    marks.mkdir()
+    config = spaced_dir / "serve.toml"
+    config.write_text(
+        config_text(spaced_dir / "node", 0, free_port(), extra="[worker]\nprocesses = 3\ntimeout_s = 30\n")
+    )
+    node = Node(load_config(config), factory=functools.partial(BarrierLoadSeg, str(marks), 3))
+    try:
+        node.start()
+        pids = node.worker_pids
+    finally:
+        node.stop(timeout=10)
+        detach_logging()
+    assert len(pids) == 3
+    assert sorted(p.name for p in marks.glob("loading-*")) == sorted(f"loading-{pid}" for pid in pids)
+
+
+def test_a_worker_that_cannot_load_stops_the_node_and_its_other_workers(spaced_dir: Path) -> None:
+    config = spaced_dir / "serve.toml"
+    config.write_text(
+        config_text(spaced_dir / "node", 0, free_port(), extra="[worker]\nprocesses = 2\ntimeout_s = 30\n")
+    )
+    node = Node(load_config(config), factory=broken_factory)
+    try:
+        with pytest.raises(BundleError, match="simulated: the bundle"):
+            node.start()
+        assert node.worker_pids == []  # the other worker, launched at the same time, was stopped too
+        # the storage root's lock was released: a second node can start there
+        second = Node(load_config(config), process=FakeSeg())
+        second.start()
+        second.stop(timeout=10)
+    finally:
+        detach_logging()
 
 
 # --------------------------------------------------------------------------- on the wire

@@ -15,7 +15,16 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bcedge.imageio import atomic_write_bytes, fsync_path
+# bcedge.imageio (and NumPy with it, ~0.1-0.2 s of CPU) is imported on first use, not here: the node
+# imports this module before it launches its worker processes, and after a kill -9 every spooled
+# scan waits for that launch.
+
+
+def fsync_path(path: str | os.PathLike[str]) -> None:
+    """fsync a file or folder (:func:`bcedge.imageio.fsync_path`)."""
+    from bcedge.imageio import fsync_path as sync
+
+    sync(path)
 
 
 def fsync_tree(path: Path) -> None:
@@ -49,6 +58,8 @@ def write_temp(folder: Path, data: bytes, *, prefix: str = "") -> Path:
 
 def write_durable(path: Path, data: bytes) -> Path:
     """Replace ``path`` with ``data`` atomically and durably (temp file, fsync, rename, fsync folder)."""
+    from bcedge.imageio import atomic_write_bytes
+
     return atomic_write_bytes(path, data, durable=True)
 
 

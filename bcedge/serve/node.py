@@ -1,9 +1,12 @@
 """The node: recovery, then the worker, the sender and the Storage SCP, until SIGTERM/SIGINT.
 
-Start order matters: the folders are recovered first (a crash may have left a half-built
-item), the worker processes load the model before the port opens (a bad bundle stops the node before any
-scan is acknowledged), and the port opens last. Stop order is the reverse: no new scans,
-then the worker and the sender finish what they are doing.
+Start order matters: the worker processes are launched first and load the model together
+(in parallel, while this process imports pynetdicom and recovers its folders: a crash may have
+left a half-built item); the worker threads and the sender start once every worker has loaded
+the model, and the port opens last (a bad bundle stops the node before any scan is
+acknowledged). After a ``kill -9`` every scan already in the spool waits for this start, so it
+costs about one model load, not one per worker. Stop order is the reverse: no new scans, then
+the worker and the sender finish what they are doing.
 """
 
 from __future__ import annotations
@@ -137,27 +140,22 @@ class Node:
             MissingDependencyError: pynetdicom (the ``serve`` extra) is missing.
             BundleError / BcedgeError: the model cannot be loaded.
         """
-        try:
-            from bcedge.serve.scp import StorageSCP
-            from bcedge.serve.sender import Sender
-        except ImportError as exc:
-            raise MissingDependencyError("bcedge serve", "serve", "pynetdicom") from exc
+        import importlib.util
+
+        if importlib.util.find_spec("pynetdicom") is None:
+            raise MissingDependencyError("bcedge serve", "serve", "pynetdicom")
         cfg = self.config
+        LOG.info("starting: pid %d, storage root %s", os.getpid(), cfg.storage.root)
         try:
             cfg.storage.root.mkdir(parents=True, exist_ok=True)
             self._lock.acquire()
             self.layout.create()
         except OSError as exc:
             raise ConfigError(f"[storage] root {cfg.storage.root}: cannot use it ({exc.strerror or exc})") from None
-        report = recover(self.layout)
-        state = NodeState(self.layout, info={"config": str(cfg.source) if cfg.source else None})
-        self.state = state
-        if any(report.values()):
-            state.error("node", f"recovered after an unclean stop: {report}")
-        processes: list[Processor]
-        if self._process is not None:
-            processes, model = [self._process], "injected processing step (in the node's process)"
-        else:
+        # The worker processes start first and load the model all at once while this process
+        # imports pynetdicom and recovers its folders: after a kill -9 every scan already in the
+        # spool waits for this start, so it costs about one model load, not one per worker.
+        if self._process is None:
             factory = self._factory
             if factory is None:
                 from bcedge.serve.processing import SegmenterProcessor
@@ -165,15 +163,37 @@ class Node:
                 # No [model] threads: each worker gets its share of the usable CPUs (bcedge.cpus).
                 factory = functools.partial(SegmenterProcessor, replace(cfg.model, threads=cfg.model_threads))
             limits = Limits(timeout_s=cfg.worker.timeout_s, memory_mb=cfg.worker.memory_mb)
-            for index in range(cfg.worker.processes):
-                isolated = IsolatedProcessor(factory, limits, name=f"worker-{index + 1}")
-                self._isolated.append(isolated)
-                try:
-                    isolated.start()  # the model loads before the port opens: a bad bundle stops the node here
-                except BaseException:
-                    self._close_workers()
-                    self._lock.release()
-                    raise
+            self._isolated = [
+                IsolatedProcessor(factory, limits, name=f"worker-{index + 1}") for index in range(cfg.worker.processes)
+            ]
+        try:
+            for isolated in self._isolated:
+                isolated.launch()
+            try:
+                from bcedge.decoders import import_pydicom
+
+                # pydicom without its test-data downloader's extras (requests, ...): ~80 fewer
+                # modules for this process to load while the workers load the model.
+                import_pydicom()
+                from bcedge.serve.scp import StorageSCP
+                from bcedge.serve.sender import Sender
+            except ImportError as exc:
+                raise MissingDependencyError("bcedge serve", "serve", "pynetdicom") from exc
+            report = recover(self.layout)
+            state = NodeState(self.layout, info={"config": str(cfg.source) if cfg.source else None})
+            self.state = state
+            if any(report.values()):
+                state.error("node", f"recovered after an unclean stop: {report}")
+            for isolated in self._isolated:
+                isolated.wait_ready()  # the model loads before the port opens: a bad bundle stops the node here
+        except BaseException:
+            self._close_workers()
+            self._lock.release()
+            raise
+        processes: list[Processor]
+        if self._process is not None:
+            processes, model = [self._process], "injected processing step (in the node's process)"
+        else:
             processes = list(self._isolated)
             model = f"{self._isolated[0].info.get('model', '?')} in {len(processes)} worker processes"
         server_ctx = client_ctx = None

@@ -35,6 +35,9 @@ class SegmenterProcessor:
         preload_seg()
         self.bundle_path = Path(model.bundle) if model.bundle is not None else default_bundle_path()
         self.kinds = list(model.outputs)
+        #: Milliseconds per stage (decode, preprocess, infer, postprocess, write) of the last scan
+        #: processed; the worker process sends them to the node, which records them in item.json.
+        self.last_timing_ms: dict[str, float] = {}
         self.segmenter = Segmenter(
             self.bundle_path,
             model.backend,
@@ -66,7 +69,9 @@ class SegmenterProcessor:
         from bcedge.scanjob import WriteFailure, run_scan
 
         # The same scan job as bcedge infer: one read of the scan, the same all-or-nothing write and SEG UIDs.
+        self.last_timing_ms = {}
         item = run_scan(self.segmenter, source, out_dir, self.kinds)
+        self.last_timing_ms = {k: round(float(v), 1) for k, v in getattr(item, "timing_ms", {}).items()}
         if (
             isinstance(item, WriteFailure)
             and isinstance(item.error, InputError)

@@ -236,6 +236,7 @@ class Worker(threading.Thread):
         remove_tree(work)
         work.mkdir(parents=True)
         received_at = source.stat().st_mtime
+        started_at = time.time()
         t0 = time.perf_counter()
         try:
             outputs = dict(self.process(source, work))
@@ -277,8 +278,12 @@ class Worker(threading.Thread):
             "seg_sop_class_uid": seg_uids["sop_class_uid"],
             "seg_transfer_syntax_uid": seg_uids["transfer_syntax_uid"],
             "received_at": received_at,
+            "started_at": started_at,
             "processed_at": time.time(),
             "process_ms": round(elapsed_ms, 1),
+            # Where process_ms went, measured in the worker process (decode ... write, and "worker":
+            # its whole call there; the rest of process_ms is the pipe and this thread).
+            "stages_ms": dict(getattr(self.process, "last_timing_ms", None) or {}),
             "outputs": {kind: Path(path).name for kind, path in outputs.items()},
         }
         write_json_durable(work / "item.json", item)
@@ -288,12 +293,15 @@ class Worker(threading.Thread):
         self.attempts.clear(name)
         self.queue.forget(name)
         self.state.count("processed")
+        stages = item["stages_ms"]
         LOG.info(
-            "processed %s sop=%s seg=%s in %.0f ms",
+            "processed %s sop=%s seg=%s in %.0f ms (waited %.0f ms since receipt)%s",
             name,
             item["source_sop_instance_uid"],
             item["seg_sop_instance_uid"],
             elapsed_ms,
+            max(0.0, started_at - received_at) * 1000.0,
+            f"; {', '.join(f'{k} {v:.0f}' for k, v in stages.items())} ms" if stages else "",
         )
         self.on_item()
 
