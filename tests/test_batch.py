@@ -17,7 +17,7 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 from bcedge.batch import dicomweb  # noqa: E402
 from bcedge.batch.ledger import Ledger, read_table  # noqa: E402
-from bcedge.batch.run import BatchOptions, block_size, check_options  # noqa: E402
+from bcedge.batch.run import BatchOptions, block_size, check_options, worker_threads  # noqa: E402
 from bcedge.batch.sources import ScanRef, describe_source, folder_refs, manifest_refs  # noqa: E402
 from bcedge.batch.table import fingerprint, scan_schema  # noqa: E402
 from bcedge.errors import ConfigError, InputError  # noqa: E402
@@ -112,6 +112,15 @@ def test_block_size() -> None:
     assert block_size(100, 2, 4, None) == 7  # ~8 blocks per worker
     assert block_size(3, 2, 4, None) == 2  # every worker gets a block
     assert block_size(3, 2, 4, 1) == 1
+
+
+def test_worker_threads_split_the_usable_cpus_on_a_local_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("bcedge.cpus.usable_cpus", lambda: 8)
+    assert worker_threads(None, 2, None) == 4  # local: the workers share this machine's 8 CPUs
+    assert worker_threads(None, 3, None) == 2  # rounded down: never more threads than CPUs
+    assert worker_threads(None, 16, None) == 1  # at least one
+    assert worker_threads(3, 2, None) == 3  # --threads wins
+    assert worker_threads(None, 2, "auto") == 1  # a cluster: each actor holds one Ray CPU
 
 
 # --------------------------------------------------------------------------- DICOMweb search (a scripted server)

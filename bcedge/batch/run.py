@@ -14,6 +14,16 @@ finish (order not kept) and commits each one as a Parquet part before it asks fo
 Ray is started in-process when no address is given (``num_cpus=workers``, a small object store:
 only refs and rows travel through it); ``address`` joins an existing cluster (``auto`` or
 ``ray://host:10001``).
+
+Threads: with no ``threads`` asked for, each worker of a local Ray gets ``usable CPUs // workers``
+backend threads (the workers share this machine, as ``bcedge infer`` uses every CPU); on a cluster
+each actor holds one Ray CPU (``num_cpus=1``), so it gets one thread.
+
+Cost: a local Ray is nine processes besides the workers (GCS, raylet, dashboard API server and
+agent, runtime-env agent, log monitor, autoscaler monitor, Ray Data's stats actor and actor-location
+tracker), each importing Ray: a fixed CPU cost per run, before the first scan, that a 2-core machine
+feels (``ray_fixed`` in ``benchmarks/results/batch_scale.json``; the split by process in
+``batch_profile.json``). It is why ``bcedge batch`` loses to ``bcedge infer`` on a few dozen scans.
 """
 
 from __future__ import annotations
@@ -56,7 +66,7 @@ class BatchOptions:
     out: Path
     model: Path | None = None
     backend: str = "auto"
-    threads: int | None = 1
+    threads: int | None = None
     workers: int = 1
     kinds: tuple[str, ...] = ("mask", "json")
     limit: int | None = None
@@ -194,6 +204,19 @@ def _ray_error(exc: BaseException) -> BcedgeError:
     return RayRunError(f"the Ray run failed: {lines[-1] if lines else type(exc).__name__}")
 
 
+def worker_threads(threads: int | None, workers: int, address: str | None) -> int:
+    """Backend threads per worker: ``threads`` when asked for; else, on a local Ray, this machine's usable
+    CPUs split between the ``workers`` (at least 1); on a cluster 1 (each actor reserves one Ray CPU, and
+    the driver cannot know how many actors share a node)."""
+    if threads is not None:
+        return threads
+    if address:
+        return 1
+    from bcedge.cpus import default_threads
+
+    return default_threads(None, share=workers)
+
+
 def block_size(pending: int, workers: int, batch_size: int, requested: int | None) -> int:
     """Scans per block (= per committed part): about 8 blocks per worker, at least one model batch,
     at most :data:`MAX_BLOCK`, and small enough that every worker gets a block."""
@@ -280,7 +303,7 @@ def _process(
         worker_opts = WorkerOptions(
             bundle=str(bundle),
             backend=opts.backend,
-            threads=opts.threads,
+            threads=worker_threads(opts.threads, opts.workers, opts.address),
             threshold=opts.threshold,
             min_area_mm2=opts.min_area_mm2,
             out=str(summary.out),

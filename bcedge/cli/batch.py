@@ -48,7 +48,14 @@ def batch_command(
         typer.Option("--address", help="Ray cluster to use: 'auto' or ray://HOST:10001. Default: a local Ray."),
     ] = None,
     workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Actors, each loading the model once.")] = 1,
-    threads: Annotated[int, typer.Option("--threads", min=1, help="Backend threads per worker.")] = 1,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            min=1,
+            help="Backend threads per worker. Default: usable CPUs / --workers on a local Ray, 1 on a cluster.",
+        ),
+    ] = None,
     outputs: Annotated[
         str, typer.Option("--outputs", help="Per-scan outputs: subset of mask,overlay,json,seg, or 'none'.")
     ] = DEFAULT_BATCH_OUTPUTS,
