@@ -16,6 +16,10 @@ and SHA-256 (:meth:`Bundle.artifact_path`).
 
 Runtime-light: only the standard library here; :mod:`bcedge.preprocess` is
 imported where the config is checked.
+
+Why one module: the manifest's records, their validation, reading and writing, and the verified
+loading of artifact bytes are one format; the checks a writer makes must be the reader's (a
+bundle that is written must load), so they live beside each other.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 
 GATES = ("passed", "failed", "not-measured")
+#: Manifest keys a bundle may leave out (added after schema 1; absent means "none").
+OPTIONAL_MANIFEST_KEYS = ("acceptance",)
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
@@ -167,6 +173,10 @@ class Manifest:
         threshold: probability at or above which a pixel is foreground, in (0, 1).
         provenance: training run, data, split, epochs, best epoch, Keras backend, machine, eval split...
         artifacts: one :class:`ArtifactRecord` per file.
+        acceptance: the on-device acceptance data (:mod:`bcedge.acceptance`): ``{"file", "sha256",
+            "size_bytes", "min_dice", "input_levels", "probability_levels", "n_images", "source",
+            "reference", ...}``, or None for a bundle without it (optional key: left out of
+            ``manifest.json`` when None, so bundles without it read as before).
     """
 
     schema_version: int = SCHEMA_VERSION
@@ -180,11 +190,14 @@ class Manifest:
     threshold: float = 0.5
     provenance: dict[str, Any] = field(default_factory=dict)
     artifacts: list[ArtifactRecord] = field(default_factory=list)
+    acceptance: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (artifacts as dicts)."""
+        """JSON-ready dict (artifacts as dicts; ``acceptance`` only when set)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["artifacts"] = [a.to_dict() for a in self.artifacts]
+        if out["acceptance"] is None:
+            del out["acceptance"]
         return out
 
     @classmethod
@@ -205,13 +218,13 @@ class Manifest:
                 f"{SCHEMA_VERSION} (upgrade bcedge or re-export the bundle)"
             )
         names = [f.name for f in fields(cls)]
-        _check_keys(data, names, "manifest")
+        _check_keys(data, names, "manifest", optional=OPTIONAL_MANIFEST_KEYS)
         for key in ("model", "input", "output", "preprocess", "provenance"):
             _require_mapping(data[key], f"manifest '{key}'")
         if not isinstance(data["artifacts"], list):
             raise BundleError(f"manifest 'artifacts' is {type(data['artifacts']).__name__}; expected a list")
         artifacts = [ArtifactRecord.from_dict(a, f"manifest artifact #{i}") for i, a in enumerate(data["artifacts"])]
-        kwargs = {k: data[k] for k in names if k != "artifacts"}
+        kwargs = {k: data[k] for k in names if k != "artifacts" and k in data}
         manifest = cls(**kwargs, artifacts=artifacts)
         manifest.validate()
         return manifest
@@ -240,6 +253,8 @@ class Manifest:
             raise BundleError(f"manifest input side {size} differs from the preprocess size {config.size}")
         if not self.artifacts:
             raise BundleError("manifest lists no artifacts")
+        if self.acceptance is not None:
+            _check_acceptance(self.acceptance)
 
 
 # --------------------------------------------------------------------------- read / write
@@ -311,6 +326,13 @@ class Bundle:
     def __repr__(self) -> str:
         kinds = ", ".join(f"{a.format}/{a.precision}" for a in self.manifest.artifacts)
         return f"Bundle({str(self.dir)!r}, model={self.manifest.model.get('name')!r}, artifacts=[{kinds}])"
+
+    @property
+    def digest(self) -> str:
+        """Hex SHA-256 of the manifest's canonical JSON: names this bundle (its artifacts' hashes are
+        inside), e.g. as the key of the artifact choice cached per machine (:mod:`bcedge.choice`)."""
+        text = json.dumps(self.manifest.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     @property
     def input_size(self) -> int:
@@ -439,8 +461,8 @@ def _require_mapping(value: Any, where: str) -> None:
         raise BundleError(f"{where} is {type(value).__name__}; expected a JSON object")
 
 
-def _check_keys(data: dict[str, Any], names: list[str], where: str) -> None:
-    missing = [k for k in names if k not in data]
+def _check_keys(data: dict[str, Any], names: list[str], where: str, optional: tuple[str, ...] = ()) -> None:
+    missing = [k for k in names if k not in data and k not in optional]
     if missing:
         raise BundleError(f"{where} has no '{missing[0]}'" + (f" (also missing: {missing[1:]})" if missing[1:] else ""))
     unknown = sorted(set(data) - set(names))
@@ -470,6 +492,21 @@ def _check_artifact(record: ArtifactRecord, where: str) -> None:
     tol = record.tolerance
     if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float)) or tol < 0):
         raise BundleError(f"{where} 'tolerance' is {tol!r}; expected null or a non-negative number")
+
+
+def _check_acceptance(entry: Any) -> None:
+    """The manifest's ``acceptance`` entry: a file inside the bundle with its size and SHA-256."""
+    _require_mapping(entry, "manifest 'acceptance'")
+    rel = entry.get("file")
+    if not isinstance(rel, str) or not rel or "\\" in rel or "/" in rel or rel in (".", ".."):
+        raise BundleError(f"manifest 'acceptance' 'file' is {rel!r}; expected a file name inside the bundle")
+    if not isinstance(entry.get("sha256"), str) or not _SHA256.match(entry["sha256"]):
+        raise BundleError(
+            f"manifest 'acceptance' 'sha256' is {entry.get('sha256')!r}; expected 64 lowercase hex digits"
+        )
+    size = entry.get("size_bytes")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise BundleError(f"manifest 'acceptance' 'size_bytes' is {size!r}; expected a positive integer")
 
 
 def _check_io(spec: dict[str, Any], key: str) -> int:

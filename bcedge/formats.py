@@ -25,7 +25,10 @@ knows about formats reads this table:
   never imports :mod:`export`), calibration, and the accuracy-gate tolerances (:data:`PRECISION_SPECS`);
 * ``bcedge benchmark --formats`` (:func:`parse_filter`) and the help texts of ``export`` and
   ``benchmark`` (:func:`export_formats_help`, :func:`formats_help`);
-* ``--backend auto``: :func:`choose_artifact` with its replaceable ranking :func:`preference_rank`.
+* ``--backend auto``: :func:`choose_artifact` with a ranking. The runtime passes the measured one
+  (:func:`bcedge.choice.ranking_for`: the on-device acceptance check, then the fastest measured
+  on this machine); :func:`preference_rank` (:data:`AUTO_PREFERENCE`) is only the order in which
+  candidates are measured, the tie-break, and the whole ranking under ``BCEDGE_CHOICE=static``.
 
 Adding a format is one row here plus one builder: append an :class:`ArtifactKind` to
 :data:`KINDS` (a new ``format`` or ``precision`` value becomes valid in manifests at once)
@@ -267,7 +270,9 @@ ONNX_GPU = "onnx-gpu"
 #: GPU paths first (a TensorRT engine, then onnxruntime on a GPU); then LiteRT on the CPU,
 #: where INT8 with XNNPACK is the fastest and FP16 weights are the next smallest; then
 #: onnxruntime on the CPU; the Keras reference last (desktop only, slowest to load).
-#: Static: issue #14 replaces it by a ranking measured on the machine (see :func:`choose_artifact`'s ``rank``).
+#: Static, so not what decides on a device: :func:`bcedge.choice.ranking_for` measures the candidates
+#: (acceptance check + timing) in this order and picks the fastest that agrees; this order decides
+#: ties and ``BCEDGE_CHOICE=static`` runs.
 AUTO_PREFERENCE: tuple[tuple[str, str, str], ...] = (
     ("tensorrt", "tensorrt", "int8"),
     ("tensorrt", "tensorrt", "fp16"),
@@ -319,6 +324,14 @@ def preference_rank(candidates: Sequence[ArtifactRecord], usable: AbstractSet[st
     listed = {(b, p) for _, b, p in AUTO_PREFERENCE}
     ranked += [r for r in candidates if (r.backend, r.precision) not in listed and r.backend in usable]
     return ranked
+
+
+class RefusedError(BundleError):
+    """Every candidate artifact failed the on-device acceptance check (or failed to run) here.
+
+    Raised by a ranking (:func:`bcedge.choice.ranking_for`); :func:`choose_artifact` lets it through
+    instead of trying artifacts whose gate was not measured. Exit code 3.
+    """
 
 
 @dataclass(frozen=True)
@@ -411,6 +424,8 @@ def choose_artifact(
         names = set(_usable(available, True)) & {"onnx", ONNX_GPU} or names
     try:
         return Choice(_best(bundle, names, rank))
+    except RefusedError:
+        raise  # the artifacts ran here and disagreed with the reference: no fallback to unmeasured ones
     except BundleError:
         pass
     if any(a.backend == backend and a.gate == "not-measured" for a in bundle.manifest.artifacts):
@@ -434,6 +449,7 @@ __all__ = [
     "Choice",
     "PrecisionSpec",
     "Ranking",
+    "RefusedError",
     "backend_formats",
     "build_availability",
     "choose_artifact",

@@ -231,7 +231,9 @@ class Segmenter:
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ConfigError(f"threads is {threads!r}; expected a positive integer")
         self.config: PreprocessConfig = self.bundle.preprocess_config()
-        self.artifact: ArtifactRecord = self._choose(backend, artifact)
+        #: How the artifact was chosen (bcedge.choice.ChoiceReport.to_dict(): candidates, times, acceptance, why).
+        self.choice: dict[str, Any] = {}
+        self.artifact: ArtifactRecord = self._choose(backend, artifact, threads)
         self.backend_name: str = self.artifact.backend
         self.backend: Backend = self._open(threads, verify, backend_options)
         _warm_up()
@@ -243,14 +245,26 @@ class Segmenter:
             )
 
     # ----------------------------------------------------------------- opening
-    def _choose(self, backend: str, artifact: ArtifactRecord | str | None) -> ArtifactRecord:
-        """The artifact to run (:func:`bcedge.formats.choose_artifact`); its warnings go to :attr:`warnings`."""
+    def _choose(
+        self, backend: str, artifact: ArtifactRecord | str | None, threads: int | None = None
+    ) -> ArtifactRecord:
+        """The artifact to run (:func:`bcedge.formats.choose_artifact` with the measured ranking of
+        :func:`bcedge.choice.ranking_for`: acceptance check, then timing for ``auto``); its warnings
+        go to :attr:`warnings`, the report to :attr:`choice`."""
         # BACKENDS is read here, not at import: tests register extra backends in it.
         from bcedge.backends import BACKENDS, auto_backend_names
-        from bcedge.formats import choose_artifact
+        from bcedge.choice import explicit_report, ranking_for
+        from bcedge.formats import choose_artifact, preference_rank
 
-        choice = choose_artifact(self.bundle, backend, auto_backend_names, known=BACKENDS, artifact=artifact)
+        if artifact is None:
+            rank, report = ranking_for(self.bundle, backend, threads=threads)
+        else:
+            rank, report = preference_rank, None
+        choice = choose_artifact(self.bundle, backend, auto_backend_names, known=BACKENDS, artifact=artifact, rank=rank)
+        report = report or explicit_report(choice.record, backend, threads)
+        self.warnings.extend(report.warnings)
         self.warnings.extend(choice.warnings)
+        self.choice = report.finish(choice.record)
         return choice.record
 
     def _open(self, threads: int | None, verify: bool, options: dict[str, Any]) -> Backend:
@@ -280,6 +294,7 @@ class Segmenter:
             "input_size": self.bundle.input_size,
             "runtime": self.backend.details.get("runtime"),
             "threads": self.backend.details.get("threads"),
+            "choice": self.choice,
         }
 
     # ----------------------------------------------------------------- stages

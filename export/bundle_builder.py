@@ -11,7 +11,9 @@ builder needs, where it can be built); :func:`build_bundle` walks it:
    SavedModel, ONNX through tf2onnx, TensorRT engines from the ONNX file);
 3. measure every artifact through its runtime backend on the validation split and
    gate it against the Keras model (:mod:`export.verify`);
-4. write ``manifest.json`` last (:func:`bcedge.bundle.write_manifest`).
+4. write the on-device acceptance data (``acceptance.npz``, :mod:`export.acceptance`: a few
+   validation images with the Keras reference's probabilities) and ``manifest.json`` last
+   (:func:`bcedge.bundle.write_manifest`).
 
 Every file is written to a temporary name in the bundle folder and renamed, and the
 manifest comes last, so an interrupted export never leaves a bundle that loads with
@@ -336,6 +338,7 @@ def build_bundle(opts: ExportOptions, log: Log = print, progress=None) -> Export
         ConfigError: bad options, a run folder without model/config/data, a split without val images.
     """
     from bcedge.bundle import ArtifactRecord, Manifest, io_specs, write_manifest
+    from export.acceptance import baselines, machine_label, make_acceptance, write_acceptance
     from export.calibration import calibration_images, split_sets
     from export.verify import DEFAULT_TOLERANCES, measure, score
 
@@ -406,11 +409,26 @@ def build_bundle(opts: ExportOptions, log: Log = print, progress=None) -> Export
 
         from training.evaluate import predict
 
-        reference = score(predict(model, val.images), val.masks, opts.threshold)
+        reference_probs = predict(model, val.images)
+        reference = score(reference_probs, val.masks, opts.threshold)
         log(
             f"reference (Keras, in memory): Dice {reference['dice']:.4f} on {reference['n_lesion_images']} "
             f"lesion images, {reference['dice_all_images']:.4f} on all {reference['n_images']} val images"
         )
+        # The on-device acceptance check's data (bcedge.acceptance): a few of the gate's images with the
+        # reference's probabilities, so each machine can check an artifact before it first runs there.
+        acceptance_bytes, acceptance = make_acceptance(
+            val.images,
+            lambda x: predict(model, x),
+            opts.threshold,
+            reference_probs=reference_probs,
+            ids=val.ids,
+            source="val split",
+            split=str(meta.get("split")),
+            reference="Keras model (in memory; the accuracy gate's reference)",
+        )
+        write_acceptance(out, acceptance_bytes)
+        log(f"acceptance data: {acceptance['n_images']} val images, {len(acceptance_bytes)} bytes")
 
         for name in names:
             rows.append(_build_row(EXPORT_FORMATS[name], context, calib_info))
@@ -455,6 +473,13 @@ def build_bundle(opts: ExportOptions, log: Log = print, progress=None) -> Export
             )
         )
 
+    # Each artifact's agreement with the reference on the acceptance inputs, on this machine: other
+    # machines are held to it (bcedge.acceptance.compare).
+    acceptance["baseline"] = baselines(out, records, acceptance_bytes, opts.threshold, threads=opts.threads)
+    acceptance["baseline_machine"] = machine_label()
+    for record in records:
+        if record.file not in acceptance["baseline"]:
+            log(f"{record.file}: did not run on the acceptance inputs here; no baseline recorded")
     result = ExportResult(out, rows, reference, manifest_written=False, calibration=calib_info)
     if opts.strict and result.failed:
         return result  # no manifest: a strict export that failed leaves no loadable bundle
@@ -521,6 +546,7 @@ def build_bundle(opts: ExportOptions, log: Log = print, progress=None) -> Export
             }
         ),
         artifacts=records,
+        acceptance=acceptance,
     )
     write_manifest(out, manifest)
     result.manifest_written = True

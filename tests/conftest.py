@@ -6,12 +6,29 @@ Keep this file small and generic; fixtures used by one test module live in that 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def artifact_choice_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The suite's artifact choice (bcedge.choice): a private cache folder (never the user's
+    ~/.cache) and the static order (``BCEDGE_CHOICE=static``: the acceptance check still runs, the
+    timing does not), so results do not depend on how busy the machine is. Set in os.environ so the
+    CLI subprocesses inherit it; tests/test_choice.py switches the timing back on."""
+    saved = {k: os.environ.get(k) for k in ("XDG_CACHE_HOME", "BCEDGE_CHOICE")}
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg cache"))
+    os.environ["BCEDGE_CHOICE"] = "static"
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture

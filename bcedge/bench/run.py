@@ -162,6 +162,7 @@ def run_benchmark(
                     say(f"{label}: p50 {row['latency_ms']['p50']:.2f} ms, Dice {row['dice']:.4f}")
                 else:
                     say(f"{label}: {row['status']} ({row.get('reason')})")
+    choices = [_auto_choice(bundle, thread_counts[0], say) for bundle in loaded]
     ceilings = {}
     measured_threads = sorted({r["threads"] for r in rows if r.get("latency_ms")})
     for threads in measured_threads:
@@ -188,7 +189,24 @@ def run_benchmark(
         "data": data.to_dict(),
         "gemm_ceiling": ceilings,
         "rows": rows,
+        "auto_choice": choices,
     }
+
+
+def _auto_choice(bundle: Bundle, threads: int, say: Callable[[str], None]) -> dict[str, Any]:
+    """What ``--backend auto`` runs on this machine for ``bundle`` (:func:`bcedge.choice.resolve`):
+    ``{"bundle", **ChoiceReport.to_dict()}``, or ``{"bundle", "error"}``."""
+    from bcedge.choice import resolve
+
+    try:
+        _, report = resolve(bundle, "auto", threads=threads)
+    except BcedgeError as exc:
+        say(f"{bundle.dir}: --backend auto: {exc}")
+        return {"bundle": str(bundle.dir), "error": str(exc)}
+    for line in report.warnings:
+        say(f"warning: {line}")
+    say(f"{bundle.dir}: --backend auto " + report.lines()[0])
+    return {"bundle": str(bundle.dir), **report.to_dict()}
 
 
 def _hardware_ok(backend: str) -> tuple[bool, str]:

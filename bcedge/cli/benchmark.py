@@ -129,6 +129,12 @@ def benchmark_command(
             bench_data = BenchData.from_dict({**bench_data.to_dict(), "limit": limit})
         report = run_benchmark(bundles, bench_data, options, formats=_formats(formats), progress=say)
     print_table(report, Console())
+    for choice in report.get("auto_choice", []):
+        # What --backend auto picks here (acceptance check + timing; bcedge.choice), beside the full table.
+        head = f"--backend auto for {choice['bundle']}: "
+        typer.echo(
+            head + (f"error: {choice['error']}" if "error" in choice else f"{choice['chosen']} ({choice['why']})")
+        )
     written = []
     if json_out is not None:
         written.append(write_json(report, json_out))

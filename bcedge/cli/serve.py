@@ -49,6 +49,7 @@ def _check(cfg) -> list[str]:
         raise MissingDependencyError("bcedge serve", "serve", "pynetdicom")
     from bcedge.bundle import load_bundle
 
+    bundle = None
     if cfg.model.bundle is not None:
         bundle = load_bundle(cfg.model.bundle)
         notes.append(f"bundle: {cfg.model.bundle} ({len(bundle.manifest.artifacts)} artifacts) read and checked")
@@ -59,8 +60,14 @@ def _check(cfg) -> list[str]:
             notes.append("bundle: the bundled real-data model (bcedge.pipeline not available in this install)")
         else:
             path = default_bundle_path()
-            load_bundle(path)
+            bundle = load_bundle(path)
             notes.append(f"bundle: {path} read and checked")
+    if bundle is not None:
+        # The workers' choice: acceptance check and timing now (cached), so the first scan does not pay for it.
+        from bcedge.choice import resolve
+
+        _, report = resolve(bundle, cfg.model.backend, threads=cfg.model_threads)
+        notes += [f"warning: {w}" for w in report.warnings] + report.lines()
     root = cfg.storage.root
     existing = next((p for p in (root, *root.parents) if p.exists()), None)
     if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
