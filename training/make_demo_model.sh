@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Reproduce the bundled demo model (bcedge/demo_model/): a UNet + MobileNetV2 at width 0.25
 # trained on 400 synthetic phantoms, exported to FP32 and INT8 TFLite with the accuracy gate
-# measured on the phantom validation split.
+# measured on the phantom validation split, and the on-device acceptance data (acceptance.npz).
+# The shipped bundle's acceptance data was added afterwards (session 5), without re-exporting, by
+#   python -m export.acceptance bcedge/demo_model --reference model_fp32.tflite --data phantoms \
+#       --root WORK/phantoms --split WORK/split.json
+# with the FP32 twin its INT8 was gated against (git show afa9523:bcedge/demo_model/model_fp32.tflite).
 #
 #   training/make_demo_model.sh [WORK_DIR] [BUNDLE_DIR]
 #

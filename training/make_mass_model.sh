@@ -3,7 +3,9 @@
 # ImageNet encoder (from the full-integer TFLite in ../shared/weights), trained on the
 # combined-v2 split (CDD-CESM both folders + mini-MIAS) with the recipe chosen by the
 # issue #12 ablation on the validation split (benchmarks/results/ablation_v2.json), then
-# exported to INT8 and FP16 TFLite with the accuracy gate on validation.
+# exported to INT8 and FP16 TFLite with the accuracy gate on validation. The export also writes the
+# on-device acceptance data (acceptance.npz: 4 validation images with the Keras probabilities, and
+# each artifact's agreement with them on this machine), which --backend auto checks on every machine.
 #
 #   training/make_mass_model.sh [WORK_DIR] [BUNDLE_DIR]
 #
