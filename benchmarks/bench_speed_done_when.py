@@ -271,10 +271,19 @@ def bench_throughput(seg: Any, folder: Path, out: Path, batch_size: int, reps: i
             meter, _ = timed(fn)
             rows[name].append({**meter, "scans_per_s": round(len(paths) / (meter["wall_ms"] / 1e3), 3)})
     rate = {name: med([r["scans_per_s"] for r in v]) for name, v in rows.items()}
+    cpu_per_scan = {name: med([r["cpu_ms"] / len(paths) for r in v]) for name, v in rows.items()}
+    # What the CPUs allow at best: every core busy with the serial path's work per scan (model and
+    # non-model stages), never faster than the model alone. Context for the ratio, not a target.
+    cpus = len(os.sched_getaffinity(0))
+    bound = min(rate["model_only"], cpus * 1e3 / cpu_per_scan["serial"])
     return {
         "scans": len(paths),
         "batch_size": batch_size,
         "scans_per_s_median": rate,
+        "cpu_ms_per_scan_median": cpu_per_scan,
+        "cpu_bound_scans_per_s": round(bound, 3),
+        "cpu_bound_ratio_to_model_only": round(bound / rate["model_only"], 3),
+        "pipelined_share_of_cpu_bound": round(rate["pipelined"] / bound, 3),
         "ratio_pipelined": round(rate["pipelined"] / rate["model_only"], 3),
         "ratio_serial": round(rate["serial"] / rate["model_only"], 3),
         "runs": rows,
@@ -428,7 +437,10 @@ def print_report(doc: dict[str, Any]) -> None:
     if "ratio_decode" in s["jpeg_ls"]:
         print(f"JPEG-LS ({s['jpeg_ls']['plugin']}): {s['jpeg_ls']['wall_ms_median']}")
     t = s["throughput"]
-    print(f"16 scans, scans/s: {t['scans_per_s_median']}")
+    print(
+        f"16 scans, scans/s: {t['scans_per_s_median']}; CPU ms per scan {t['cpu_ms_per_scan_median']}; "
+        f"CPU bound {t['cpu_bound_scans_per_s']} scans/s ({t['cpu_bound_ratio_to_model_only']} of model-only)"
+    )
     c = s["cold"]["summary"]
     print(f"cold: bcedge {c['bcedge']['wall_ms_median']} ms, naive {c['naive']['wall_ms_median']} ms")
     for key, v in doc["verdicts"].items():
