@@ -275,6 +275,20 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def merge(old: dict, new: dict) -> dict:
+    """``old``'s rows with ``new``'s added (a row of the same name is replaced in place).
+
+    The result keeps every command that produced a row (``commands``: the earlier ones, then
+    ``new["command"]``) and the newer machine record; each row stays as its own run scored it.
+    """
+    fresh = {r["run"]: r for r in new["rows"]}
+    rows = [fresh.pop(r["run"], r) for r in old["rows"]] + list(fresh.values())
+    commands = list(old.get("commands") or [old["command"]])
+    commands += [c for c in (old.get("rechosen_with"),) if c and c not in commands]
+    latest = {k: v for k, v in new.items() if k != "rows"}
+    return {**old, **latest, "commands": [*commands, new["command"]], "rows": rows}
+
+
 def markdown_postprocess(rows: list[dict]) -> str:
     """The post-processing grid of every row that has one, as a Markdown table."""
     lines = [
@@ -302,6 +316,12 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table as Markdown")
     parser.add_argument(
         "--tta", choices=("none", "vflip"), default="none", help="vflip: also score each run with test-time flips"
+    )
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        default=None,
+        help="add the new rows to this earlier result (a re-scored run replaces its row); both commands are kept",
     )
     parser.add_argument(
         "--postprocess-grid",
@@ -340,14 +360,18 @@ def main() -> None:
                 f"Dice {_fmt(c['dm_dice'])} found {_fmt(c['dm_detection'], 2)} "
                 f"FP/normal {_fmt(c['normal_fp_per_image'], 2)}  wall {row['wall_seconds']} s"
             )
+    command = " ".join(["python", "benchmarks/ablation_v2.py", *sys.argv[1:]])
     doc = {
         "what": "issue #12 ablation on the validation split (model grid); test split not used",
-        "command": " ".join(["python", "benchmarks/ablation_v2.py", *sys.argv[1:]]),
+        "command": command,
         "machine": machine_info(),
         "python": platform.python_version(),
         "fp_limit_per_normal_image": FP_LIMIT,
         "rows": rows,
     }
+    if args.merge is not None:
+        doc = merge(json.loads(args.merge.read_text()), doc)
+        rows = doc["rows"]
     atomic_write_bytes(args.out, (json.dumps(doc, indent=1, default=str) + "\n").encode())
     if args.markdown is not None:
         atomic_write_bytes(args.markdown, (markdown(rows) + "\n" + markdown_postprocess(rows)).encode())

@@ -8,7 +8,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import numpy as np
-from ablation_v2 import _postprocess, choose
+from ablation_v2 import _postprocess, choose, merge
 
 
 def _point(t: float, dice: float, found: float, fp: float | None) -> dict:
@@ -55,3 +55,13 @@ def test_postprocess_minimum_area_and_seed() -> None:
     assert seeded.sum() == 100 and seeded[5, 5] == 1 and seeded[25, 25] == 0
     # the outline stays at the threshold: the whole 0.6 component is kept when its peak reaches the seed
     assert _postprocess(prob, 0.5, 2, seed=0.7)[20:30, 20:30].all()
+
+
+def test_merge_replaces_rescored_rows_and_keeps_every_command() -> None:
+    old = {"command": "first", "rechosen_with": "second", "rows": [{"run": "A", "v": 1}, {"run": "B", "v": 1}]}
+    new = {"command": "third", "machine": {"cpu": "x"}, "rows": [{"run": "B", "v": 2}, {"run": "C", "v": 2}]}
+    doc = merge(old, new)
+    assert [(r["run"], r["v"]) for r in doc["rows"]] == [("A", 1), ("B", 2), ("C", 2)]
+    assert doc["commands"] == ["first", "second", "third"] and doc["machine"] == {"cpu": "x"}
+    again = merge(doc, {"command": "fourth", "rows": []})
+    assert again["commands"] == ["first", "second", "third", "fourth"] and len(again["rows"]) == 3
