@@ -243,6 +243,36 @@ def test_a_bundle_without_acceptance_data_is_timed_but_not_checked(tmp_path: Pat
     assert FakeBackend.opened == ["fast.bin"]
 
 
+def test_the_keras_reference_is_timed_only_when_nothing_exported_is_accepted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Importing a Keras framework takes seconds: a gated .keras artifact is not timed beside exported ones."""
+    # As in a real bundle: TFLite artifacts first in the static order, the Keras reference last (both fakes here).
+    monkeypatch.setitem(backends_mod.BACKENDS, "keras", backends_mod.BACKENDS["fake"])
+    monkeypatch.setitem(backends_mod.BACKENDS, "tflite", backends_mod.BACKENDS["fake"])
+    artifacts = [("fast.bin", 1.0, "right"), ("slow.bin", 25.0, "right")]
+    folder = make_bundle(tmp_path / "b", artifacts, backend="tflite")
+    (folder / "reference.bin").write_text(json.dumps({"delay_ms": 0.0, "mode": "right"}))
+    bundle = load_bundle(folder)
+    bundle.manifest.artifacts.append(
+        ArtifactRecord.from_file(
+            folder, "reference.bin", format="keras", precision="fp32", backend="keras", gate="passed"
+        )
+    )
+    from bcedge.bundle import write_manifest
+
+    write_manifest(folder, bundle.manifest)
+    with Segmenter(folder, "auto", threads=1) as seg:
+        assert seg.artifact.file == "fast.bin"
+        ref = next(c for c in seg.choice["candidates"] if c["file"] == "reference.bin")
+    assert ref["status"] == "not-measured" and "Keras reference" in ref["reason"]
+    assert "reference.bin" not in FakeBackend.opened
+    FakeBackend.opened = []
+    with Segmenter(folder, "auto", threads=1) as seg:
+        assert seg.choice["seconds"] == 0.0  # settled by the cache: nothing measured again
+    assert FakeBackend.opened == ["fast.bin"]
+
+
 def test_bad_settings_are_config_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bundle = make_bundle(tmp_path / "b", THREE)
     for env, value in (

@@ -98,6 +98,16 @@ def test_export_writes_a_loadable_bundle_with_every_cpu_format(bundle: tuple[Pat
     assert "tflite-int8: ops left in float: none" in stdout
     assert "tensorrt-int8: not available here" in stdout
     assert "wrote" in stdout and "manifest.json" in stdout
+    # The on-device acceptance data (bcedge.acceptance): val images with the reference's probabilities,
+    # and each artifact's agreement with them here (the baseline other machines are held to).
+    from bcedge.acceptance import MIN_DICE, load
+
+    acc = manifest.acceptance
+    assert acc["file"] == "acceptance.npz" and acc["source"] == "val split" and acc["n_images"] == min(4, val_n)
+    assert load(loaded).images.shape == (acc["n_images"], 64, 64, 1)  # size and SHA-256 as recorded
+    assert set(acc["baseline"]) == {a.file for a in manifest.artifacts} and acc["baseline_machine"]
+    for kind in (("keras", "fp32"), ("tflite", "fp32"), ("onnx", "fp32")):
+        assert acc["baseline"][by_kind[kind].file]["dice"] >= MIN_DICE
     # nothing half-written is left behind
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
 
