@@ -42,17 +42,17 @@ sys.path.insert(0, str(REPO))
 
 THRESHOLDS = tuple(round(0.3 + 0.025 * i, 3) for i in range(25))  # 0.3 .. 0.9
 # The runtime's rule for scans without a pixel spacing (CDD-CESM, mini-MIAS PNGs): components
-# under DEFAULT_MIN_AREA_MODEL_PX model pixels are dropped; only the threshold is chosen here,
-# since the bundle's manifest carries the threshold and the runtime owns the area rule.
-from bcedge.postprocess import DEFAULT_MIN_AREA_MODEL_PX  # noqa: E402
+# under default_min_area_model_px(size) model pixels are dropped (5 at 256 px, 20 at 512 px);
+# only the threshold is chosen here, since the bundle's manifest carries the threshold and the
+# runtime owns the area rule.
+from bcedge.postprocess import default_min_area_model_px  # noqa: E402
 
-MIN_AREAS = (round(DEFAULT_MIN_AREA_MODEL_PX),)
 FP_LIMIT = 0.5
 #: The post-processing grid (``--postprocess-grid``), scored at each run's chosen threshold:
-#: minimum component areas in model pixels (the runtime default first) and seed thresholds (a
+#: minimum component areas in model pixels (besides the runtime default) and seed thresholds (a
 #: component is kept only when its peak probability reaches the seed; None: no seed, the
 #: runtime's rule). Reported, not used by :func:`choose`.
-PP_MIN_AREAS = (round(DEFAULT_MIN_AREA_MODEL_PX), 20, 60, 150, 400)
+PP_MIN_AREAS = (5, 20, 60, 150, 400)
 PP_SEEDS = (None, 0.7, 0.75, 0.8)
 #: Share of validation DM lesions an operating point must find (the issue's ">= 80 % found").
 MIN_FOUND = 0.8
@@ -197,15 +197,15 @@ def score_run(
         }
 
     grid = []
+    min_area = round(default_min_area_model_px(int(config["size"])))
     for t in THRESHOLDS:
-        for a in MIN_AREAS:
-            b = brief(report(t, a))
-            grid.append({"threshold": t, "min_area_model_px": a, **b})
+        b = brief(report(t, min_area))
+        grid.append({"threshold": t, "min_area_model_px": min_area, **b})
     best, ok = choose(grid)
     default = next(g for g in grid if g["threshold"] == 0.5)
     postprocess_grid = [
         {"threshold": best["threshold"], "min_area_model_px": a, "seed": s, **brief(report(best["threshold"], a, s))}
-        for a in (PP_MIN_AREAS if pp_grid else ())
+        for a in (sorted({min_area, *PP_MIN_AREAS}) if pp_grid else ())
         for s in PP_SEEDS
     ]
     recipe = {

@@ -14,6 +14,7 @@ from bcedge.postprocess import (
     DEFAULT_MIN_AREA_MODEL_PX,
     _axis_weights,
     cell_labels,
+    default_min_area_model_px,
     interpolate_box,
     min_area_pixels,
     postprocess,
@@ -175,10 +176,10 @@ def test_min_area_in_mm_drops_small_components() -> None:
 
 
 def test_without_spacing_the_minimum_is_in_pixels() -> None:
-    """No spacing: the default minimum is DEFAULT_MIN_AREA_MODEL_PX model pixels' worth (500 px here)."""
-    geometry = Geometry((1000, 1000), (0, 0, 1000, 1000), False, (0, 0, 100, 100), 100)
+    """No spacing: the default minimum is DEFAULT_MIN_AREA_MODEL_PX pixels of a 256 grid (500 px here)."""
+    geometry = Geometry((2560, 2560), (0, 0, 2560, 2560), False, (0, 0, 256, 256), 256)
     assert min_area_pixels(geometry, None) == pytest.approx(DEFAULT_MIN_AREA_MODEL_PX * 100)
-    prob = np.zeros((100, 100), np.float32)
+    prob = np.zeros((256, 256), np.float32)
     prob[20:23, 20:23] = 0.8  # >= 0.5 over 2.75 model px each way: ~27.5^2 = 756 px, kept
     prob[60:62, 60:62] = 0.8  # 1.75 model px each way: ~17.5^2 = 306 px, dropped
     _, findings = postprocess(prob, geometry, threshold=0.5)
@@ -188,6 +189,15 @@ def test_without_spacing_the_minimum_is_in_pixels() -> None:
     assert sorted(f.area_px for f in both) == [pytest.approx(306, abs=40), pytest.approx(756, abs=60)]
     _, none = postprocess(prob, geometry, threshold=0.5, min_area_px=10_000)
     assert none == []
+
+
+def test_default_minimum_is_the_same_share_of_any_grid() -> None:
+    """A 512-px model drops what a 256-px one drops on the same image: 4x the model pixels."""
+    assert default_min_area_model_px(256) == DEFAULT_MIN_AREA_MODEL_PX
+    assert default_min_area_model_px(512) == pytest.approx(4 * DEFAULT_MIN_AREA_MODEL_PX)
+    for size in (128, 256, 512):
+        geometry = Geometry((2560, 2560), (0, 0, 2560, 2560), False, (0, 0, size, size), size)
+        assert min_area_pixels(geometry, None) == pytest.approx(DEFAULT_MIN_AREA_MODEL_PX * 100)
 
 
 def test_empty_prediction_and_padding_ignored() -> None:
