@@ -25,6 +25,7 @@ when the model is opened (``ai_edge_litert`` for TFLite artifacts).
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -235,8 +236,16 @@ class Segmenter:
         self.choice: dict[str, Any] = {}
         self.artifact: ArtifactRecord = self._choose(backend, artifact, threads)
         self.backend_name: str = self.artifact.backend
-        self.backend: Backend = self._open(threads, verify, backend_options)
-        _warm_up()
+        # Cold start (issue #14 item 8): the reader's imports run on a thread while the model loads
+        # (reading and hashing the artifact, LiteRT's allocation: both release the GIL); started
+        # after the choice, so they never overlap its timing of the candidates.
+        warming = _WarmUp()
+        try:
+            self.backend: Backend = self._open(threads, verify, backend_options)
+        finally:
+            warming.join()
+        if warming.error is not None:
+            raise warming.error
         if self.backend.input_size != self.bundle.input_size:
             size = self.backend.input_size
             self.close()
@@ -451,6 +460,21 @@ class Segmenter:
 
     def __repr__(self) -> str:
         return f"Segmenter({str(self.bundle.dir)!r}, artifact={self.artifact.file!r}, backend={self.backend_name!r})"
+
+
+class _WarmUp(threading.Thread):
+    """:func:`_warm_up` on a thread, started at once; its exception (if any) kept in :attr:`error` for the caller."""
+
+    def __init__(self) -> None:
+        super().__init__(name="bcedge-warm-up", daemon=True)
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            _warm_up()
+        except BaseException as exc:  # raised again in the Segmenter's thread, as before the thread existed
+            self.error = exc
 
 
 def _warm_up() -> None:
