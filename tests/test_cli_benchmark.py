@@ -55,6 +55,10 @@ def test_benchmark_writes_json_markdown_and_plot(
     assert doc["data"]["kind"] == "files" and len(doc["data"]["files"]) == 2
     assert "bcedge benchmark" in captured.out and "validated" in captured.out
     assert "wrote" in captured.err
+    # What --backend auto runs here (bcedge.choice), beside the table; this bundle has no acceptance data.
+    (choice,) = doc["auto_choice"]
+    assert choice["bundle"] == str(tiny_bundle) and choice["chosen"] in {a["file"] for a in artifacts}
+    assert choice["acceptance"] == "not-available" and f"--backend auto for {tiny_bundle}: " in captured.out
 
 
 def test_demo_bundle_default(spaced_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
