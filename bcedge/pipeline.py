@@ -236,16 +236,14 @@ class Segmenter:
         self.choice: dict[str, Any] = {}
         self.artifact: ArtifactRecord = self._choose(backend, artifact, threads)
         self.backend_name: str = self.artifact.backend
-        # Cold start (issue #14 item 8): the reader's imports run on a thread while the model loads
-        # (reading and hashing the artifact, LiteRT's allocation: both release the GIL); started
-        # after the choice, so they never overlap its timing of the candidates.
-        warming = _WarmUp()
-        try:
-            self.backend: Backend = self._open(threads, verify, backend_options)
-        finally:
-            warming.join()
-        if warming.error is not None:
-            raise warming.error
+        # Cold start (#14 item 8): imports on a thread while the model loads (GIL released); after the choice's timing.
+        errors: list[BaseException] = []
+        warming = threading.Thread(target=_warm_up, args=(errors,), name="bcedge-warm-up", daemon=True)
+        warming.start()
+        self.backend: Backend = self._open(threads, verify, backend_options)
+        warming.join()
+        if errors:
+            raise errors[0]  # as when the warm-up ran on this thread
         if self.backend.input_size != self.bundle.input_size:
             size = self.backend.input_size
             self.close()
@@ -462,37 +460,27 @@ class Segmenter:
         return f"Segmenter({str(self.bundle.dir)!r}, artifact={self.artifact.file!r}, backend={self.backend_name!r})"
 
 
-class _WarmUp(threading.Thread):
-    """:func:`_warm_up` on a thread, started at once; its exception (if any) kept in :attr:`error` for the caller."""
-
-    def __init__(self) -> None:
-        super().__init__(name="bcedge-warm-up", daemon=True)
-        self.error: BaseException | None = None
-        self.start()
-
-    def run(self) -> None:
-        try:
-            _warm_up()
-        except BaseException as exc:  # raised again in the Segmenter's thread, as before the thread existed
-            self.error = exc
-
-
-def _warm_up() -> None:
+def _warm_up(errors: list[BaseException] | None = None) -> None:
     """Import what the first scan would otherwise import inside its timed stages.
 
     pydicom alone takes ~0.1 s to import; without this, a one-scan run would book it as
-    ``decode``. Cold start is unchanged, the per-stage timings stay about the stages.
+    ``decode``. ``errors``: on a thread, where its exception goes (None: raised).
     """
-    import cv2
+    try:
+        import cv2
 
-    from bcedge.decoders import import_pydicom
+        from bcedge.decoders import import_pydicom
 
-    import_pydicom()  # first, so pydicom comes in without its downloader's extras (cold start)
-    import pydicom.filereader
-    import pydicom.pixels  # noqa: F401
+        import_pydicom()  # first, so pydicom comes in without its downloader's extras (cold start)
+        import pydicom.filereader
+        import pydicom.pixels  # noqa: F401
 
-    # OpenCV sets up its thread pool and SIMD dispatch on the first call.
-    cv2.resize(np.zeros((8, 8), np.float32), (4, 4), interpolation=cv2.INTER_AREA)
+        # OpenCV sets up its thread pool and SIMD dispatch on the first call.
+        cv2.resize(np.zeros((8, 8), np.float32), (4, 4), interpolation=cv2.INTER_AREA)
+    except BaseException as exc:
+        if errors is None:
+            raise
+        errors.append(exc)
 
 
 def _unexpected(scan: object, exc: Exception) -> InputError:

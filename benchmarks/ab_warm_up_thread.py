@@ -3,8 +3,8 @@
 Fresh processes of ``bcedge infer SCAN --outputs json,mask`` (the FFDM phantom of
 ``bench_infer.py``, default model and options), alternating two variants after one untimed run
 of each: ``thread`` (as shipped: the reader's imports on a thread while the model loads) and
-``serial`` (``bcedge.pipeline._WarmUp`` replaced by a class that runs the same warm-up before
-the model loads, on the calling thread). Both start through ``python -c`` so they differ only in
+``serial`` (the same warm-up, ``bcedge.pipeline._warm_up``, run first on the calling thread; the
+Segmenter's thread then has nothing left to do). Both start through ``python -c`` so they differ only in
 that. Per run: wall, the child's CPU time and the others' CPU share (``bench_cold_start.run_once``).
 
     python benchmarks/ab_warm_up_thread.py [--runs 8] [--json benchmarks/results/ab_warm_up_thread.json]
@@ -26,14 +26,9 @@ sys.path.insert(0, str(HERE))
 _RUN = """
 import sys
 import bcedge.pipeline as pipeline
-if sys.argv[1] == "serial":
-    class _Serial:
-        error = None
-        def __init__(self):
-            pipeline._warm_up()
-        def join(self):
-            pass
-    pipeline._WarmUp = _Serial
+if sys.argv[1] == "serial":  # the same warm-up, done first on this thread; the Segmenter's thread then has none
+    pipeline._warm_up()
+    pipeline._warm_up = lambda errors=None: None
 from bcedge.cli import main
 sys.exit(main(sys.argv[2:]))
 """
