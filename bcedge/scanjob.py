@@ -328,6 +328,8 @@ class _Pipeline:
                     self.prepared.put(ScanFailure(_source_of(scan), exc))
                 except Exception as exc:  # one scan's unforeseen failure must not stop the others
                     self.prepared.put(ScanFailure(_source_of(scan), _unexpected(scan, exc)))
+        except BaseException as exc:  # not a scan's failure (SystemExit...): the caller raises it, no scan is lost
+            self.prepared.put(_Raise(exc))
         finally:
             self.prepared.put(_END)
 
@@ -337,6 +339,9 @@ class _Pipeline:
             block: list[Any] = []
             while not self.stop.is_set():
                 item = self.prepared.get()
+                if isinstance(item, _Raise):
+                    self.inferred.put(item)
+                    break
                 if item is not _END:
                     block.append(item)
                 if block and (item is _END or len(block) == self.batch_size):

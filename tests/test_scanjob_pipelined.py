@@ -247,3 +247,22 @@ def test_option_checks(options: dict[str, int], message: str) -> None:
         list(process_scans(_Slow(), ["a", "b"], "unused", "", **options))
     with pytest.raises(ConfigError, match="at least batch_size"):
         list(process_scans(_Slow(), ["a", "b"], "unused", "", batch_size=4, max_in_flight=3))
+
+
+def test_a_non_scan_exception_in_the_reader_is_raised_in_order() -> None:
+    """SystemExit while reading scan 2 is not a scan failure: the caller gets scans 0 and 1, then the exception."""
+    seg = _Slow()
+    real = seg._prepare
+
+    def prepare(index: int, scan: str) -> Any:
+        if index == 2:
+            raise SystemExit(5)
+        return real(index, scan)
+
+    seg._prepare = prepare  # type: ignore[method-assign]
+    got: list[Any] = []
+    with pytest.raises(SystemExit):
+        for item in process_scans(seg, [f"s{i}" for i in range(6)], "unused", "", batch_size=1):
+            got.append(item.source)
+    assert got == ["s0", "s1"]
+    assert not _pipeline_threads()
