@@ -33,7 +33,8 @@ Contract:
   one post-processes and writes the previous ones. Every stage is the same call as in the serial
   path, the batches are the same blocks of ``batch_size`` consecutive inputs, each stage takes
   scans in input order, so results, outputs, failures and their order are those of the serial
-  path (``pipelined=False``; one scan always runs serially: nothing to overlap). At most
+  path (``pipelined=False``; one scan always runs serially: nothing to overlap); a model of fixed
+  batch 1 gets each scan as soon as it is read (the serial path's calls, one per scan). At most
   ``max_in_flight`` scans (default ``3 * batch_size``: one batch being read, one in the model,
   one being written) are between the start of their reading and their hand-over to the caller,
   which bounds memory (~40 MB per full-field scan). A model failure still raises, after every
@@ -283,6 +284,11 @@ class _Pipeline:
         self.kinds = kinds
         self.stems = stems
         self.batch_size = batch_size
+        # A model of fixed batch 1 runs a block as one call per scan anyway (Backend.predict splits it):
+        # handing it each scan as soon as it is read makes the same calls, so the same probabilities,
+        # without waiting for the whole block (shorter pipeline fill and drain).
+        fixed = getattr(getattr(segmenter, "backend", None), "input_shape", (None,))[0]
+        self.model_batch = 1 if fixed == 1 else batch_size
         self.slots = threading.Semaphore(max_in_flight)
         self.stop = threading.Event()
         self.prepared: queue.Queue[Any] = queue.Queue()  # _Prepared | ScanFailure | _END
@@ -334,7 +340,8 @@ class _Pipeline:
             self.prepared.put(_END)
 
     def _model(self) -> None:
-        """Stage 2: the model on blocks of ``batch_size`` consecutive inputs (as ``segment_many``)."""
+        """Stage 2: the model on blocks of ``batch_size`` consecutive inputs (as ``segment_many``; one scan
+        at a time for a model of fixed batch 1, the same calls)."""
         try:
             block: list[Any] = []
             while not self.stop.is_set():
@@ -344,7 +351,7 @@ class _Pipeline:
                     break
                 if item is not _END:
                     block.append(item)
-                if block and (item is _END or len(block) == self.batch_size):
+                if block and (item is _END or len(block) == self.model_batch):
                     self._run_block(block)
                     block = []
                 if item is _END:

@@ -266,3 +266,15 @@ def test_a_non_scan_exception_in_the_reader_is_raised_in_order() -> None:
             got.append(item.source)
     assert got == ["s0", "s1"]
     assert not _pipeline_threads()
+
+
+def test_a_batch_1_model_gets_each_scan_as_soon_as_it_is_read() -> None:
+    """Backend.predict splits a block into one call per scan for a model of fixed batch 1: the pipeline makes
+    those calls directly, in input order, without waiting for the block."""
+    seg = _Slow(bad_read={2})
+    seg.backend = SimpleNamespace(input_shape=(1, 2, 2, 1))  # type: ignore[attr-defined]
+    names = [f"s{i}" for i in range(7)]
+    got = _consume(seg, names, batch_size=4)
+    assert [item.source for item in got] == names
+    assert seg.calls == [[0], [1], [3], [4], [5], [6]]
+    assert isinstance(got[2], ScanFailure)
