@@ -114,6 +114,7 @@ ROLES: tuple[tuple[str, str], ...] = (
     ("MapWorker", "scan_actor"),
     ("_StatsActor", "ray_data_stats_actor"),
     ("ActorLocationTracker", "ray_data_location_tracker"),
+    ("_AutoscalingCoordinatorActor", "ray_data_autoscaling_coordinator"),
     ("ray::IDLE", "idle_pool_worker"),
     ("default_worker.py", "idle_pool_worker"),
     ("ray::", "other_ray_worker"),

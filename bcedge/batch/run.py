@@ -19,11 +19,12 @@ Threads: with no ``threads`` asked for, each worker of a local Ray gets ``usable
 backend threads (the workers share this machine, as ``bcedge infer`` uses every CPU); on a cluster
 each actor holds one Ray CPU (``num_cpus=1``), so it gets one thread.
 
-Cost: a local Ray is nine processes besides the workers (GCS, raylet, dashboard API server and
-agent, runtime-env agent, log monitor, autoscaler monitor, Ray Data's stats actor and actor-location
-tracker), each importing Ray: a fixed CPU cost per run, before the first scan, that a 2-core machine
-feels (``ray_fixed`` in ``benchmarks/results/batch_scale.json``; the split by process in
-``batch_profile.json``). It is why ``bcedge batch`` loses to ``bcedge infer`` on a few dozen scans.
+Cost: a local Ray is ten processes besides the workers (GCS, raylet, dashboard API server and
+agent, runtime-env agent, log monitor, autoscaler monitor, Ray Data's stats actor, actor-location
+tracker and autoscaling coordinator), each importing Ray: a fixed CPU cost per run, before the
+first scan, that a 2-core machine feels (``ray_fixed`` in ``benchmarks/results/batch_scale.json``;
+the split by process in ``batch_profile.json``). It is why ``bcedge batch`` loses to ``bcedge
+infer`` on a few dozen scans.
 """
 
 from __future__ import annotations
