@@ -200,8 +200,11 @@ def runtime_versions(names: Sequence[str] = RUNTIME_DISTRIBUTIONS) -> dict[str, 
     wanted = {_normalise(n) for n in names}
     found: dict[str, str] = {}
     for entry in sys.path:
+        # Only the package folders: sys.path[0] may be the working directory, e.g. a folder of scans.
+        if not entry.rstrip("/\\").endswith(("site-packages", "dist-packages")):
+            continue
         try:
-            listing = os.listdir(entry or ".")
+            listing = os.listdir(entry)
         except OSError:
             continue
         for item in listing:
