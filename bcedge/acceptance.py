@@ -76,6 +76,8 @@ DICE_FLOOR = 0.90
 DEFAULT_N = 4
 #: Largest acceptance file read (a real one is a few hundred KB; this bounds a hostile one).
 MAX_BYTES = 16 << 20
+#: Largest uncompressed content (four 1024 px inputs and references are 8 MB).
+MAX_INFLATED_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,12 @@ def decode(data: bytes, size: int, where: str) -> AcceptanceData:
     """
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            # A compressed member may inflate a thousandfold: check the sizes the zip declares first.
+            inflated = sum(info.file_size for info in npz.zip.infolist())
+            if inflated > MAX_INFLATED_BYTES:
+                raise BundleError(
+                    f"{where} inflates to {inflated} bytes; an acceptance file is at most {MAX_INFLATED_BYTES}"
+                )
             version = int(npz["version"]) if "version" in npz.files else None
             images, reference = npz["images"], npz["reference"]
     except BundleError:

@@ -355,6 +355,19 @@ def test_a_malformed_acceptance_file_is_a_bundle_error(payload: bytes) -> None:
         decode(payload, SIZE, "x.npz")
 
 
+def test_a_hostile_acceptance_file_is_refused_before_it_is_inflated_or_unpickled() -> None:
+    import io
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, images=np.zeros((80, 1024, 1024), np.uint8), reference=np.zeros(1, np.uint8))
+    with pytest.raises(BundleError, match="inflates to"):
+        decode(buf.getvalue(), 1024, "bomb.npz")  # 80 MB of zeros in ~80 KB
+    buf = io.BytesIO()
+    np.savez(buf, images=np.array([{"x": 1}], dtype=object), reference=np.zeros(1, np.uint8), version=np.array(1))
+    with pytest.raises(BundleError, match="not a readable acceptance file"):
+        decode(buf.getvalue(), SIZE, "pickle.npz")
+
+
 def test_acceptance_arrays_of_the_wrong_size_or_dtype_are_refused() -> None:
     images = quantise_inputs(_inputs())
     with pytest.raises(BundleError, match=r"expected uint8 arrays of shape \[N, 64, 64\]"):
