@@ -18,8 +18,8 @@
 #   infer      bcedge infer --json with each bundle's default artifact on the same scans
 #   benchmark  bcedge benchmark --runs 3 (emulated timings: NOT device timings)
 #   tests      runtime tests: pipeline, postprocess, bundle, backends, CLI infer, DICOM reader,
-#              outputs (no TensorFlow in the root filesystem: its tests skip; the DICOM tests
-#              use Debian's arm64 dcmtk/dicom3tools)
+#              outputs, the artifact choice and acceptance check (no TensorFlow in the root
+#              filesystem: its tests skip; the DICOM tests use Debian's arm64 dcmtk/dicom3tools)
 # --quick: the CI smoke test: cpu, a few runtime tests and demo only.
 # --real N: real scans used (default 4: two mini-MIAS, two CDD-CESM; 0: the sample scan only).
 # --steps: run only these steps; the results of the others (from an earlier run) are kept.
@@ -131,6 +131,7 @@ pytest_args=(-q -p no:cacheprovider --rootdir /src)
 runtime_tests=(
   /src/tests/test_pipeline.py /src/tests/test_postprocess.py /src/tests/test_bundle.py
   /src/tests/test_backends.py /src/tests/test_cli_infer.py /src/tests/test_dicom.py /src/tests/test_outputs.py
+  /src/tests/test_choice.py
 )
 quick_tests=(/src/tests/test_pipeline.py /src/tests/test_postprocess.py)
 
