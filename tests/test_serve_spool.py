@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,56 @@ def test_worker_moves_scans_in_arrival_order_to_the_outbox(layout: Layout, space
         assert record["seg_sop_instance_uid"] == fake_seg_uid(uid)
         assert (item / "source.dcm").is_file() and (item / record["outputs"]["seg"]).is_file()
         assert record["received_at"] <= record["processed_at"]
+    assert worker.state.totals["processed"] == 3
+
+
+def test_running_worker_processes_the_next_scan_while_the_last_one_commits(
+    layout: Layout, spaced_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The commit (fsyncs and renames) of one scan overlaps the processing of the next: the worker's
+    # process is not idle while the disk syncs. Each commit is slowed to >= 2 s here, so a worker
+    # that committed before taking the next scan would find the previous item in the outbox.
+    import bcedge.serve.worker as worker_module
+
+    real_move = worker_module.move_durable
+
+    def slow_move(src: Path, dst: Path) -> Path:
+        if dst.parent == layout.outbox:
+            time.sleep(2.0)
+        return real_move(src, dst)
+
+    monkeypatch.setattr(worker_module, "move_durable", slow_move)
+    spool = Spool(layout)
+    uids = _spool_scans(spool, spaced_dir / "in", 3)
+    fake = FakeSeg()
+    outbox_when_called: list[int] = []
+    attempts_when_called: list[dict[str, int]] = []
+
+    def process(source: Path, out_dir: Path) -> dict[str, Path]:
+        outbox_when_called.append(len(layout.items(layout.outbox)))
+        attempts_when_called.append(read_json(layout.attempts_file, {}))
+        return dict(fake(source, out_dir))
+
+    woken: list[int] = []
+    worker = Worker(layout, spool, process, NodeState(layout), on_item=lambda: woken.append(1))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(layout.items(layout.outbox)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        worker.stop()
+        worker.join(30)
+    assert not worker.is_alive()
+    # scans 2 and 3 were taken while the previous scan's commit was still running
+    assert outbox_when_called == [0, 0, 1]
+    # only the scan being processed has an attempt on disk: a scan whose processing returned does
+    # not count against the poison limit if the node is killed while it commits
+    names = [item_name(i, u) for i, u in enumerate(uids)]
+    assert attempts_when_called == [{names[0]: 1}, {names[1]: 1}, {names[2]: 1}]
+    items = layout.items(layout.outbox)
+    assert [json.loads((i / "item.json").read_text())["source_sop_instance_uid"] for i in items] == uids
+    assert spool.pending() == [] and len(woken) == 3 and read_json(layout.attempts_file, {}) == {}
     assert worker.state.totals["processed"] == 3
 
 

@@ -246,9 +246,18 @@ class Attempts:
     def get(self, name: str) -> int:
         return self._counts.get(name, 0)
 
-    def begin(self, name: str) -> int:
-        """Count one more attempt for ``name`` (durably, before the attempt); returns the new count."""
+    def begin(self, name: str, *, finished: str | None = None) -> int:
+        """Count one more attempt for ``name`` (durably, before the attempt); returns the new count.
+
+        Args:
+            name: the scan about to be processed.
+            finished: a scan whose processing has just ended (its outputs are being committed):
+                its count is dropped in the same write, so one write serves both and a crash
+                while it commits does not count against it (it did not stop its worker).
+        """
         with self._lock:
+            if finished is not None and finished != name:
+                self._counts.pop(finished, None)
             self._counts[name] = self._counts.get(name, 0) + 1
             write_json_durable(self.path, self._counts)
             return self._counts[name]

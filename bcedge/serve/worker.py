@@ -21,7 +21,11 @@ short by a ``kill -9`` of the node count too) the scan is quarantined, at the la
 node starts again, so one scan never blocks the queue for ever.
 
 Several workers (one thread each, each with its own worker process) share one
-:class:`WorkQueue`, which hands each scan to one of them.
+:class:`WorkQueue`, which hands each scan to one of them. A running worker hands step 3 (and the
+``item.json`` write and fsyncs of step 2) to its own commit thread and takes the next scan at
+once, so its process segments while the disk syncs; the scan stays held (no other worker takes
+it) until its commit is done, and one commit at a time is outstanding per worker. A crash in
+that moment leaves what a crash before the commit always left: the scan back in the spool.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,6 +191,11 @@ class Worker(threading.Thread):
         self.queue = queue or WorkQueue(layout, spool, retry_pause_s=retry_pause_s)
         self.attempts = self.queue.attempts
         self._stop_event = threading.Event()
+        #: The commit thread while :meth:`run` runs (None: commits are done in :meth:`step` itself).
+        self._committer: ThreadPoolExecutor | None = None
+        self._pending: Future[None] | None = None
+        #: The last scan whose processing returned (its attempt count is dropped at the next begin).
+        self._finished: str | None = None
 
     def stop(self) -> None:
         """Ask the thread to finish after the current scan."""
@@ -193,16 +203,25 @@ class Worker(threading.Thread):
         self.spool.wake()
 
     def run(self) -> None:
-        while not self._stop_event.is_set():
-            try:
-                busy = self.step()
-            except Exception as exc:  # a bug or a file system error outside one scan; keep the node alive
-                LOG.exception("worker: unexpected error")
-                self.state.error("worker", _one_line(exc))
-                busy = False
-                self._stop_event.wait(1.0)
-            if not busy:
-                self.spool.wait(self.queue.idle_wait())
+        # Commits run on a second thread, so that this worker's process segments the next scan while
+        # the last one's files are fsync'd and renamed into the outbox (~13 fsyncs: ~50 ms on the
+        # node's disk, 10 % of a 512 px scan's time, during which the process had nothing to do).
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-commit")
+        try:
+            while not self._stop_event.is_set():
+                try:
+                    busy = self.step()
+                except Exception as exc:  # a bug or a file system error outside one scan; keep the node alive
+                    LOG.exception("worker: unexpected error")
+                    self.state.error("worker", _one_line(exc))
+                    busy = False
+                    self._stop_event.wait(1.0)
+                if not busy:
+                    self.spool.wait(self.queue.idle_wait())
+        finally:
+            self._wait_commit()
+            self._committer.shutdown(wait=True)
+            self._committer = None
 
     def quarantine_poison(self) -> int:
         """Quarantine every spooled scan already tried ``max_attempts`` times (run at start); returns how many."""
@@ -215,23 +234,56 @@ class Worker(threading.Thread):
         return count
 
     def step(self) -> bool:
-        """Process the oldest free spooled scan, if any; returns False when none was due."""
+        """Process the oldest free spooled scan, if any; returns False when none was due.
+
+        Called by :meth:`run`, a processed scan's commit into the outbox goes on in the background
+        while the next scan is processed (one commit at a time; the scan stays held, so no other
+        worker takes it, until its commit is done). Called directly, the commit is done on return.
+        """
         source = self.queue.claim()
         if source is None:
             return False
         name = source.stem
+        commit = None
         try:
-            self._process_one(source, name)
+            commit = self._process_one(source, name)
         finally:
-            self.queue.release(name)
+            if commit is None:
+                self.queue.release(name)
+        if commit is not None:
+            self._wait_commit()  # the previous scan's commit, done long ago in practice
+            if self._committer is None:
+                self._commit(name, commit)
+            else:
+                self._pending = self._committer.submit(self._commit, name, commit)
         return True
 
-    def _process_one(self, source: Path, name: str) -> None:
+    def _wait_commit(self) -> None:
+        """Wait until the commit handed to the commit thread (if any) is done."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()  # _commit never raises
+
+    def _commit(self, name: str, commit: Callable[[], None]) -> None:
+        """Run one scan's commit, then release the scan; an error is logged (the item is recovered at start)."""
+        try:
+            commit()
+        except Exception as exc:  # a file system error: the next start rolls the work folder back
+            LOG.exception("worker: committing %s failed", name)
+            self.state.error("worker", f"{name}: commit failed: {_one_line(exc)}")
+        finally:
+            self.queue.release(name)
+
+    def _process_one(self, source: Path, name: str) -> Callable[[], None] | None:
+        """Process one scan; returns its commit into the outbox, or None when it was handled here
+        (quarantined, or failed and waiting for its retry)."""
         previous = self.attempts.get(name)
         if previous >= self.max_attempts:
             self._quarantine(source, name, _poison_reason(previous))
-            return
-        self.attempts.begin(name)
+            return None
+        # The previous scan's processing ended without stopping its worker: its count goes in this write.
+        finished, self._finished = self._finished, None
+        self.attempts.begin(name, finished=finished)
         work = self.layout.work / name
         remove_tree(work)
         work.mkdir(parents=True)
@@ -244,19 +296,22 @@ class Worker(threading.Thread):
             remove_tree(work)
             if exc.exit_code == 2:  # the scan's fault: quarantine it now
                 self._quarantine(source, name, _one_line(exc))
-                return
+                return None
             self._failed(name, exc)
-            return
+            return None
         except Exception as exc:
             remove_tree(work)
             self._failed(name, exc)
-            return
+            return None
         elapsed_ms = (time.perf_counter() - t0) * 1000.0
         seg = outputs.get("seg")
         if seg is None or Path(seg).parent.resolve() != work.resolve() or not Path(seg).is_file():
             remove_tree(work)
             self._failed(name, RuntimeError(f"the processing step wrote no SEG into {work}: {outputs}"))
-            return
+            return None
+        # From here on a crash is not this scan's doing: the next attempts.begin (or the commit) drops
+        # its count, so a kill -9 while it commits does not bring it nearer to quarantine.
+        self._finished = name
         seg_uids = read_uids(Path(seg))
         # The SEG references the image it was made from (its real SOP class included), so the scan is
         # not read from disk again; only a processing step whose SEG lacks the reference costs a read.
@@ -284,26 +339,31 @@ class Worker(threading.Thread):
             # Where process_ms went, measured in the worker process (decode ... write, and "worker":
             # its whole call there; the rest of process_ms is the pipe and this thread).
             "stages_ms": dict(getattr(self.process, "last_timing_ms", None) or {}),
+            "worker": self.name,
             "outputs": {kind: Path(path).name for kind, path in outputs.items()},
         }
-        write_json_durable(work / "item.json", item)
-        fsync_tree(work)
-        move_durable(source, work / "source.dcm")
-        move_durable(work, self.layout.outbox / name)  # the commit
-        self.attempts.clear(name)
-        self.queue.forget(name)
-        self.state.count("processed")
-        stages = item["stages_ms"]
-        LOG.info(
-            "processed %s sop=%s seg=%s in %.0f ms (waited %.0f ms since receipt)%s",
-            name,
-            item["source_sop_instance_uid"],
-            item["seg_sop_instance_uid"],
-            elapsed_ms,
-            max(0.0, started_at - received_at) * 1000.0,
-            f"; {', '.join(f'{k} {v:.0f}' for k, v in stages.items())} ms" if stages else "",
-        )
-        self.on_item()
+
+        def commit() -> None:
+            write_json_durable(work / "item.json", item)
+            fsync_tree(work)
+            move_durable(source, work / "source.dcm")
+            move_durable(work, self.layout.outbox / name)  # the commit
+            self.attempts.clear(name)
+            self.queue.forget(name)
+            self.state.count("processed")
+            stages = item["stages_ms"]
+            LOG.info(
+                "processed %s sop=%s seg=%s in %.0f ms (waited %.0f ms since receipt)%s",
+                name,
+                item["source_sop_instance_uid"],
+                item["seg_sop_instance_uid"],
+                elapsed_ms,
+                max(0.0, started_at - received_at) * 1000.0,
+                f"; {', '.join(f'{k} {v:.0f}' for k, v in stages.items())} ms" if stages else "",
+            )
+            self.on_item()
+
+        return commit
 
     def _failed(self, name: str, exc: BaseException) -> None:
         """A failure that may not be the scan's fault: this scan waits, then is retried (attempts are counted)."""
