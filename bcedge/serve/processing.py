@@ -28,6 +28,11 @@ class SegmenterProcessor:
     """
 
     def __init__(self, model: ModelConfig) -> None:
+        from bcedge.decoders import import_pydicom
+
+        # pydicom first, without its test-data downloader's extras (requests, ...): highdicom below
+        # would otherwise import it whole, ~0.1-0.2 s more CPU for each worker a (re)start loads.
+        import_pydicom()
         from bcedge.outputs import preload_seg
         from bcedge.pipeline import Segmenter, default_bundle_path
 
