@@ -5,7 +5,6 @@ The outside oracle (dcmtk) lives in test_dicom_oracle.py, bad inputs in test_dic
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import cv2
@@ -426,20 +425,6 @@ def test_compressed_by_pydicom_decodes_like_uncompressed(write_mg, ramp, uid_nam
     mammo = read_dicom(packed)
     assert mammo.meta.transfer_syntax == uid
     np.testing.assert_array_equal(mammo.pixels, read_dicom(plain).pixels)
-
-
-@pytest.mark.slow
-def test_full_field_read_speed(spaced_dir: Path) -> None:
-    stored = np.random.default_rng(0).integers(0, 2**14, (3328, 2560)).astype(np.uint16)
-    path = save_atomic(build_mg_dataset(stored, MGTags(windows=[(8000, 6000)])), spaced_dir / "full.dcm")
-    read_dicom(path)
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        read_dicom(path)
-        times.append(time.perf_counter() - start)
-    # ~18 ms on the 2-core dev box; generous bound for busy CI runners.
-    assert min(times) < 0.15, f"full-field read took {min(times) * 1000:.0f} ms"
 
 
 # --------------------------------------------------------------------------- header meaning (synthetic)
