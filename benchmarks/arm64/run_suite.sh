@@ -17,9 +17,12 @@
 #   serve      bcedge serve round trip on loopback (storescu -> node -> SEG at storescp)
 #   infer      bcedge infer --json with each bundle's default artifact on the same scans
 #   benchmark  bcedge benchmark --runs 3 (emulated timings: NOT device timings)
+#   choice     the artifact choice and on-device acceptance check (tests/test_choice.py: a fake
+#              slow and a fake wrong artifact, the cache, and every shipped bundle's artifacts
+#              against its acceptance data, here on the emulated aarch64 CPU)
 #   tests      runtime tests: pipeline, postprocess, bundle, backends, CLI infer, DICOM reader,
-#              outputs, the artifact choice and acceptance check (no TensorFlow in the root
-#              filesystem: its tests skip; the DICOM tests use Debian's arm64 dcmtk/dicom3tools)
+#              outputs (no TensorFlow in the root filesystem: its tests skip; the DICOM tests
+#              use Debian's arm64 dcmtk/dicom3tools)
 # --quick: the CI smoke test: cpu, a few runtime tests and demo only.
 # --real N: real scans used (default 4: two mini-MIAS, two CDD-CESM; 0: the sample scan only).
 # --steps: run only these steps; the results of the others (from an earlier run) are kept.
@@ -48,7 +51,7 @@ while [ $# -gt 0 ]; do
     --unpacked) unpacked=1; shift ;;
     --real) n_real="$2"; shift 2 ;;
     --steps) steps=",$2,"; shift 2 ;;
-    -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,29p' "$0"; exit 0 ;;
     -*) die 2 "unknown option $1" ;;
     *) bundles+=("$1"); shift ;;
   esac
@@ -131,7 +134,6 @@ pytest_args=(-q -p no:cacheprovider --rootdir /src)
 runtime_tests=(
   /src/tests/test_pipeline.py /src/tests/test_postprocess.py /src/tests/test_bundle.py
   /src/tests/test_backends.py /src/tests/test_cli_infer.py /src/tests/test_dicom.py /src/tests/test_outputs.py
-  /src/tests/test_choice.py
 )
 quick_tests=(/src/tests/test_pipeline.py /src/tests/test_postprocess.py)
 
@@ -175,6 +177,7 @@ step compare "$repo/.venv/bin/python" "$here/segment_all.py" compare "$base/out/
 step serve arm /opt/venv/bin/python -m pytest "${pytest_args[@]}" \
   "/src/tests/test_serve_e2e.py::test_bcedge_serve_cli_scan_in_seg_out"
 step infer infer_all
+step choice arm /opt/venv/bin/python -m pytest "${pytest_args[@]}" /src/tests/test_choice.py
 step benchmark arm /opt/venv/bin/bcedge benchmark "${bench_models[@]}" --runs 3 --warmup 1 --threads 1 \
   --phantoms 0 --no-isolate --quiet --json /out/benchmark.json
 step tests arm /opt/venv/bin/python -m pytest "${pytest_args[@]}" "${runtime_tests[@]}"
