@@ -481,7 +481,7 @@ def derive(report: dict[str, Any]) -> None:
             "batch_scan_actor": b1["cpu_s_by_role"].get("scan_actor", 0.0),
             "batch_ray_system": b1["ray_system_cpu_s"],
             "note": "scan_actor includes its imports and model load, as infer_process does; ray_system is every "
-            "other process of the run (GCS, raylet, agents, monitors, Ray Data's stats and location actors)",
+            "other process of the run (GCS, raylet, agents, monitors, Ray Data's three helper actors)",
         }
         entry["any_busy"] = any(x["busy"] for x in (b1, b2, inf))
     if not complete:
