@@ -25,7 +25,6 @@ when the model is opened (``ai_edge_litert`` for TFLite artifacts).
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -236,14 +235,8 @@ class Segmenter:
         self.choice: dict[str, Any] = {}
         self.artifact: ArtifactRecord = self._choose(backend, artifact, threads)
         self.backend_name: str = self.artifact.backend
-        # Cold start (#14 item 8): imports on a thread while the model loads (GIL released); after the choice's timing.
-        errors: list[BaseException] = []
-        warming = threading.Thread(target=_warm_up, args=(errors,), name="bcedge-warm-up", daemon=True)
-        warming.start()
         self.backend: Backend = self._open(threads, verify, backend_options)
-        warming.join()
-        if errors:
-            raise errors[0]  # as when the warm-up ran on this thread
+        _warm_up()
         if self.backend.input_size != self.bundle.input_size:
             size = self.backend.input_size
             self.close()
@@ -460,27 +453,24 @@ class Segmenter:
         return f"Segmenter({str(self.bundle.dir)!r}, artifact={self.artifact.file!r}, backend={self.backend_name!r})"
 
 
-def _warm_up(errors: list[BaseException] | None = None) -> None:
+def _warm_up() -> None:
     """Import what the first scan would otherwise import inside its timed stages.
 
     pydicom alone takes ~0.1 s to import; without this, a one-scan run would book it as
-    ``decode``. ``errors``: on a thread, where its exception goes (None: raised).
+    ``decode``. Cold start is unchanged, the per-stage timings stay about the stages. (Running
+    it on a thread while the model loads was measured, benchmarks/results/ab_warm_up_thread.json:
+    no gain on the 2-core machine, 1443 vs 1437 ms median wall; so it runs here.)
     """
-    try:
-        import cv2
+    import cv2
 
-        from bcedge.decoders import import_pydicom
+    from bcedge.decoders import import_pydicom
 
-        import_pydicom()  # first, so pydicom comes in without its downloader's extras (cold start)
-        import pydicom.filereader
-        import pydicom.pixels  # noqa: F401
+    import_pydicom()  # first, so pydicom comes in without its downloader's extras (cold start)
+    import pydicom.filereader
+    import pydicom.pixels  # noqa: F401
 
-        # OpenCV sets up its thread pool and SIMD dispatch on the first call.
-        cv2.resize(np.zeros((8, 8), np.float32), (4, 4), interpolation=cv2.INTER_AREA)
-    except BaseException as exc:
-        if errors is None:
-            raise
-        errors.append(exc)
+    # OpenCV sets up its thread pool and SIMD dispatch on the first call.
+    cv2.resize(np.zeros((8, 8), np.float32), (4, 4), interpolation=cv2.INTER_AREA)
 
 
 def _unexpected(scan: object, exc: Exception) -> InputError:
