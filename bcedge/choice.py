@@ -77,8 +77,15 @@ MIN_RUNS = 5
 #: ... and more, up to :data:`MAX_RUNS`, until this many seconds of calls were timed.
 MIN_TIMED_S = 0.3
 MAX_RUNS = 30
-#: Layout of the cache files.
-CACHE_VERSION = 1
+#: Layout of the cache files (2: timings carry whether the machine was busy; version-1 files,
+#: whose timings may have been taken on a busy machine, are measured again).
+CACHE_VERSION = 2
+#: Share of the machine's CPUs other processes may use while a candidate is timed before its time
+#: counts as taken on a busy machine (a quarter: half a core of a 2-core device).
+BUSY_SHARE = 0.25
+#: A busy timing is taken again at the next starts, this many times in all, keeping the quiet one
+#: (or the lowest): a choice made while another job held the CPUs must not stay cached for good.
+MAX_BUSY_TRIES = 3
 #: Distributions whose versions enter the machine fingerprint (a new runtime may compute differently).
 RUNTIME_DISTRIBUTIONS = (
     "ai-edge-litert",
@@ -436,6 +443,7 @@ def _measure(
         return {**entry, "status": "failed", "reason": f"failed to load: {type(exc).__name__}: {first_line(exc)}"}
     times: list[float] = []
     outputs = []
+    machine0, own0, wall0 = _machine_cpu_s(), time.process_time(), time.perf_counter()
     try:
         backend.predict(images[:1])  # warm-up: delegate set-up, first allocation
         for i in range(len(images)):
@@ -468,7 +476,27 @@ def _measure(
     # The acceptance calls are timed too: a lone candidate needs no further runs to report its speed.
     entry["ms"] = 1000.0 * float(sorted(times)[len(times) // 2])
     entry["runs"] = len(times)
+    entry["busy"] = _others_share(machine0, own0, wall0) > BUSY_SHARE
     return entry
+
+
+def _machine_cpu_s() -> float | None:
+    """CPU seconds every process has used since boot (``/proc/stat``; idle and iowait excluded), or None."""
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            fields = fh.readline().split()
+        ticks = [int(v) for v in fields[1:9]]
+    except (OSError, ValueError):
+        return None
+    return sum(v for i, v in enumerate(ticks) if i not in (3, 4)) / os.sysconf("SC_CLK_TCK")
+
+
+def _others_share(machine0: float | None, own0: float, wall0: float) -> float:
+    """Share (0-1) of every CPU that other processes used since the three readings (0 when unknown)."""
+    machine1, own, wall = _machine_cpu_s(), time.process_time() - own0, time.perf_counter() - wall0
+    if machine0 is None or machine1 is None or wall <= 0:
+        return 0.0
+    return max(0.0, (machine1 - machine0 - own) / (wall * (os.cpu_count() or 1)))
 
 
 def _threads_key(threads: int | None) -> str:
@@ -542,7 +570,11 @@ def _complete(entry: dict[str, Any] | None, record: ArtifactRecord, tkey: str, t
     # A failure to load or run is tried again next time (it may have been the moment's, e.g. a busy GPU).
     if not entry or entry.get("sha256") != record.sha256 or entry.get("status") not in ("accepted", "refused"):
         return False
-    return not (timed and entry["status"] == "accepted" and tkey not in (entry.get("ms") or {}))
+    if not timed or entry["status"] != "accepted":
+        return True
+    busy = (entry.get("busy") or {}).get(tkey) if isinstance(entry.get("busy"), dict) else False
+    tries = (entry.get("tries") or {}).get(tkey, 1) if isinstance(entry.get("tries"), dict) else 1
+    return tkey in (entry.get("ms") or {}) and not (busy and tries < MAX_BUSY_TRIES)
 
 
 def _evaluate(
@@ -591,11 +623,18 @@ def _evaluate(
             new = _measure(bundle, record, data, threads=threads, timed=timed, deadline=deadline)
             # Timings at other thread counts stay when the verdict did not change.
             same = bool(entry) and entry.get("sha256") == record.sha256 and entry.get("status") == new["status"]
-            ms = dict(entry.get("ms") or {}) if same and isinstance(entry.get("ms"), dict) else {}
-            runs = dict(entry.get("runs") or {}) if same and isinstance(entry.get("runs"), dict) else {}
+            old = {k: dict(entry.get(k) or {}) if same and isinstance(entry.get(k), dict) else {} for k in _TIMED}
             if "ms" in new:
-                ms[tkey], runs[tkey] = new.pop("ms"), new.pop("runs")
-            new["ms"], new["runs"] = ms, runs
+                ms, runs, busy = new.pop("ms"), new.pop("runs"), new.pop("busy")
+                if tkey in old["ms"] and old["busy"].get(tkey):
+                    # Re-timing a busy measurement: a quiet one replaces it, else the lower (load only slows).
+                    old["tries"][tkey] = old["tries"].get(tkey, 1) + 1
+                    if busy and old["ms"][tkey] < ms:
+                        ms, runs = old["ms"][tkey], old["runs"].get(tkey, runs)
+                else:
+                    old["tries"][tkey] = 1
+                old["ms"][tkey], old["runs"][tkey], old["busy"][tkey] = ms, runs, busy
+            new.update(old)
             entries[record.file] = new
             fresh.add(record.file)
             if not timed and new["status"] == "accepted":
@@ -641,13 +680,17 @@ def _first_decided(order: list[ArtifactRecord], entries: dict[str, dict[str, Any
     return True  # every candidate decided (none accepted)
 
 
+#: The per-thread-count fields of a cache entry (``{threads: value}`` each).
+_TIMED = ("ms", "runs", "busy", "tries")
+
+
 def _flatten(entries: dict[str, dict[str, Any]], tkey: str, *, cached: bool) -> dict[str, dict[str, Any]]:
-    """Entries with ``ms`` / ``runs`` of this thread count only."""
+    """Entries with ``ms`` / ``runs`` / ``busy`` / ``tries`` of this thread count only."""
     out = {}
     for file, entry in entries.items():
-        flat = {k: v for k, v in entry.items() if k not in ("ms", "runs")}
-        flat["ms"] = (entry.get("ms") or {}).get(tkey) if isinstance(entry.get("ms"), dict) else None
-        flat["runs"] = (entry.get("runs") or {}).get(tkey) if isinstance(entry.get("runs"), dict) else None
+        flat = {k: v for k, v in entry.items() if k not in _TIMED}
+        for key in _TIMED:
+            flat[key] = (entry.get(key) or {}).get(tkey) if isinstance(entry.get(key), dict) else None
         flat["cached"] = cached
         out[file] = flat
     return out
@@ -676,6 +719,7 @@ def _order(
                 "acceptance": entry.get("acceptance"),
                 "ms": None if entry.get("ms") is None else round(float(entry["ms"]), 3),
                 "runs": entry.get("runs"),
+                "busy": entry.get("busy"),
                 "reason": entry.get("reason") or (None if entry else _unmeasured(record)),
                 "cached": bool(entry.get("cached")),
             }
@@ -712,6 +756,11 @@ def _order(
             f"fastest of {len(fastest)} accepted artifacts measured here: {entries[best.file]['ms']:.2f} ms/image vs "
             f"{entries[runner.file]['ms']:.2f} ms for {runner.file} ({_threads_text(report.threads)})"
         )
+        if any(entries[r.file].get("busy") for r in fastest[:2]):
+            report.why += (
+                f"; timed while other processes kept the CPUs busy (timed again at the next starts, "
+                f"{MAX_BUSY_TRIES} times in all)"
+            )
     elif len(order) == 1:
         report.why = f"the only candidate here, timed on its acceptance runs ({_threads_text(report.threads)})"
     else:

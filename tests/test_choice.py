@@ -190,6 +190,31 @@ def test_an_unwritable_cache_costs_a_measurement_not_an_error(tmp_path: Path, mo
         assert any("not written" in w for w in seg.warnings)
 
 
+def test_a_timing_taken_on_a_busy_machine_is_taken_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A choice timed while another job held the CPUs is not cached for good: the next starts time it
+    again (MAX_BUSY_TRIES in all) and a quiet timing replaces it."""
+    bundle = make_bundle(tmp_path / "b", THREE)
+    monkeypatch.setattr(choice_mod, "_others_share", lambda *a: 0.9)
+    with Segmenter(bundle, "auto", threads=1) as seg:
+        assert seg.artifact.file == "fast.bin" and "kept the CPUs busy" in seg.choice["why"]
+        assert all(c["busy"] for c in seg.choice["candidates"] if c["status"] == "accepted")
+    FakeBackend.opened = []
+    with Segmenter(bundle, "auto", threads=1) as seg:  # still busy: timed again (try 2)
+        pass
+    assert sorted(FakeBackend.opened) == ["fast.bin", "fast.bin", "slow.bin"]  # wrong.bin's refusal stays cached
+    monkeypatch.setattr(choice_mod, "_others_share", lambda *a: 0.0)
+    FakeBackend.opened = []
+    with Segmenter(bundle, "auto", threads=1) as seg:  # quiet: the quiet timing replaces the busy one
+        assert not any(c["busy"] for c in seg.choice["candidates"] if c["status"] == "accepted")
+        assert "busy" not in seg.choice["why"]
+    doc = json.loads(Path(seg.choice["cache"]).read_text())
+    assert doc["artifacts"]["fast.bin"]["tries"] == {"1": 3} and doc["artifacts"]["fast.bin"]["busy"] == {"1": False}
+    FakeBackend.opened = []
+    with Segmenter(bundle, "auto", threads=1) as seg:
+        assert seg.choice["seconds"] == 0.0
+    assert FakeBackend.opened == ["fast.bin"]
+
+
 def test_the_budget_leaves_the_rest_for_the_next_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(choice_mod.BUDGET_ENV, "0")
     bundle = make_bundle(tmp_path / "b", THREE)
