@@ -49,8 +49,6 @@ import hashlib
 import json
 import os
 import platform
-import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -173,25 +171,11 @@ def cpu_identity() -> dict[str, Any]:
     }
 
 
-def gpu_identity() -> list[str]:
-    """NVIDIA GPU names and driver (``nvidia-smi``), or the Jetson module; empty when none is found."""
-    smi = shutil.which("nvidia-smi")
-    if smi:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            proc = subprocess.run(
-                [smi, "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=False,
-            )
-            if proc.returncode == 0:
-                return [line.strip() for line in proc.stdout.splitlines() if line.strip()]
-    with contextlib.suppress(OSError):
-        model = Path("/proc/device-tree/model").read_text(errors="replace").strip("\x00\n ")
-        if "jetson" in model.lower() or "nvidia" in model.lower():
-            return [model]
-    return []
+def _gpu_names() -> list[str]:
+    """GPU names and driver (:func:`bcedge.bench.machine.gpu_info`), imported only when a GPU candidate runs."""
+    from bcedge.bench.machine import gpu_info
+
+    return gpu_info()
 
 
 def _normalise(name: str) -> str:
@@ -228,7 +212,7 @@ def machine_fingerprint(*, with_gpu: bool) -> dict[str, Any]:
     """What decides whether a measured choice still holds: CPU, GPUs (``with_gpu``), runtimes, bcedge."""
     return {
         "cpu": cpu_identity(),
-        "gpu": gpu_identity() if with_gpu else None,
+        "gpu": _gpu_names() if with_gpu else None,
         "runtimes": runtime_versions(),
         "bcedge": __version__,
         "python": platform.python_version(),
