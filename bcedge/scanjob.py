@@ -290,6 +290,10 @@ class _Pipeline:
         fixed = getattr(getattr(segmenter, "backend", None), "input_shape", (None,))[0]
         self.model_batch = 1 if fixed == 1 else batch_size
         self.slots = threading.Semaphore(max_in_flight)
+        # Held by the reader while it reads a scan (its decoders' stderr goes to the debug log,
+        # as on the main thread) and by the caller's thread while it has a result (it may print
+        # an error line): the stderr descriptor is process-wide, so the two never overlap.
+        self.stderr_owner = threading.Lock()
         self.stop = threading.Event()
         self.prepared: queue.Queue[Any] = queue.Queue()  # _Prepared | ScanFailure | _END
         self.inferred: queue.Queue[Any] = queue.Queue()  # (_Prepared, probability, ms) | ScanFailure | _Raise | _END
@@ -310,8 +314,9 @@ class _Pipeline:
                     return
                 if isinstance(item, _Raise):
                     raise item.exc
-                self.slots.release()  # handed over: the reader may start another scan
-                yield item
+                with self.stderr_owner:  # the caller may write to stderr until it asks for the next one
+                    self.slots.release()  # handed over: the reader may start another scan
+                    yield item
         finally:
             # Normal end, a model failure, or the caller closed the generator early (break,
             # Ctrl-C): stop every stage, wake a reader waiting for a slot, wait for the threads
@@ -323,13 +328,18 @@ class _Pipeline:
 
     def _read(self) -> None:
         """Stage 1: read and preprocess each scan, in input order; a bad scan becomes its ScanFailure."""
+        from bcedge.dicom import capture_decoder_stderr_here
+
+        capture_decoder_stderr_here()
         try:
             for index, scan in enumerate(self.items):
                 self.slots.acquire()
                 if self.stop.is_set():
                     return
                 try:
-                    self.prepared.put(self.seg._prepare(index, scan))
+                    with self.stderr_owner:
+                        prepared = self.seg._prepare(index, scan)
+                    self.prepared.put(prepared)
                 except BcedgeError as exc:
                     self.prepared.put(ScanFailure(_source_of(scan), exc))
                 except Exception as exc:  # one scan's unforeseen failure must not stop the others
