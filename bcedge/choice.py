@@ -154,15 +154,10 @@ def cache_root() -> Path:
 
 def cpu_identity() -> dict[str, Any]:
     """``{"model", "arch", "flags_sha256", "simd"}``: the CPU model, its flags (hashed), the SIMD ones named."""
-    model, flags = "", []
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip().lower()
-            if key in ("model name", "hardware", "cpu model") and not model:
-                model = value.strip()
-            elif key in ("flags", "features") and not flags:
-                flags = sorted(set(value.split()))
+    from bcedge.cpus import cpu_model_and_flags
+
+    model, flag_set = cpu_model_and_flags()
+    flags = sorted(flag_set)
     return {
         "model": model or platform.processor() or platform.machine(),
         "arch": platform.machine(),

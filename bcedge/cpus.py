@@ -4,11 +4,14 @@ One place for ``bcedge infer``, ``bcedge serve`` and ``bcedge benchmark`` (issue
 with no ``--threads`` (serve: no ``[model] threads``) the backend gets every CPU this process
 may run on, not the inference library's own default (LiteRT's is one thread).
 
-Cheap to import (``os`` only): the CLI calls it before anything heavy is loaded.
+Also the CPU model and flags (one reader of ``/proc/cpuinfo`` for the benchmark record and the
+artifact choice's machine fingerprint). Cheap to import (standard library only): the CLI calls
+it before anything heavy is loaded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from pathlib import Path
@@ -72,3 +75,23 @@ def default_threads(threads: int | None = None, *, share: int = 1) -> int:
     if threads is not None:
         return threads
     return max(1, usable_cpus() // max(1, share))
+
+
+def cpu_model_and_flags() -> tuple[str | None, set[str]]:
+    """The CPU model and its feature flags from ``/proc/cpuinfo`` (x86 ``flags``, ARM ``Features``).
+
+    Returns:
+        (model, flags): the first ``model name`` / ``Hardware`` / ``cpu model`` value (None when
+        there is none) and the first core's flags as a set (empty when unreadable).
+    """
+    model: str | None = None
+    flags: set[str] = set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip().lower()
+            if key in ("model name", "hardware", "cpu model") and not model:
+                model = value.strip()
+            elif key in ("flags", "features") and not flags:
+                flags = set(value.split())
+    return model, flags

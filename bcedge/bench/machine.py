@@ -49,15 +49,9 @@ def machine_info(threads: Sequence[int] = ()) -> dict[str, Any]:
     Args:
         threads: the thread counts the benchmark used (recorded as ``threads_used``).
     """
-    cpu_model, flags = None, set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip().lower()
-            if key in ("model name", "hardware", "cpu model") and not cpu_model:
-                cpu_model = value.strip()
-            elif key in ("flags", "features") and not flags:
-                flags = set(value.split())
+    from bcedge.cpus import cpu_model_and_flags
+
+    cpu_model, flags = cpu_model_and_flags()
     device_model = None
     with contextlib.suppress(OSError):
         device_model = Path("/proc/device-tree/model").read_text(errors="replace").strip("\x00\n ") or None
