@@ -58,6 +58,10 @@ def test_tversky_weighs_misses_over_false_alarms() -> None:
     loss_extra = float(np.asarray(batch_tversky_loss(truth, extra))[0])
     assert loss_miss > loss_extra > 0
     assert "bce-tversky" in LOSSES
+    # The "-fp" variant is the mirror: a false alarm costs more than a miss.
+    fp_miss = float(np.asarray(LOSSES["bce-tversky-fp"](truth, miss))[0])
+    fp_extra = float(np.asarray(LOSSES["bce-tversky-fp"](truth, extra))[0])
+    assert fp_extra > fp_miss > 0
 
 
 def test_decoder_width_shrinks_the_decoder_only() -> None:

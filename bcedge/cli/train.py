@@ -51,7 +51,16 @@ def train_command(
     epochs: Annotated[int, typer.Option("--epochs", min=1)] = 50,
     batch: Annotated[int, typer.Option("--batch", min=1)] = 8,
     lr: Annotated[float, typer.Option("--lr", min=0.0)] = 1e-3,
-    loss: Annotated[str, typer.Option("--loss", help="bce-dice, dice or focal-dice.")] = "bce-dice",
+    loss: Annotated[
+        str,
+        typer.Option(
+            "--loss",
+            help=(
+                "bce-dice (default), dice, batch-dice, focal-dice, bce-tversky (misses cost more) "
+                "or bce-tversky-fp (false positives cost more)."
+            ),
+        ),
+    ] = "bce-dice",
     encoder_weights: Annotated[
         str,
         typer.Option(
