@@ -11,6 +11,7 @@ tflite-fp16     tflite    fp16       model_fp16.tflite       tflite    SavedMode
 tflite-dynamic  tflite    dynamic    model_dynamic.tflite    tflite    SavedModel                     CPU
 tflite-int8     tflite    int8       model_int8.tflite       tflite    SavedModel, calibration        CPU
 onnx            onnx      fp32       model.onnx              onnx      Keras model                    CPU
+onnx-int8       onnx      int8       model_int8.onnx         onnx      ONNX model, calibration        CPU
 tensorrt-fp16   tensorrt  fp16       model_fp16.engine       tensorrt  ONNX model                     NVIDIA GPU
 tensorrt-int8   tensorrt  int8       model_int8.engine       tensorrt  ONNX model, calibration        NVIDIA GPU
 ==============  ========  =========  ======================  ========  =============================  ==========
@@ -172,6 +173,11 @@ KINDS: dict[str, ArtifactKind] = {
         ArtifactKind(
             "onnx", "onnx", "fp32", "model.onnx", "onnx", "export.builders:build_onnx",
             needs=("keras_model",), requires=("tensorflow", "tf2onnx", "onnx"),
+        ),
+        ArtifactKind(
+            "onnx-int8", "onnx", "int8", "model_int8.onnx", "onnx", "export.builders:build_onnx_int8",
+            needs=("onnx_model",), requires=("tensorflow", "tf2onnx", "onnx", "onnxruntime"),
+            install="pip install 'bcedge[train,onnx]'", calibrated=True,
         ),
         ArtifactKind(
             "tensorrt-fp16", "tensorrt", "fp16", "model_fp16.engine", "tensorrt", "export.builders:build_tensorrt",

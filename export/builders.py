@@ -142,6 +142,19 @@ def build_onnx(kind: ArtifactKind, context: BuildContext) -> Built:
     return kind.file, details
 
 
+def build_onnx_int8(kind: ArtifactKind, context: BuildContext) -> Built:
+    """A QDQ INT8 ONNX model quantised from the ONNX model by onnxruntime (:func:`export.onnx.quantize_int8`):
+    per-channel 7-bit weights (right on AVX2 CPUs without VNNI), uint8 activations calibrated on
+    ``context.calibration``."""
+    from bcedge.errors import ConfigError
+    from export.onnx import quantize_int8
+
+    if context.calibration is None:
+        raise ConfigError(f"{kind.name} needs calibration images")
+    details = quantize_int8(context.onnx_model(), context.out / kind.file, context.calibration)
+    return kind.file, details
+
+
 def build_tensorrt(kind: ArtifactKind, context: BuildContext) -> Built:
     """A TensorRT engine built from the ONNX model with :func:`export.tensorrt.build_engine`.
 

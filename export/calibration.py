@@ -1,6 +1,7 @@
 """The images export measures and calibrates with: always outputs of :mod:`bcedge.preprocess`.
 
-* Calibration (TFLite full INT8's representative dataset, TensorRT's INT8 calibrator)
+* Calibration (TFLite full INT8's representative dataset, TensorRT's INT8 calibrator,
+  onnxruntime's ``CalibrationDataReader`` for ONNX INT8: :func:`onnx_calibration_reader`)
   draws up to ``n`` images from the run's **train** split, or from another dataset
   named with ``--calib`` whose images go through the run's own preprocessing config.
   Never random data: a quantiser calibrated on noise picks activation ranges the real
@@ -148,3 +149,62 @@ def calibration_images(
     arrays = cache.arrays([s.id for s in picked])
     info = {"source": f"dataset {dataset}", "root": str(root), "n": len(picked), "seed": seed}
     return arrays["images"], info
+
+
+def onnx_calibration_reader(images: np.ndarray, input_name: str) -> Any:
+    """An onnxruntime ``CalibrationDataReader`` over preprocessed calibration images.
+
+    The ONNX INT8 builder (:func:`export.onnx.quantize_int8`) feeds ``quantize_static`` through this,
+    so it calibrates on the same images as TFLite full INT8 and TensorRT INT8
+    (:func:`calibration_images`). One image per step: the exported ONNX graph has a static batch of 1
+    by default, and onnxruntime's MinMax calibrator keeps only per-tensor min/max per step (the
+    graph is augmented with ReduceMin/ReduceMax outputs), so memory does not grow with the image count.
+
+    Args:
+        images: (N, S, S, 1) float32 in [0, 1] (:mod:`bcedge.preprocess` output, never raw pixels).
+        input_name: the ONNX graph's input name (``image`` for bcedge exports).
+
+    Returns:
+        A reader whose ``get_next()`` yields ``{input_name: (1, S, S, 1) float32}`` N times, then None;
+        ``rewind()`` starts it over.
+
+    Raises:
+        ConfigError: not a non-empty (N, S, S, 1) array of values in [0, 1].
+        MissingDependencyError: onnxruntime is not installed.
+    """
+    from bcedge.errors import MissingDependencyError
+
+    array = np.asarray(images)
+    if array.ndim != 4 or array.shape[-1] != 1 or len(array) == 0 or array.shape[1] != array.shape[2]:
+        raise ConfigError(f"calibration images must be a non-empty (N, S, S, 1) array; got shape {array.shape}")
+    if array.dtype.kind not in "fiu":
+        raise ConfigError(f"calibration images have dtype {array.dtype}; expected float32 in [0, 1]")
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    lo, hi = float(array.min()), float(array.max())
+    if not (lo >= 0.0 and hi <= 1.0):  # also catches NaN: a quantiser calibrated on raw pixels clips everything
+        raise ConfigError(f"calibration images span [{lo:.6g}, {hi:.6g}]; expected preprocessed images in [0, 1]")
+    try:
+        from onnxruntime.quantization import CalibrationDataReader
+    except ImportError:
+        raise MissingDependencyError("ONNX INT8 calibration", "onnx", "onnxruntime") from None
+
+    class _Reader(CalibrationDataReader):
+        """Yields the calibration images one by one, as onnxruntime's calibrator asks for them."""
+
+        def __init__(self) -> None:
+            self._next = 0
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            if self._next >= len(array):
+                return None
+            feed = {input_name: array[self._next : self._next + 1]}
+            self._next += 1
+            return feed
+
+        def rewind(self) -> None:
+            self._next = 0
+
+        def __len__(self) -> int:
+            return len(array)
+
+    return _Reader()

@@ -24,6 +24,7 @@ CPU_ARTIFACTS = {
     ("tflite", "dynamic"),
     ("tflite", "int8"),
     ("onnx", "fp32"),
+    ("onnx", "int8"),
 }
 
 
@@ -93,8 +94,12 @@ def test_export_writes_a_loadable_bundle_with_every_cpu_format(bundle: tuple[Pat
     assert int8.details["runtime"]["input_dtype"] == "float32"
     assert "tensorrt-fp16" in prov["not_built"]
     # the report
-    for name in ("keras", "tflite-fp32", "tflite-fp16", "tflite-dynamic", "tflite-int8", "onnx"):
+    for name in ("keras", "tflite-fp32", "tflite-fp16", "tflite-dynamic", "tflite-int8", "onnx", "onnx-int8"):
         assert name in stdout
+    onnx_int8 = by_kind[("onnx", "int8")]  # QDQ, 7-bit per-channel weights, calibrated on the same train images
+    assert onnx_int8.details["quant_format"] == "QDQ" and onnx_int8.details["reduce_range"] is True
+    assert onnx_int8.details["calibration"]["source"] == "train split" and onnx_int8.details["n_calibration"] == 5
+    assert min(onnx_int8.details["weight_int_range"]) >= -64 and max(onnx_int8.details["weight_int_range"]) <= 64
     assert "tflite-int8: ops left in float: none" in stdout
     assert "tensorrt-int8: not available here" in stdout
     assert "wrote" in stdout and "manifest.json" in stdout
