@@ -117,3 +117,77 @@ def test_rows_missing_on_arm_make_the_comparison_incomplete(tmp_path: Path) -> N
     assert report["passed"]  # what was compared passed ...
     assert not report["complete"]  # ... but not everything was
     assert report["not_run_on_arm"] == ["b|int8.tflite|s.png"]
+
+
+# --------------------------------------------------------------------------- report.py (the record)
+
+_rspec = importlib.util.spec_from_file_location("arm64_report", SCRIPT.parent / "report.py")
+assert _rspec is not None and _rspec.loader is not None
+report_py = importlib.util.module_from_spec(_rspec)
+_rspec.loader.exec_module(report_py)
+
+
+def _bench_doc(dices: dict[tuple[str, str], float | None]) -> dict[str, Any]:
+    """A ``bcedge benchmark --json`` document with one row per (file, precision) and its Dice."""
+    rows = [
+        {"file": f, "precision": p, "status": "validated", "dice": d, "latency_ms": {"p50": 1.0}, "e2e_ms": {"n": 1}}
+        for (f, p), d in dices.items()
+    ]
+    return {"created": "t0", "finished": "t1", "settings": {"runs": 3}, "data": {"kind": "files"}, "rows": rows}
+
+
+def test_benchmark_rows_gate_fp16_against_x86_and_need_every_artifact() -> None:
+    """One aarch64 run per artifact: FP16 must score x86's Dice, every artifact needs a Dice."""
+    fp16 = _bench_doc({("m_fp16.tflite", "fp16"): 0.5})
+    dyn = _bench_doc({("m_dyn.tflite", "dynamic"): 0.41})
+    x86 = _bench_doc({("m_fp16.tflite", "fp16"): 0.5, ("m_dyn.tflite", "dynamic"): 0.40})
+    ok = report_py._benchmark([fp16, dyn], x86, "b")
+    assert ok["passed"] and ok["finished"] and ok["not_finished"] == []
+    row = next(r for r in ok["rows"] if r["precision"] == "dynamic")
+    assert row["dice_minus_x86"] == 0.01 and row["passed"]  # INT8 Dice may differ (its mask gate is compare's)
+    drift = report_py._benchmark([_bench_doc({("m_fp16.tflite", "fp16"): 0.49}), dyn], x86, "b")
+    assert not drift["passed"]  # FP16 must score what x86 scores
+    failed = report_py._benchmark([_bench_doc({("m_fp16.tflite", "fp16"): None}), dyn], x86, "b")
+    assert not failed["passed"]  # an artifact without a Dice (error row) fails the bundle
+    cut = report_py._benchmark([fp16, None], x86, "b")  # the second artifact's run timed out
+    assert not cut["passed"] and not cut["finished"] and cut["not_finished"] == ["m_dyn.tflite"]
+    assert [r["file"] for r in cut["rows"]] == ["m_fp16.tflite"]
+    unfinished = report_py._benchmark([None], x86, "b")
+    assert not unfinished["passed"] and unfinished["not_finished"] == ["m_dyn.tflite", "m_fp16.tflite"]
+
+
+def test_report_keeps_the_steps_a_partial_run_did_not_run() -> None:
+    """--steps benchmark: the earlier run's step results stay, listed as kept with their commit."""
+    old = {
+        "distro": "d",
+        "source": {"git_commit": "old"},
+        "steps": {"cpu": {"rc": 0}, "tests": {"rc": 0}},
+        "tests": "243 passed",
+        "x86_vs_arm64": {"passed": True, "complete": True},
+        "infer": {"b": {"artifact": "x"}},
+        "benchmark": [],
+        "bundles": ["b"],
+    }
+    new = {
+        "distro": "d",
+        "steps": {"cpu": {"rc": 0}, "benchmark": {"rc": 0}},
+        "tests": None,
+        "x86_vs_arm64": {},
+        "infer": {"b": None, "c": None},
+        "benchmark": {"b": {"passed": True}},
+        "bundles": ["b", "c"],
+        "ran_now": ["benchmark", "cpu"],
+    }
+    merged = report_py.merge_previous(new, old)
+    assert set(merged["steps"]) == {"cpu", "tests", "benchmark"}
+    assert merged["tests"] == "243 passed" and merged["x86_vs_arm64"]["complete"]
+    assert merged["infer"] == {"b": {"artifact": "x"}, "c": None}
+    assert merged["kept_from_earlier_run"]["source"] == {"git_commit": "old"}
+    assert (
+        "step tests" in merged["kept_from_earlier_run"]["items"]
+        and "step cpu" not in merged["kept_from_earlier_run"]["items"]
+    )
+    # Another distribution's record is not mixed in.
+    fresh = {"distro": "e", "steps": {}, "tests": None, "infer": {}, "benchmark": {}, "bundles": [], "ran_now": []}
+    other = report_py.merge_previous(fresh, old)
+    assert "kept_from_earlier_run" not in other and other["steps"] == {}

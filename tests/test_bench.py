@@ -202,7 +202,7 @@ def test_peak_rss_sees_an_allocation() -> None:
 
 
 def test_options_and_formats_checked(tiny_bundle: Path) -> None:
-    for bad in ({"runs": 0}, {"warmup": -1}, {"threads": ()}, {"threads": (0,)}, {"runs": True}):
+    for bad in ({"runs": 0}, {"warmup": -1}, {"threads": ()}, {"threads": (0,)}, {"runs": True}, {"e2e_min": 0}):
         with pytest.raises(ConfigError):
             BenchOptions(**bad)
     assert BenchOptions(threads=None).thread_counts() == (bench.usable_cpus(),)
@@ -345,6 +345,48 @@ def test_run_benchmark_rows_statuses_and_schema(
     assert onnx_row["status"] == GATE_FAILED and "tolerance" in onnx_row["reason"]
     assert onnx_row["latency_ms"] is not None  # measured all the same
     shutil.rmtree(failed_gate)
+
+
+def test_bounded_benchmark_options(tiny_bundle: Path, sample: BenchData, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--e2e-min / --no-auto-choice / --no-gemm-ceiling (the emulated aarch64 suite's bounds): fewer
+    model calls per row, the same Dice, and the settings say what was left out."""
+    import bcedge.choice
+    from bcedge.backends import BackendSpec
+
+    real_available = BackendSpec.available
+
+    def tflite_only(self: BackendSpec) -> tuple[bool, str]:
+        return (False, "only tflite in this test") if self.name != "tflite" else real_available(self)
+
+    def no_choice(*_a: Any, **_k: Any) -> Any:
+        raise AssertionError("the auto choice ran although it was turned off")
+
+    monkeypatch.setattr(BackendSpec, "available", tflite_only)
+    full = run_benchmark([tiny_bundle], sample, BenchOptions(runs=2, warmup=0, threads=(1,), isolate=False))
+    monkeypatch.setattr(bcedge.choice, "resolve", no_choice)
+    opts = BenchOptions(runs=2, warmup=0, threads=(1,), isolate=False, e2e_min=1, auto_choice=False, gemm_ceiling=False)
+    bounded = run_benchmark([tiny_bundle], sample, opts)
+    validate(bounded)
+    (row,) = [r for r in bounded["rows"] if r["format"] == "tflite"]
+    (ref,) = [r for r in full["rows"] if r["format"] == "tflite"]
+    # One pass over the images (the sample data has more than one) instead of MIN_E2E_TIMINGS timings.
+    assert row["e2e_ms"]["n"] == len(sample.items()) < ref["e2e_ms"]["n"]
+    assert ref["e2e_ms"]["n"] >= bench.MIN_E2E_TIMINGS
+    assert row["dice"] == pytest.approx(ref["dice"]) and row["latency_ms"]["runs"] == 2
+    assert bounded["auto_choice"] == [] and bounded["gemm_ceiling"] == {} and "ceiling_share" not in row
+    assert full["auto_choice"] and full["gemm_ceiling"]
+    settings = bounded["settings"]
+    assert (settings["e2e_min"], settings["auto_choice"], settings["gemm_ceiling"]) == (1, False, False)
+
+
+def test_benchmark_cli_e2e_default_is_the_library_s() -> None:
+    """The CLI spells --e2e-min's default as a literal (the CLI module does not import numpy):
+    it must be bcedge.bench's MIN_E2E_TIMINGS."""
+    import inspect
+
+    from bcedge.cli.benchmark import benchmark_command
+
+    assert inspect.signature(benchmark_command).parameters["e2e_min"].default == bench.MIN_E2E_TIMINGS
 
 
 def bench_backends() -> dict[str, Any]:

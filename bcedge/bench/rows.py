@@ -64,6 +64,8 @@ class RowJob:
     runs: int
     warmup: int
     profile_ops: bool = False
+    #: Images timed end to end per row at least (the image list is passed over again until then).
+    e2e_min: int = MIN_E2E_TIMINGS
 
 
 def base_row(bundle: Bundle, record: ArtifactRecord, threads: int | None) -> dict[str, Any]:
@@ -189,7 +191,7 @@ def _measure_into(
         stages: dict[str, list[float]] = {s: [] for s in E2E_STAGES}
         totals: list[float] = []
         tensors: list[np.ndarray] = []
-        passes = max(1, math.ceil(MIN_E2E_TIMINGS / len(items)))
+        passes = max(1, math.ceil(job.e2e_min / len(items)))
         e2e_meter = LoadMeter()
         # The first call of a backend allocates and sets up its delegate: not part of any stage.
         warm_id = None

@@ -11,7 +11,7 @@ from bcedge.bench.data import BenchData, BenchItem
 from bcedge.bench.flops import FlopCount, count_flops
 from bcedge.bench.gemm import measure_gemm_ceiling
 from bcedge.bench.machine import gpu_info, library_versions, machine_info, usable_cpus
-from bcedge.bench.rows import UNAVAILABLE, RowJob, base_row, measure_row, run_isolated
+from bcedge.bench.rows import MIN_E2E_TIMINGS, UNAVAILABLE, RowJob, base_row, measure_row, run_isolated
 from bcedge.errors import BcedgeError, ConfigError
 
 if TYPE_CHECKING:
@@ -35,6 +35,11 @@ class BenchOptions:
         isolate: measure each row in a fresh process (clean per-artifact peak memory).
         profile_ops: add a per-op time breakdown to TFLite rows (:func:`profile_tflite_ops`).
         timeout_s: limit for one isolated row (None: no limit).
+        e2e_min: images timed end to end per row at least (>= 1; the images are passed over
+            again until then). Fewer makes a row cheaper where a model call is slow (emulation).
+        auto_choice: also record what ``--backend auto`` picks per bundle (its acceptance check
+            and timing of every candidate: several model calls per artifact).
+        gemm_ceiling: measure the FP32 GEMM ceiling per thread count (the rows' ceiling share).
     """
 
     runs: int = 50
@@ -43,9 +48,12 @@ class BenchOptions:
     isolate: bool = True
     profile_ops: bool = False
     timeout_s: float | None = None
+    e2e_min: int = MIN_E2E_TIMINGS
+    auto_choice: bool = True
+    gemm_ceiling: bool = True
 
     def __post_init__(self) -> None:
-        for name, value, low in (("runs", self.runs, 1), ("warmup", self.warmup, 0)):
+        for name, value, low in (("runs", self.runs, 1), ("warmup", self.warmup, 0), ("e2e_min", self.e2e_min, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{name} is {value!r}; expected an integer >= {low}")
         if self.threads is not None:
@@ -146,6 +154,7 @@ def run_benchmark(
                     options.runs,
                     options.warmup,
                     options.profile_ops,
+                    options.e2e_min,
                 )
                 if options.isolate:
                     measured = run_isolated(job, timeout_s=options.timeout_s)
@@ -162,9 +171,9 @@ def run_benchmark(
                     say(f"{label}: p50 {row['latency_ms']['p50']:.2f} ms, Dice {row['dice']:.4f}")
                 else:
                     say(f"{label}: {row['status']} ({row.get('reason')})")
-    choices = [_auto_choice(bundle, thread_counts[0], say) for bundle in loaded]
+    choices = [_auto_choice(bundle, thread_counts[0], say) for bundle in loaded] if options.auto_choice else []
     ceilings = {}
-    measured_threads = sorted({r["threads"] for r in rows if r.get("latency_ms")})
+    measured_threads = sorted({r["threads"] for r in rows if r.get("latency_ms")}) if options.gemm_ceiling else []
     for threads in measured_threads:
         say(f"FP32 GEMM ceiling, {threads} thread(s)")
         ceilings[str(threads)] = measure_gemm_ceiling(threads)
@@ -185,6 +194,9 @@ def run_benchmark(
             "batch": 1,
             "formats": list(formats) if formats else None,
             "profile_ops": options.profile_ops,
+            "e2e_min": options.e2e_min,
+            "auto_choice": options.auto_choice,
+            "gemm_ceiling": options.gemm_ceiling,
         },
         "data": data.to_dict(),
         "gemm_ceiling": ceilings,

@@ -86,6 +86,25 @@ def benchmark_command(
     profile_ops: Annotated[
         bool, typer.Option("--profile-ops", help="Add a per-op time breakdown of TFLite artifacts.")
     ] = False,
+    e2e_min: Annotated[
+        int,
+        typer.Option(
+            "--e2e-min",
+            min=1,
+            help="Images timed end to end per row at least (the images are passed over again until then).",
+        ),
+    ] = 8,  # bcedge.bench.rows.MIN_E2E_TIMINGS (not imported here: it pulls numpy in; a test checks)
+    auto_choice: Annotated[
+        bool,
+        typer.Option(
+            "--auto-choice/--no-auto-choice",
+            help="Also report what --backend auto picks per bundle (acceptance check + timing of every candidate).",
+        ),
+    ] = True,
+    gemm_ceiling: Annotated[
+        bool,
+        typer.Option("--gemm-ceiling/--no-gemm-ceiling", help="Measure the FP32 GEMM ceiling per thread count."),
+    ] = True,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON.")] = None,
     markdown_out: Annotated[Path | None, typer.Option("--markdown", help="Write the report as Markdown.")] = None,
     plot_out: Annotated[
@@ -101,7 +120,14 @@ def benchmark_command(
     from bcedge.errors import MissingDependencyError
 
     options = BenchOptions(
-        runs=runs, warmup=warmup, threads=_thread_counts(threads), isolate=isolate, profile_ops=profile_ops
+        runs=runs,
+        warmup=warmup,
+        threads=_thread_counts(threads),
+        isolate=isolate,
+        profile_ops=profile_ops,
+        e2e_min=e2e_min,
+        auto_choice=auto_choice,
+        gemm_ceiling=gemm_ceiling,
     )
     if plot_out is not None and not plot_available():
         # Fail before minutes of measuring, not after.
