@@ -17,7 +17,14 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 from bcedge.batch import dicomweb  # noqa: E402
 from bcedge.batch.ledger import Ledger, read_table  # noqa: E402
-from bcedge.batch.run import BatchOptions, block_size, check_options, worker_threads  # noqa: E402
+from bcedge.batch.run import (  # noqa: E402
+    BatchOptions,
+    block_size,
+    check_options,
+    choose_model,
+    worker_options,
+    worker_threads,
+)
 from bcedge.batch.sources import ScanRef, describe_source, folder_refs, manifest_refs  # noqa: E402
 from bcedge.batch.table import fingerprint, scan_schema  # noqa: E402
 from bcedge.errors import ConfigError, InputError  # noqa: E402
@@ -216,7 +223,7 @@ def test_fingerprint_changes_with_model_and_settings() -> None:
 
 def test_worker_rows_done_and_failed(spaced_dir: Path) -> None:
     """The actor's work without Ray: a phantom is done with outputs and findings, a corrupt file is a failed row."""
-    from bcedge.batch.worker import ScanWorker, WorkerOptions
+    from bcedge.batch.worker import ScanWorker
     from bcedge.phantom import generate
     from bcedge.pipeline import default_bundle_path
 
@@ -225,19 +232,9 @@ def test_worker_rows_done_and_failed(spaced_dir: Path) -> None:
     _touch(src / "images" / "broken.dcm", b"\0" * 128 + b"DICM" + b"\x02\x00")
     refs = list(folder_refs(src / "images"))
     out = spaced_dir / "out"
-    options = WorkerOptions(
-        bundle=str(default_bundle_path()),
-        backend="auto",
-        threads=1,
-        threshold=None,
-        min_area_mm2=None,
-        out=str(out),
-        kinds=("mask", "json"),
-        batch_size=2,
-        dicomweb_url=None,
-        stow=False,
-        fingerprint="f",
-    )
+    run_model = choose_model(default_bundle_path(), "auto", 1, None, None)
+    opts = BatchOptions(source=str(src), out=out, kinds=("mask", "json"), batch_size=2)
+    options = worker_options(opts, default_bundle_path(), run_model, out)
     worker = ScanWorker(options.to_dict())
     batch = {k: np.array([getattr(r, k) for r in refs]) for k in ScanRef.__dataclass_fields__}
     answer = worker(batch)
@@ -254,6 +251,108 @@ def test_worker_rows_done_and_failed(spaced_dir: Path) -> None:
     findings = json.loads(answer["findings"][rows.index(done)])
     assert len(findings) == done["n_findings"]
     assert not list(out.glob("broken*"))  # nothing written for the failed scan
+
+
+def _batch(refs: list[ScanRef]) -> dict[str, np.ndarray]:
+    """The numpy batch Ray Data hands a worker for ``refs``."""
+    return {k: np.array([getattr(r, k) for r in refs]) for k in ScanRef.__dataclass_fields__}
+
+
+def test_workers_run_the_driver_s_artifact_and_never_choose(spaced_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 17: the driver chooses once, at the workers' thread count; a worker runs that artifact and
+    makes no choice of its own (at its thread count auto could pick another one)."""
+    import bcedge.choice
+    from bcedge.batch.worker import ScanWorker
+    from bcedge.phantom import generate
+    from bcedge.pipeline import Segmenter, default_bundle_path
+
+    bundle = default_bundle_path()
+    seen_threads: list[int | None] = []
+    real_init = Segmenter.__init__
+
+    def spy(self: Segmenter, *args: object, **kwargs: object) -> None:
+        seen_threads.append(kwargs.get("threads"))  # type: ignore[arg-type]
+        real_init(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Segmenter, "__init__", spy)
+    run_model = choose_model(bundle, "auto", 2, None, None)
+    assert seen_threads == [2] and run_model.threads == 2  # the choice was made at the workers' count
+    assert run_model.info["artifact"] == run_model.artifact and run_model.info["choice"]
+    src = spaced_dir / "src"
+    generate(src, count=1, scale=0.2)
+    refs = list(folder_refs(src / "images"))
+    options = worker_options(
+        BatchOptions(source=str(src), out=spaced_dir / "out"), bundle, run_model, spaced_dir / "out"
+    )
+    assert (options.artifact, options.artifact_sha256, options.backend, options.threads) == (
+        run_model.artifact,
+        run_model.sha256,
+        run_model.backend,
+        2,
+    )
+    assert options.fingerprint == fingerprint(run_model.sha256, run_model.threshold, run_model.min_area_mm2)
+
+    def no_choice(*_a: object, **_k: object) -> None:
+        raise AssertionError("a worker made its own --backend auto choice")
+
+    monkeypatch.setattr(bcedge.choice, "ranking_for", no_choice)
+    worker = ScanWorker(options.to_dict())
+    assert worker.seg is not None and worker.seg.artifact.file == run_model.artifact
+    (row,) = [json.loads(r) for r in worker(_batch(refs))["row"]]
+    assert row["status"] == "done" and row["model_artifact"] == run_model.artifact
+    assert row["model_sha256"] == run_model.sha256 and row["fingerprint"] == options.fingerprint
+
+
+def test_a_worker_that_cannot_load_the_run_s_artifact_fails_its_scans(spaced_dir: Path) -> None:
+    """A worker whose copy of the artifact does not load (tampered here) or differs from the driver's
+    fails each scan with the reason; it does not run another artifact of the bundle."""
+    import shutil
+
+    from bcedge.batch.worker import ScanWorker
+    from bcedge.phantom import generate
+    from bcedge.pipeline import default_bundle_path
+
+    bundle = spaced_dir / "bundle copy"
+    shutil.copytree(default_bundle_path(), bundle)
+    run_model = choose_model(bundle, "auto", 1, None, None)
+    src = spaced_dir / "src"
+    generate(src, count=2, scale=0.2)
+    refs = list(folder_refs(src / "images"))
+    out = spaced_dir / "out"
+    options = worker_options(BatchOptions(source=str(src), out=out), bundle, run_model, out)
+
+    # The driver's bundle holds another file under the same name (a stale copy on a node).
+    other = ScanWorker({**options.to_dict(), "artifact_sha256": "0" * 64})
+    assert other.seg is None
+    rows = [json.loads(r) for r in other(_batch(refs))["row"]]
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    assert all("not the run's 000000000000" in r["error"] and "\n" not in r["error"] for r in rows)
+    assert {r["model_artifact"] for r in rows} == {run_model.artifact}
+    assert {r["model_sha256"] for r in rows} == {run_model.sha256}
+    assert {r["fingerprint"] for r in rows} == {options.fingerprint}
+
+    # The artifact does not load on this worker at all.
+    path = bundle / run_model.artifact
+    path.write_bytes(b"\0" * path.stat().st_size)
+    broken = ScanWorker(options.to_dict())
+    rows = [json.loads(r) for r in broken(_batch(refs))["row"]]
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    assert all(r["error"].startswith(f"this worker cannot load the run's artifact {run_model.artifact}") for r in rows)
+    assert {r["error_type"] for r in rows} == {"BackendError"} and {r["backend"] for r in rows} == {run_model.backend}
+    assert not out.exists() or not any(out.rglob("*_mask.png"))  # nothing written for scans not segmented
+
+
+def test_run_record_is_written_atomically_under_the_lock(spaced_dir: Path) -> None:
+    ledger = Ledger(spaced_dir / "out")
+    with pytest.raises(RuntimeError):
+        ledger.record_run({"x": 1})
+    with ledger:
+        path = ledger.record_run({"run_id": ledger.run_id, "model": {"artifact": "a.tflite"}})
+    assert path == spaced_dir / "out" / "results" / "runs" / f"{ledger.run_id}.json"
+    assert json.loads(path.read_text())["model"]["artifact"] == "a.tflite"
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left
+    scans, _ = read_table(spaced_dir / "out")  # the record is not a part of the table
+    assert scans.num_rows == 0
 
 
 def test_older_parts_with_fewer_columns_still_read(spaced_dir: Path) -> None:

@@ -7,6 +7,7 @@ joins a Ray that is already up instead of starting its own. The kill -9 test is 
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from collections import Counter
@@ -21,7 +22,7 @@ pytest.importorskip("pyarrow", reason="pyarrow is not installed (pip install 'bc
 from batch_support import dciodvfy_errors, orthanc_missing, orthanc_server, real_scans_as_mg  # noqa: E402
 
 from bcedge.batch.ledger import read_table  # noqa: E402
-from bcedge.batch.run import BatchOptions, run_batch  # noqa: E402
+from bcedge.batch.run import BatchOptions, run_batch, worker_threads  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL_BUNDLE = ROOT / "models" / "unet-mobilenetv2-combined256"
@@ -91,6 +92,15 @@ def test_folder_end_to_end_with_the_real_bundle(
     rows = {Path(p).name: r for p, r in zip(scans.column("path").to_pylist(), scans.to_pylist(), strict=True)}
     assert rows["broken.dcm"]["status"] == "failed" and rows["broken.dcm"]["error"]
     assert summary.errors == [f"{rows['broken.dcm']['path']}: {rows['broken.dcm']['error']}"]
+    # One artifact for the whole run (issue 17): the driver's choice, at the workers' thread count, in
+    # every row (the 2 workers made no choice of their own) and in the run's record.
+    (record_path,) = (out / "results" / "runs").iterdir()
+    record = json.loads(record_path.read_text())
+    assert record["run_id"] == summary.run_id and record["model"]["artifact"] == summary.model["artifact"]
+    assert record["threads_per_worker"] == worker_threads(None, 2, None) == summary.model["threads"]
+    assert {(r["model_artifact"], r["backend"]) for r in rows.values()} == {
+        (summary.model["artifact"], summary.model["backend"])
+    }
     for name, row in rows.items():
         assert row["model_sha256"] == summary.model["sha256"] and row["model_name"] == summary.model["name"]
         if name == "broken.dcm":

@@ -297,26 +297,16 @@ def test_sample_scan_outputs_are_unchanged(capsys: pytest.CaptureFixture[str], t
 @needs_runtime
 def test_batch_worker_without_outputs_runs_the_scan_job_and_writes_nothing(tmp_path: Path) -> None:
     """``bcedge batch --outputs none``: the same scan job, segment only; rows and findings, no files."""
+    from bcedge.batch.run import BatchOptions, choose_model, worker_options
     from bcedge.batch.sources import ScanRef, folder_refs
-    from bcedge.batch.worker import ScanWorker, WorkerOptions
+    from bcedge.batch.worker import ScanWorker
 
     scans = _phantoms(tmp_path / "in", 2)
     (tmp_path / "in" / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00")
     refs = list(folder_refs(tmp_path / "in"))
     out = tmp_path / "out"
-    options = WorkerOptions(
-        bundle=str(DEMO),
-        backend="tflite",
-        threads=1,
-        threshold=None,
-        min_area_mm2=None,
-        out=str(out),
-        kinds=(),
-        batch_size=2,
-        dicomweb_url=None,
-        stow=False,
-        fingerprint="f",
-    )
+    opts = BatchOptions(source=str(tmp_path / "in"), out=out, kinds=(), batch_size=2)
+    options = worker_options(opts, DEMO, choose_model(DEMO, "tflite", 1, None, None), out)
     worker = ScanWorker(options.to_dict())
     answer = worker({k: np.array([getattr(r, k) for r in refs]) for k in ScanRef.__dataclass_fields__})
     rows = {Path(r["path"]).name: r for r in map(json.loads, answer["row"])}

@@ -4,6 +4,8 @@ Layout under ``OUT/results/``::
 
     scans/part-<run>-<n>.parquet      one row per scan of a committed block (the commit record)
     findings/part-<run>-<n>.parquet   the findings of the same block (written first)
+    runs/<run>.json                   each run's record: the artifact it chose and ran, its
+                                      fingerprint, workers and threads (written before its first part)
     .lock                             held (flock) by the one run that may write here
 
 Protocol: the driver is the only writer. For each block of scans the workers return, it writes the
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
 RESULTS = "results"
 SCANS = "scans"
 FINDINGS = "findings"
+RUNS = "runs"
 _PART_PREFIX = "part-"
 _SUFFIX = ".parquet"
 
@@ -132,6 +135,24 @@ class Ledger:
         return keys
 
     # ----------------------------------------------------------------- writing
+    def record_run(self, doc: dict[str, Any]) -> Path:
+        """Write this run's record (JSON) to ``runs/<run id>.json``, atomically; returns its path.
+
+        The table's rows name the artifact per scan; the record keeps the rest of the run's model
+        (how ``--backend auto`` chose it, at which thread count), which the rows do not hold.
+        """
+        import json
+
+        from bcedge.imageio import atomic_write, json_default
+
+        if self._lock_fd is None:
+            raise RuntimeError("Ledger.record_run before Ledger.open")
+        path = self.root / RUNS / f"{self.run_id}.json"
+        path.parent.mkdir(exist_ok=True)
+        text = json.dumps(doc, indent=1, default=json_default) + "\n"
+        atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        return path
+
     def commit(self, scan_rows: Sequence[dict[str, Any]], finding_rows: Sequence[dict[str, Any]]) -> str | None:
         """Write one block: findings part, then scans part (the commit). Returns the part name (None if empty)."""
         if not scan_rows:

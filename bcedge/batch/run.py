@@ -4,7 +4,11 @@
 
     summary = run_batch(BatchOptions(source="archive/", out=Path("out"), workers=2))
 
-Steps: open the bundle once in the driver (a bad bundle fails before Ray starts, exit code 3),
+Steps: open the bundle once in the driver (a bad bundle fails before Ray starts, exit code 3) and
+choose the run's artifact there, once, at the workers' thread count (``--backend auto``:
+:mod:`bcedge.choice`; on a cluster the driver's machine is measured); every worker runs that
+artifact (:class:`bcedge.batch.worker.WorkerOptions`), and the run's fingerprint, its table rows
+and its record ``results/runs/<run id>.json`` name it;
 enumerate the source (:mod:`bcedge.batch.sources`), take the results folder's lock and drop the
 scans its committed parts already hold with this run's fingerprint (:mod:`bcedge.batch.ledger`),
 then ``ray.data.from_items(refs).map_batches(ScanWorker, compute=ActorPoolStrategy(size=workers))``:
@@ -36,10 +40,13 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bcedge.batch.sources import ScanRef, describe_source
 from bcedge.errors import BcedgeError, ConfigError, MissingDependencyError, first_line
+
+if TYPE_CHECKING:
+    from bcedge.batch.worker import WorkerOptions
 
 _log = logging.getLogger(__name__)
 
@@ -80,6 +87,60 @@ class BatchOptions:
     stow: bool = False
     object_store_mb: int = DEFAULT_OBJECT_STORE_MB
     block_size: int | None = None
+
+
+@dataclass(frozen=True)
+class RunModel:
+    """The model of a run, chosen once by the driver and run by every worker.
+
+    Attributes:
+        artifact: the artifact's file in the bundle.
+        backend: its backend.
+        sha256: its SHA-256 (the run's fingerprint is made from it).
+        threshold, min_area_mm2: the run's post-processing settings (resolved).
+        threads: backend threads per worker (the choice was made at this count).
+        info: ``Segmenter.model_info`` of the driver's model (with the choice's report).
+    """
+
+    artifact: str
+    backend: str
+    sha256: str
+    threshold: float
+    min_area_mm2: float
+    threads: int
+    info: dict[str, Any]
+
+    @property
+    def fingerprint(self) -> str:
+        """The run's fingerprint (:func:`bcedge.batch.table.fingerprint`): what a resumed run must match."""
+        from bcedge.batch.table import fingerprint
+
+        return fingerprint(self.sha256, self.threshold, self.min_area_mm2)
+
+
+def choose_model(
+    bundle: Path, backend: str, threads: int, threshold: float | None, min_area_mm2: float | None
+) -> RunModel:
+    """Open the bundle once in the driver and choose the run's artifact, at the workers' thread count.
+
+    The choice (``--backend auto``: acceptance check and timing, :mod:`bcedge.choice`) depends on
+    the thread count, so it is made at the one the workers use, once, and handed to every worker
+    (:func:`worker_options`): a worker choosing for itself could run another artifact than the one
+    the run's fingerprint and table name. A missing or tampered bundle, or a backend missing,
+    fails here, before Ray starts (exit code 3).
+    """
+    from bcedge.pipeline import Segmenter
+
+    with Segmenter(bundle, backend, threads=threads, threshold=threshold, min_area_mm2=min_area_mm2) as seg:
+        return RunModel(
+            artifact=seg.artifact.file,
+            backend=seg.backend_name,
+            sha256=seg.artifact.sha256,
+            threshold=seg.threshold,
+            min_area_mm2=seg.min_area_mm2,
+            threads=threads,
+            info=seg.model_info,
+        )
 
 
 @dataclass
@@ -248,14 +309,12 @@ def run_batch(
     except ImportError as exc:
         raise MissingDependencyError("bcedge batch", "batch", exc.name or "ray[data]") from None
     from bcedge.batch.ledger import Ledger
-    from bcedge.batch.table import fingerprint
-    from bcedge.pipeline import Segmenter, default_bundle_path
+    from bcedge.pipeline import default_bundle_path
 
     bundle = (opts.model or default_bundle_path()).resolve()
-    # Open the model once here: a missing or tampered bundle, or a backend missing, fails now (exit 3).
-    with Segmenter(bundle, opts.backend, threads=1, threshold=opts.threshold, min_area_mm2=opts.min_area_mm2) as seg:
-        model = seg.model_info
-        fp = fingerprint(seg.artifact.sha256, seg.threshold, seg.min_area_mm2)
+    threads = worker_threads(opts.threads, opts.workers, opts.address)
+    run_model = choose_model(bundle, opts.backend, threads, opts.threshold, opts.min_area_mm2)
+    model, fp = run_model.info, run_model.fingerprint
     out = opts.out.resolve()
     with Ledger(out) as ledger:
         t0 = time.perf_counter()
@@ -276,9 +335,43 @@ def run_batch(
             pending = pending[: opts.limit]
         summary.enumerate_s = time.perf_counter() - t0
         if pending:
-            _process(opts, pending, ledger, summary, bundle, fp, on_block, progress)
+            ledger.record_run(
+                {
+                    "run_id": ledger.run_id,
+                    "source": opts.source,
+                    "fingerprint": fp,
+                    "workers": opts.workers,
+                    "threads_per_worker": threads,
+                    "scans": len(pending),
+                    "model": model,
+                }
+            )
+            _process(opts, pending, ledger, summary, bundle, run_model, on_block, progress)
     summary.elapsed_s = time.perf_counter() - t_start
     return summary
+
+
+def worker_options(opts: BatchOptions, bundle: Path, run_model: RunModel, out: str | Path) -> WorkerOptions:
+    """What every worker of the run gets: the driver's artifact, backend, threads and settings."""
+    from bcedge.batch.sources import is_dicomweb_url
+    from bcedge.batch.worker import WorkerOptions
+
+    return WorkerOptions(
+        bundle=str(bundle),
+        backend=run_model.backend,
+        artifact=run_model.artifact,
+        artifact_sha256=run_model.sha256,
+        model=run_model.info,
+        threads=run_model.threads,
+        threshold=run_model.threshold,
+        min_area_mm2=run_model.min_area_mm2,
+        out=str(out),
+        kinds=tuple(opts.kinds),
+        batch_size=opts.batch_size,
+        dicomweb_url=opts.source.rstrip("/") if is_dicomweb_url(opts.source) else None,
+        stow=opts.stow,
+        fingerprint=run_model.fingerprint,
+    )
 
 
 def _process(
@@ -287,33 +380,20 @@ def _process(
     ledger: Any,
     summary: Summary,
     bundle: Path,
-    fp: str,
+    run_model: RunModel,
     on_block: Callable[[int, int, int], None] | None,
     progress: bool,
 ) -> None:
     import ray
 
-    from bcedge.batch.sources import is_dicomweb_url
-    from bcedge.batch.worker import ScanWorker, WorkerOptions
+    from bcedge.batch.worker import ScanWorker
 
     t0 = time.perf_counter()
     started = start_ray(opts.address, opts.workers, opts.object_store_mb)
     summary.ray_start_s = time.perf_counter() - t0
     try:
         _quiet_ray_data()
-        worker_opts = WorkerOptions(
-            bundle=str(bundle),
-            backend=opts.backend,
-            threads=worker_threads(opts.threads, opts.workers, opts.address),
-            threshold=opts.threshold,
-            min_area_mm2=opts.min_area_mm2,
-            out=str(summary.out),
-            kinds=tuple(opts.kinds),
-            batch_size=opts.batch_size,
-            dicomweb_url=opts.source.rstrip("/") if is_dicomweb_url(opts.source) else None,
-            stow=opts.stow,
-            fingerprint=fp,
-        )
+        worker_opts = worker_options(opts, bundle, run_model, summary.out)
         size = block_size(len(pending), opts.workers, opts.batch_size, opts.block_size)
         t1 = time.perf_counter()
         n_blocks = math.ceil(len(pending) / size)

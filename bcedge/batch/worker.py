@@ -6,6 +6,12 @@ task to a model actor through Ray's object store would copy it twice per scan fo
 parallelism is one actor per CPU (``--workers``), each doing the whole pipeline for its block, with
 one backend thread each by default.
 
+Every actor runs the one artifact the driver chose for the run (``WorkerOptions.artifact``, at the
+workers' thread count): an actor never makes its own ``--backend auto`` choice, which at another
+thread count or on another node could pick another artifact than the run's fingerprint names. An
+actor that cannot load that artifact (a backend library missing on its node, a different bundle
+copy) fails each of its scans with the reason instead of running something else.
+
 Outputs are written by the same scan job as ``bcedge infer`` (all or nothing per scan, atomic
 files); rows go back to the driver, which alone commits them (:mod:`bcedge.batch.ledger`).
 A block's answer is ``{"row": [JSON of the scan row], "findings": [JSON list of finding rows]}``:
@@ -24,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bcedge.batch.sources import ScanRef
-from bcedge.errors import BcedgeError, InputError
+from bcedge.errors import BackendError, BcedgeError, InputError, first_line
 
 
 @dataclass(frozen=True)
@@ -33,9 +39,14 @@ class WorkerOptions:
 
     Attributes:
         bundle: bundle folder (absolute; on a cluster, the same path must exist on every node).
-        backend: ``auto`` or a backend name.
+        backend: the backend of ``artifact`` (a backend name, not ``auto``: the driver chose).
+        artifact: the run's artifact (its ``file`` in the bundle), chosen once by the driver.
+        artifact_sha256: its SHA-256 as the driver's bundle records it; an actor whose bundle copy
+            holds another file under that name fails its scans.
+        model: the driver's ``Segmenter.model_info`` (the failed rows of an actor that could not
+            load the artifact name the run's model with it).
         threads: backend threads per actor.
-        threshold, min_area_mm2: as ``bcedge infer`` (None: the bundle's / default).
+        threshold, min_area_mm2: the run's (resolved by the driver: the bundle's / default when not given).
         out: output folder (absolute; shared by every node for a multi-node folder run).
         kinds: output kinds to write (may be empty: the table only).
         batch_size: images per model call.
@@ -46,6 +57,9 @@ class WorkerOptions:
 
     bundle: str
     backend: str
+    artifact: str
+    artifact_sha256: str
+    model: dict[str, Any]
     threads: int | None
     threshold: float | None
     min_area_mm2: float | None
@@ -75,7 +89,32 @@ class ScanWorker:
 
         self.options = WorkerOptions(**{**options, "kinds": tuple(options["kinds"])})
         o = self.options
-        self.seg = Segmenter(o.bundle, o.backend, threads=o.threads, threshold=o.threshold, min_area_mm2=o.min_area_mm2)
+        #: The open model, or None when the run's artifact does not load here (see load_error).
+        self.seg: Segmenter | None = None
+        #: Why the run's artifact does not load here: every scan of this actor fails with it.
+        self.load_error: BcedgeError | None = None
+        try:
+            seg = Segmenter(
+                o.bundle,
+                o.backend,
+                artifact=o.artifact,
+                threads=o.threads,
+                threshold=o.threshold,
+                min_area_mm2=o.min_area_mm2,
+            )
+        except Exception as exc:  # any load failure (library, file, delegate): the scans say why, no other artifact
+            self.load_error = BackendError(
+                f"this worker cannot load the run's artifact {o.artifact} on {o.backend}: {first_line(exc)}"
+            )
+        else:
+            if seg.artifact.sha256 != o.artifact_sha256:
+                seg.close()
+                self.load_error = BackendError(
+                    f"this worker's {o.artifact} has SHA-256 {seg.artifact.sha256[:12]}..., not the run's "
+                    f"{o.artifact_sha256[:12]}... (another copy of the bundle on this node)"
+                )
+            else:
+                self.seg = seg
         self.client = None
         if o.dicomweb_url:
             from bcedge.batch.dicomweb import make_client
@@ -110,6 +149,9 @@ class ScanWorker:
         from bcedge.scanjob import process_scans
 
         o = self.options
+        if self.seg is None:
+            assert self.load_error is not None
+            return [(self._failed(ref, self.load_error, {}), []) for ref in refs]
         out: dict[int, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
         local: list[tuple[int, ScanRef, str, dict[str, float]]] = []
         for i, ref in enumerate(refs):
@@ -163,6 +205,7 @@ class ScanWorker:
         from bcedge.batch.table import done_row
 
         o = self.options
+        assert self.seg is not None  # only scans this actor segmented get here
         seg_stored = None
         if o.stow and result.outputs.get("seg"):
             from bcedge.batch.dicomweb import store_instance
@@ -191,12 +234,13 @@ class ScanWorker:
 
         timing = dict(timing)
         timing["total"] = sum(v for k, v in timing.items() if k != "total")
+        o = self.options
         return failed_row(
             ref,
             error,
-            fp=self.options.fingerprint,
-            model=self.seg.model_info,
-            threshold=self.seg.threshold,
-            min_area_mm2=self.seg.min_area_mm2,
+            fp=o.fingerprint,
+            model=self.seg.model_info if self.seg is not None else o.model,
+            threshold=self.seg.threshold if self.seg is not None else o.threshold,
+            min_area_mm2=self.seg.min_area_mm2 if self.seg is not None else o.min_area_mm2,
             timing_ms=timing,
         )
