@@ -147,11 +147,16 @@ def build_onnx_int8(kind: ArtifactKind, context: BuildContext) -> Built:
     per-channel 7-bit weights (right on AVX2 CPUs without VNNI), uint8 activations calibrated on
     ``context.calibration``."""
     from bcedge.errors import ConfigError
-    from export.onnx import quantize_int8
+    from export.onnx import calibration_cache_file, keeps_calibration_cache, quantize_int8
 
     if context.calibration is None:
         raise ConfigError(f"{kind.name} needs calibration images")
-    details = quantize_int8(context.onnx_model(), context.out / kind.file, context.calibration)
+    fp32 = context.onnx_model()
+    # The activation ranges persist in the export cache, keyed by model and images (as TensorRT's calibration cache).
+    ranges = calibration_cache_file(Path(context.cache), fp32, context.calibration)
+    details = quantize_int8(fp32, context.out / kind.file, context.calibration, calibration_cache=ranges)
+    if keeps_calibration_cache():
+        details["calibration_cache"] = ranges.name
     return kind.file, details
 
 

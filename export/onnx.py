@@ -158,9 +158,9 @@ def qdq_summary(proto: Any) -> dict[str, Any]:
     ``quantized_ops``: ``{op type: count}`` of the nodes that read a ``DequantizeLinear`` output
     (onnxruntime fuses them into integer kernels); ``float_ops``: ``["Sigmoid#412", ...]`` (type and node
     index, as :func:`export.tflite.float_ops` names them) of the nodes that read a float tensor
-    that is not dequantised (they run in float). ``weight_int_range``: ``[min, max]`` of every integer
-    initializer a ``DequantizeLinear`` reads (7-bit weights: within [-64, 64]); ``per_channel_weights``:
-    how many of them carry one scale per channel.
+    that is not dequantised (they run in float). ``weight_int_range``: ``[min, max]`` of every 8-bit
+    initializer a ``DequantizeLinear`` reads (7-bit weights: within [-64, 64]; the int32 biases are left
+    out); ``per_channel_weights``: how many of those carry one scale per channel.
     """
     from onnx import numpy_helper
 
@@ -182,8 +182,8 @@ def qdq_summary(proto: Any) -> dict[str, Any]:
         if node.input[0] not in inits:
             continue
         values = numpy_helper.to_array(inits[node.input[0]])
-        if values.dtype.kind not in "iu" or values.size == 0:
-            continue
+        if values.dtype.kind not in "iu" or values.dtype.itemsize != 1 or values.size == 0:
+            continue  # biases are int32 (scale = input scale x weight scale): not what the 8-bit kernels multiply
         lo = int(values.min()) if lo is None else min(lo, int(values.min()))
         hi = int(values.max()) if hi is None else max(hi, int(values.max()))
         scale = inits.get(node.input[1])
@@ -196,6 +196,37 @@ def qdq_summary(proto: Any) -> dict[str, Any]:
         "per_channel_weights": per_channel,
         "weight_int_range": [lo, hi] if lo is not None else None,
     }
+
+
+def keeps_calibration_cache() -> bool:
+    """True when this onnxruntime's ``quantize_static`` reads and writes a calibration cache file."""
+    from onnxruntime.quantization import quantize_static
+
+    return "calibration_cache_path" in inspect.signature(quantize_static).parameters
+
+
+def calibration_cache_file(
+    cache_dir: str | os.PathLike[str], fp32_path: str | os.PathLike[str], calibration: np.ndarray
+) -> Path:
+    """Where :func:`quantize_int8` keeps the activation ranges of one model and calibration set.
+
+    The name is the SHA-256 of the FP32 model bytes, the calibration array (shape, dtype, bytes) and the
+    calibration method, so another model, other images or another method never reuse the ranges; the
+    export passes it so a later quantisation of the same file (the full-range variant of
+    ``benchmarks/onnx_int8_accuracy.py``) does not run the calibration again.
+
+    Args:
+        cache_dir: the export cache folder (``bcedge export --cache``); the file goes in ``onnx/`` below it.
+        fp32_path: the FP32 ``.onnx`` file that will be quantised.
+        calibration: (N, S, S, 1) float32 calibration images.
+    """
+    import hashlib
+
+    array = np.ascontiguousarray(calibration, dtype=np.float32)
+    digest = hashlib.sha256(Path(fp32_path).read_bytes())
+    digest.update(f"{array.shape}|{INT8_OPTIONS['calibrate_method']}|".encode())
+    digest.update(array.tobytes())
+    return Path(cache_dir) / "onnx" / f"calibration-{digest.hexdigest()[:20]}.json"
 
 
 def quantize_int8(
@@ -218,9 +249,10 @@ def quantize_int8(
             right only on CPUs whose integer kernels do not saturate (VNNI, ARM); kept for the measurement
             that shows it (``benchmarks/onnx_int8_accuracy.py``).
         per_channel: one weight scale per output channel (default).
-        calibration_cache: a JSON file of activation ranges: read when it exists (no calibration
-            run), else written after calibrating (onnxruntime >= 1.2x ``calibration_cache_path``; older
-            versions calibrate every time). Lets two variants share one calibration.
+        calibration_cache: a JSON file of activation ranges (:func:`calibration_cache_file` names one
+            per model and image set): read when it exists (no calibration run), else written after
+            calibrating (``quantize_static``'s ``calibration_cache_path``; an onnxruntime without it
+            calibrates every time). Lets two variants share one calibration.
 
     Returns:
         Details for the manifest: the settings (:data:`INT8_OPTIONS`, ``reduce_range``,
@@ -243,7 +275,8 @@ def quantize_int8(
     reader = onnx_calibration_reader(calibration, fp32.graph.input[0].name)
     n_calibration = len(reader)
     kwargs: dict[str, Any] = {}
-    if calibration_cache is not None and "calibration_cache_path" in inspect.signature(quantize_static).parameters:
+    if calibration_cache is not None and keeps_calibration_cache():
+        Path(calibration_cache).parent.mkdir(parents=True, exist_ok=True)
         kwargs["calibration_cache_path"] = str(calibration_cache)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)

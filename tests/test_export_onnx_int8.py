@@ -56,9 +56,13 @@ def _build(model, folder: Path, calibration: np.ndarray) -> tuple[Path, dict]:
     kind = KINDS["onnx-int8"]
     work = folder / "work"
     work.mkdir(parents=True)
-    context = BuildContext(model=model, size=SIZE, out=folder, work=work, calibration=calibration, log=lambda s: None)
+    context = BuildContext(
+        model=model, size=SIZE, out=folder, work=work, calibration=calibration, cache=folder / "cache", log=print
+    )
     file, details = builder_of(kind)(kind, context)
     assert file == kind.file == "model_int8.onnx"
+    if onnx_export.keeps_calibration_cache():  # the activation ranges were kept, named by model and images
+        assert (folder / "cache" / "onnx" / details["calibration_cache"]).is_file()
     return folder / file, details
 
 
@@ -95,11 +99,28 @@ def test_the_builder_writes_a_valid_qdq_model_with_7_bit_per_channel_weights(une
 
 
 def test_full_range_weights_use_8_bits(unet: dict, images: np.ndarray, tmp_path: Path) -> None:
-    """The comparison variant (reduce_range=False) really is full range: the 7-bit check above means something."""
+    """The comparison variant (reduce_range=False) really is full range: the 7-bit check above means something.
+    It reuses the activation ranges of a first quantisation (the calibration cache) and gets the same ones."""
+    import onnx
+
     fp32 = tmp_path / "fp32.onnx"
     onnx_export.convert(unet["model"], fp32, SIZE)
-    details = onnx_export.quantize_int8(fp32, tmp_path / "full.onnx", images[:6], reduce_range=False)
+    ranges = onnx_export.calibration_cache_file(tmp_path / "cache", fp32, images[:6])
+    assert ranges != onnx_export.calibration_cache_file(tmp_path / "cache", fp32, images[:5])  # other images
+    seven = onnx_export.quantize_int8(fp32, tmp_path / "seven.onnx", images[:6], calibration_cache=ranges)
+    assert ranges.is_file() or not onnx_export.keeps_calibration_cache()
+    details = onnx_export.quantize_int8(
+        fp32, tmp_path / "full.onnx", images[:6], reduce_range=False, calibration_cache=ranges
+    )
     assert details["reduce_range"] is False and max(abs(v) for v in details["weight_int_range"]) > 64
+    assert max(abs(v) for v in seven["weight_int_range"]) <= 64
+
+    def activation_scales(path: Path) -> dict[str, float]:
+        proto = onnx.load(str(path))
+        inits = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+        return {n.output[0]: float(inits[n.input[1]]) for n in proto.graph.node if n.op_type == "QuantizeLinear"}
+
+    assert activation_scales(tmp_path / "seven.onnx") == activation_scales(tmp_path / "full.onnx")
 
 
 def test_the_onnx_backend_runs_it_within_the_int8_tolerance(unet: dict, images: np.ndarray) -> None:
