@@ -256,8 +256,8 @@ def _fmt(est: dict | None, digits: int = 3) -> str:
 def markdown(rows: list[dict]) -> str:
     """The ablation as a Markdown table (one row per run, the chosen operating point)."""
     head = (
-        "| run | encoder | CM views | MIAS | lr | epochs (best) | threshold | val DM Dice (n) | "
-        "found | FP / normal film (n) | targets met | wall min |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| run | model | encoder | loss | CM views | MIAS | lr | epochs (best) | threshold | val DM Dice (n) | "
+        "found | FP / normal film (n) | targets met | wall min |\n" + "|---" * 14 + "|"
     )
     lines = [head]
     for r in rows:
@@ -266,7 +266,8 @@ def markdown(rows: list[dict]) -> str:
         enc = "ImageNet" if str(rec.get("encoder_weights", "none")).endswith(".tflite") else "scratch"
         wall = f"{r['wall_seconds'] / 60:.0f}" if r.get("wall_seconds") else "-"
         lines.append(
-            f"| {r['run']} | {enc} | {'no' if 'cdd_kind=DM' in opts else 'yes'} | "
+            f"| {r['run']} | {rec.get('model') or '-'} | {enc} | {rec.get('loss') or '-'} | "
+            f"{'no' if 'cdd_kind=DM' in opts else 'yes'} | "
             f"{'no' if 'mias=none' in opts else 'yes'} | {rec.get('lr')} | {r['epochs_run']} ({r['best_epoch']}) | "
             f"{c['threshold']} | {_fmt(c['dm_dice'])} ({r['n_val_dm']}) | {_fmt(c['dm_detection'], 2)} | "
             f"{_fmt(c['normal_fp_per_image'], 2)} ({r['n_val_normal']}) | "
