@@ -178,27 +178,140 @@ class ImageMeta:
 
 
 @dataclass(frozen=True)
+class StoredImage:
+    """The pixels as stored, with the display pipeline as a table: what the displayed image is made of.
+
+    ``table[values - offset]`` is the displayed image (:attr:`Mammogram.pixels`); keeping the two
+    apart lets preprocessing resample the stored values to its working size first and map only
+    the small image through the table (preprocessing version 2), so no full-size float image is
+    ever made on the default path.
+
+    Attributes:
+        values: (H, W) integer stored values (uint8, uint16, int8 or int16; may be a read-only
+            view of the file's bytes).
+        table: (n,) float32 in [0, 1]: the displayed value of stored value ``offset + i``,
+            covering at least ``values.min()..values.max()``.
+        offset: the stored value of ``table[0]`` (0 for unsigned data read from DICOM, may be
+            negative for signed data).
+    """
+
+    values: np.ndarray
+    table: np.ndarray
+    offset: int = 0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(H, W) of the image."""
+        return int(self.values.shape[0]), int(self.values.shape[1])
+
+    def display(self) -> np.ndarray:
+        """The displayed image: (H, W) float32 in [0, 1], one table lookup per pixel."""
+        values = self.values
+        # Fancy indexing by the stored values themselves: faster than np.take, no index copy.
+        if self.offset == 0 and values.dtype.kind == "u":
+            return self.table[values]
+        return self.table[values.astype(np.intp) - self.offset]
+
+    def display_values(self, values: np.ndarray) -> np.ndarray:
+        """Displayed values of (resampled, possibly fractional) stored values, float32 in [0, 1].
+
+        The table is read with linear interpolation between neighbouring stored values, the
+        continuous extension of the display pipeline: an area average of stored values that
+        falls between two integers gets the value between theirs. Values outside the table
+        take its end entries.
+
+        Args:
+            values: any shape, integer or float stored values (e.g. a downscaled image).
+
+        Returns:
+            float32 array of the same shape.
+        """
+        x = np.asarray(values, dtype=np.float32) - np.float32(self.offset)
+        n = self.table.shape[0]
+        np.clip(x, 0.0, float(n - 1), out=x)
+        # float32 and int32 throughout, in place: four arrays the size of the (small) input at most.
+        i0 = x.astype(np.int32)  # truncation is the floor: x >= 0
+        np.subtract(x, i0, out=x, casting="unsafe")  # x is now the fraction
+        i1 = i0 + 1
+        np.minimum(i1, n - 1, out=i1)
+        out = self.table[i1]
+        del i1
+        lo = self.table[i0]
+        out -= lo
+        out *= x
+        out += lo
+        return out
+
+
+class _DisplayPixels:
+    """Data descriptor behind :attr:`Mammogram.pixels`: given pixels, or the stored image's display.
+
+    A reader gives only the :class:`StoredImage`; the full-size float32 image (4 bytes a pixel,
+    ~23 MB for a 2944x1920 scan) is made on first access (an overlay, ``bcedge inspect``, a
+    version-1 preprocessing) and kept. Preprocessing version 2 never touches it.
+    """
+
+    def __get__(self, obj: Any, objtype: Any = None) -> np.ndarray:
+        if obj is None:
+            raise AttributeError("pixels")  # no class-level default: the dataclass field is required
+        cached = obj.__dict__.get("_pixels")
+        if cached is None:
+            stored = obj.__dict__.get("stored")
+            if stored is None:
+                raise AttributeError("this Mammogram has neither pixels nor stored values")
+            cached = stored.display()
+            obj.__dict__["_pixels"] = cached  # two threads racing here compute the same array
+        return cached
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__["_pixels"] = value
+        obj.__dict__["_pixels_given"] = value is not None
+
+
+@dataclass(frozen=True)
 class Mammogram:
     """A mammogram ready for preprocessing.
 
     Attributes:
         pixels: (H, W) float32 in [0, 1], as displayed: dense tissue bright,
-            background dark. Original resolution, no geometric change.
+            background dark. Original resolution, no geometric change. Pass None with
+            ``stored``: it is then computed from ``stored`` on first access.
         meta: what was read about it.
         header: for a DICOM file, the pydicom ``Dataset`` the reader parsed, with its file meta
             and without Pixel Data (7FE0,0010): what a DICOM SEG references and copies, so no
             writer has to read the file again (a file without the 128-byte preamble, read here,
             may not parse the same way elsewhere). None for rasters and in-memory images.
             Treat it as read-only: it is shared by copies made with :meth:`with_meta`.
+        stored: the stored values and display table the pixels come from, or None. Dropped
+            when ``pixels`` are given too (e.g. ``dataclasses.replace(m, pixels=flipped)``):
+            given pixels are the truth, and stored values that might no longer match them
+            (flipped, edited) must not be used instead.
     """
 
-    pixels: np.ndarray
+    pixels: np.ndarray = _DisplayPixels()  # type: ignore[assignment]
     meta: ImageMeta
     header: Any = field(default=None, repr=False, compare=False)
+    stored: StoredImage | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.__dict__.get("_pixels_given"):
+            object.__setattr__(self, "stored", None)
+        elif self.stored is None:
+            raise TypeError("Mammogram needs pixels or stored values")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(H, W) of the image, without making the float pixels."""
+        if self.stored is not None:
+            return self.stored.shape
+        return int(self.pixels.shape[0]), int(self.pixels.shape[1])
 
     def with_meta(self, **changes: object) -> Mammogram:
         """A copy whose meta has ``changes`` applied (e.g. laterality from a file name)."""
-        return Mammogram(self.pixels, replace(self.meta, **changes), self.header)  # type: ignore[arg-type]
+        meta = replace(self.meta, **changes)  # type: ignore[arg-type]
+        if self.stored is not None:
+            return Mammogram(None, meta, self.header, stored=self.stored)  # type: ignore[arg-type]
+        return Mammogram(self.pixels, meta, self.header)
 
 
 # --------------------------------------------------------------------------- file checks
@@ -1211,8 +1324,6 @@ def _read_dicom(p: Path, allow_non_mg: bool, voi: VoiMode) -> Mammogram:
         bits_stored = _int_tag(ds, "BitsStored", "(0028,0101)", _int_tag(ds, "BitsAllocated", "(0028,0100)"))
     except DicomError as exc:
         raise _with_path(exc, p) from exc
-    # Fancy indexing by the stored values themselves: faster than np.take, no index copy.
-    pixels = table[stored] if offset == 0 and stored.dtype.kind == "u" else table[stored.astype(np.intp) - offset]
     spacing, spacing_source = _spacing(ds)
     ts = ds.file_meta.get("TransferSyntaxUID") if getattr(ds, "file_meta", None) is not None else None
     meta = ImageMeta(
@@ -1242,9 +1353,11 @@ def _read_dicom(p: Path, allow_non_mg: bool, voi: VoiMode) -> Mammogram:
         transfer_syntax=str(ts) if ts else None,
     )
     # The pixels are decoded; the header is kept without them (a full-field scan's Pixel Data is
-    # ~17 MB, the rest a few kB). ``stored`` may view those bytes; it is not used after this.
+    # ~17 MB, the rest a few kB). ``stored`` may view those bytes: the array keeps them alive.
     del ds["PixelData"]
-    return Mammogram(pixels, meta, ds)
+    # No full-size float image here: the displayed pixels are made from the stored values when
+    # something asks for them (StoredImage.display is the table lookup this function used to do).
+    return Mammogram(None, meta, ds, stored=StoredImage(stored, table, offset))  # type: ignore[arg-type]
 
 
 def _with_path(exc: DicomError, p: Path) -> DicomError:
@@ -1397,12 +1510,19 @@ def read_raster(path: str | os.PathLike[str]) -> Mammogram:
         bits, scale = 32, 1.0
     else:
         raise InputError(f"{p}: pixel type {img.dtype} unsupported; expected 8/16-bit unsigned or float")
+    meta = ImageMeta(source=str(p), rows=img.shape[0], columns=img.shape[1], bits_stored=bits)
+    if img.dtype in (np.uint8, np.uint16):
+        # Integer rasters keep their stored values and a table (the same float32 product the
+        # float path computes, value by value), so the float image is only made when asked for.
+        levels = int(img.max()) + 1
+        table = np.arange(levels, dtype=np.float32) * np.float32(1.0 / scale)
+        np.clip(table, 0.0, 1.0, out=table)
+        return Mammogram(None, meta, stored=StoredImage(img, table, 0))  # type: ignore[arg-type]
     # In place: one float32 image at a time (a 50 MP raster is 200 MB of them).
     pixels = img.astype(np.float32)
     pixels *= np.float32(1.0 / scale)
     np.clip(pixels, 0.0, 1.0, out=pixels)
     np.nan_to_num(pixels, copy=False, nan=0.0)
-    meta = ImageMeta(source=str(p), rows=img.shape[0], columns=img.shape[1], bits_stored=bits)
     return Mammogram(pixels, meta)
 
 

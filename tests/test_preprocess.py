@@ -16,6 +16,7 @@ import pytest
 from bcedge.dicom import ImageMeta, Mammogram, read_mammogram
 from bcedge.errors import ConfigError, InputError
 from bcedge.preprocess import (
+    DEFAULT_PREPROCESS_VERSION,
     PREPROCESS_VERSION,
     Geometry,
     PreprocessConfig,
@@ -132,6 +133,7 @@ _CHANGES = {
     "clahe": False,
     "clahe_clip": 3.0,
     "clahe_tiles": 4,
+    "version": 2,
 }
 
 
@@ -150,7 +152,7 @@ def test_config_hash_changes_with_each_field(name: str) -> None:
 def test_config_dict_round_trip_through_json() -> None:
     config = PreprocessConfig(size=320, canonical_side="R", percentiles=(0.5, 99.0), clahe=False)
     data = json.loads(json.dumps(config.to_dict()))
-    assert data["version"] == PREPROCESS_VERSION
+    assert data["version"] == DEFAULT_PREPROCESS_VERSION
     back = PreprocessConfig.from_dict(data)
     assert back == config
     assert back.hash() == config.hash()

@@ -78,7 +78,12 @@ class Sample:
     def load_image(self) -> Mammogram:
         """Read the image; dataset laterality/view override what the file says (or lacks)."""
         mammo = read_mammogram(self.image_path)
-        if self.undo:
+        if self.undo and mammo.stored is not None:
+            # Flip the stored values, not a float copy: the sample keeps the stored path of
+            # preprocessing version 2 (resample first, then the display table), as a scan has.
+            values = np.ascontiguousarray(undo_flip(mammo.stored.values, self.undo))
+            mammo = Mammogram(None, mammo.meta, mammo.header, stored=replace(mammo.stored, values=values))  # type: ignore[arg-type]
+        elif self.undo:
             mammo = replace(mammo, pixels=np.ascontiguousarray(undo_flip(mammo.pixels, self.undo)))
         changes: dict[str, object] = {}
         if self.laterality and self.laterality != mammo.meta.laterality:
