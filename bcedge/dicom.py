@@ -205,7 +205,18 @@ class StoredImage:
         return int(self.values.shape[0]), int(self.values.shape[1])
 
     def display(self) -> np.ndarray:
-        """The displayed image: (H, W) float32 in [0, 1], one table lookup per pixel."""
+        """The displayed image: (H, W) float32 in [0, 1], one table lookup per pixel.
+
+        Made once and kept on this object, so Mammograms sharing it (:meth:`Mammogram.with_meta`)
+        share one float image.
+        """
+        cached = self.__dict__.get("_display")
+        if cached is None:
+            cached = self._lookup()
+            self.__dict__["_display"] = cached  # a frozen dataclass's __dict__; two racing threads agree
+        return cached
+
+    def _lookup(self) -> np.ndarray:
         values = self.values
         # Fancy indexing by the stored values themselves: faster than np.take, no index copy.
         if self.offset == 0 and values.dtype.kind == "u":
