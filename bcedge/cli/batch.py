@@ -125,7 +125,9 @@ def batch_command(
         typer.echo(
             f"bcedge batch: {summary.found} found, {summary.skipped} already done (skipped), "
             f"{summary.done} done, {summary.failed} failed, {summary.left} left by --limit; {rate} "
-            f"on {summary.workers} worker(s); table: {Path(summary.out) / 'results'}"
+            f"on {summary.workers} worker(s), all running {summary.model.get('artifact')} "
+            f"({summary.model.get('backend')}, {summary.model.get('threads')} thread(s) each); "
+            f"table: {Path(summary.out) / 'results'}"
         )
     if summary.failed:
         raise typer.Exit(2)
