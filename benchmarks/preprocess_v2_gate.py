@@ -15,7 +15,8 @@ box's snapping onto 2x2 blocks and the two-stage resize can differ.
         --artifact model_fp16.tflite [--reuse V1.json V2.json] [--json OUT]
 
 ``--reuse`` summarises two ``bcedge evaluate --json`` reports already made with those commands
-instead of running them. Appends (or replaces) the bundle's entry in
+instead of running them; ``--switch`` then rewrites the bundle's manifest to version 2 when the
+gate stayed within the tolerance. Appends (or replaces) the bundle's entry in
 ``benchmarks/results/preprocess_v2_gate.json``.
 """
 
@@ -134,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse", nargs=2, metavar=("V1_JSON", "V2_JSON"), default=None)
     parser.add_argument("--note", default="", help="How the evaluations were run (kept in the JSON).")
     parser.add_argument("--json", default=str(RESULTS))
+    parser.add_argument(
+        "--switch",
+        action="store_true",
+        help="When the gate moved by <= TOLERANCE, rewrite BUNDLE's manifest to preprocessing version 2.",
+    )
     args = parser.parse_args(argv)
 
     from bcedge.bundle import load_bundle
@@ -182,6 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     doc = json.loads(path.read_text()) if path.exists() else {"what": __doc__.splitlines()[0], "bundles": {}}
     doc["bundles"][str(args.bundle)] = entry
     path.write_text(json.dumps(doc, indent=1) + "\n")
+    if args.switch and entry["within_tolerance"] and shipped != 2:
+        # The manifest's config and hash only; the artifacts and their gates are untouched.
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        switched = dataclasses.replace(config, version=2)
+        manifest.update(preprocess=switched.to_dict(), preprocess_hash=switched.hash())
+        (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        print(f"{args.bundle}: manifest switched to preprocessing version 2", file=sys.stderr)
     print(
         f"{args.bundle}: gate Dice v1 {before['dice_lesion_images']:.4f}, v2 {after['dice_lesion_images']:.4f}, "
         f"delta {delta:+.4f} ({'within' if entry['within_tolerance'] else 'OUTSIDE'} +-{TOLERANCE})"
