@@ -23,11 +23,13 @@ pure function here:
    ``size`` x ``size``; INTER_AREA for images, nearest neighbour for masks.
 7. **Merging masks** (:func:`merge_masks`): the union of every lesion mask.
 
-Speed: the full-resolution image is touched twice, by two ``cv2.resize(INTER_AREA)``
-calls: one to the working image (long side ``work_size``) on which all analysis
-runs, and one from the cropped original straight to the model grid. Crop, flip
-and padding are bookkeeping (a slice, a flip and a copy of the small image), so
-the whole step costs about as much as two passes over the input.
+Speed: with ``version`` 1 the full-resolution displayed float image is touched twice, by two
+``cv2.resize(INTER_AREA)`` calls: one to the working image (long side ``work_size``) on which
+all analysis runs, and one from the cropped original straight to the model grid. With
+``version`` 2 the stored integers are halved (2x2 area, OpenCV's vectorised path) and the
+display table is applied to the small images only (see :func:`preprocess`): no full-size float
+image exists. Crop, flip and padding are bookkeeping (a slice, a flip and a copy of the small
+image).
 
 Coordinates: pixel centres sit at integer (row, col); pixel ``i`` spans
 ``[i - 0.5, i + 0.5]``. This is OpenCV's resize convention, so every resample here
