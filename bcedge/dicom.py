@@ -212,11 +212,15 @@ class StoredImage:
         """
         cached = self.__dict__.get("_display")
         if cached is None:
-            cached = self._lookup()
+            cached = self.display_uncached()
             self.__dict__["_display"] = cached  # a frozen dataclass's __dict__; two racing threads agree
         return cached
 
-    def _lookup(self) -> np.ndarray:
+    def display_uncached(self) -> np.ndarray:
+        """:meth:`display`'s image made anew (or the kept one), without keeping it."""
+        cached = self.__dict__.get("_display")
+        if cached is not None:
+            return cached
         values = self.values
         # Fancy indexing by the stored values themselves: faster than np.take, no index copy.
         if self.offset == 0 and values.dtype.kind == "u":
@@ -309,6 +313,19 @@ class Mammogram:
             object.__setattr__(self, "stored", None)
         elif self.stored is None:
             raise TypeError("Mammogram needs pixels or stored values")
+
+    def pixels_once(self) -> np.ndarray:
+        """The displayed pixels for one use, not kept: the kept image when there is one, else a
+        fresh table lookup (the same values as :attr:`pixels`).
+
+        For preprocessing version 1, which reads the float image once: the Mammogram then keeps
+        only its stored values (2 bytes a pixel) rather than those and the float image (4 more);
+        whatever asks for :attr:`pixels` later (an overlay) pays the lookup again.
+        """
+        cached = self.__dict__.get("_pixels")
+        if cached is not None or self.stored is None:
+            return self.pixels
+        return self.stored.display_uncached()
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -1201,7 +1201,8 @@ def preprocess(mammo: Mammogram | np.ndarray, config: PreprocessConfig | None = 
     source: _StoredSource | None = None
     halved = 0
     if config.version == 1:
-        pixels = as_float01(mammo.pixels if isinstance(mammo, Mammogram) else mammo)
+        # Made for this call and not kept on the Mammogram (which keeps its stored values).
+        pixels = as_float01(mammo.pixels_once() if isinstance(mammo, Mammogram) else mammo)
         shape = (int(pixels.shape[0]), int(pixels.shape[1]))
         work, work_scale = to_work(pixels, config.work_size)
     else:

@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         doc["primitives"] = interleaved(
             {
                 "one pass over the stored values (max)": lambda: values.max(),
-                "display table lookup, full size (v1: Mammogram.pixels)": lambda: stored._lookup(),
+                "display table lookup, full size (v1: Mammogram.pixels)": lambda: stored.display_uncached(),
                 "float INTER_AREA full -> working size (v1)": lambda: cv2.resize(
                     pixels, (ww, wh), interpolation=cv2.INTER_AREA
                 ),

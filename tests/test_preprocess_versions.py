@@ -205,6 +205,17 @@ def test_version_1_gives_the_old_input_exactly(config: PreprocessConfig, full_fi
         _assert_same(preprocess(m, config), preprocess(old, config))
 
 
+def test_version_1_keeps_no_float_image(full_field: Path) -> None:
+    """Version 1 makes the float image for its one use and does not keep it on the Mammogram (its
+    stored values stay: 2 bytes a pixel, not 6); asking for ``pixels`` afterwards makes the same image."""
+    m = read_mammogram(full_field)
+    tensor, _ = preprocess(m, PreprocessConfig(size=256))
+    assert m.__dict__.get("_pixels") is None and "_display" not in m.stored.__dict__
+    np.testing.assert_array_equal(m.pixels, old_reader_pixels(full_field))
+    again, _ = preprocess(m, PreprocessConfig(size=256))  # now from the kept image: the same tensor
+    np.testing.assert_array_equal(again, tensor)
+
+
 @needs_data
 def test_version_1_gives_the_old_input_exactly_on_real_rasters() -> None:
     """Rasters keep their stored values too; version 1 sees the float image the reader used to make."""
