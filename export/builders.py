@@ -43,6 +43,8 @@ class BuildContext:
         work: a temporary folder inside ``out`` for intermediates (deleted after the export).
         calibration: INT8 rows: (N, S, S, 1) float32 preprocessed calibration images, else None.
         int8_io: TFLite INT8 input/output type, ``float`` or ``int8``.
+        int8_float_layers: TFLite INT8: how many layers, worst quantised first
+            (:func:`export.tflite.debug_ranking`), stay in float; 0: a pure integer model.
         opset: ONNX opset.
         onnx_dynamic_batch: the ONNX artifact takes any batch size.
         cache: the export cache folder (TensorRT calibration and timing caches live in ``cache/tensorrt``).
@@ -58,6 +60,7 @@ class BuildContext:
     work: Path
     calibration: np.ndarray | None = None
     int8_io: str = "float"
+    int8_float_layers: int = 0
     opset: int = 17
     onnx_dynamic_batch: bool = False
     cache: Path = Path(".bcedge-cache")
@@ -114,17 +117,29 @@ def build_tflite(kind: ArtifactKind, context: BuildContext) -> Built:
     from bcedge.imageio import atomic_write_bytes
     from export import tflite
 
+    kept: list[dict] = []
+    if kind.precision == "int8" and context.int8_float_layers > 0 and context.calibration is not None:
+        t0 = time.perf_counter()
+        ranking = tflite.debug_ranking(context.saved_model(), context.calibration)
+        kept = ranking[: context.int8_float_layers]
+        context.log(
+            f"quantisation debugger ({time.perf_counter() - t0:.0f} s): keeping {len(kept)} layer(s) in float, "
+            + ", ".join(f"{r['op']} {r['rmse_over_scale']:.2f}" for r in kept)
+        )
     content = tflite.convert(
         context.saved_model(),
         kind.precision,  # type: ignore[arg-type]
         calib_images=context.calibration,
         int8_io=context.int8_io,  # type: ignore[arg-type]
+        float_layers=[r["tensor"] for r in kept],
     )
     atomic_write_bytes(context.out / kind.file, content)
     details: dict[str, Any] = {"io": tflite.io_details(content)}
     if kind.precision == "int8":
         details["int8_io"] = context.int8_io
         details["float_ops"] = tflite.float_ops(content)
+        # The layers kept in float and their debugger error (RMSE in quantisation steps).
+        details["float_layers"] = kept
     return kind.file, details
 
 

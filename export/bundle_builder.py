@@ -135,6 +135,7 @@ class ExportOptions:
     calib: str | None = None
     n_calib: int = 200
     int8_io: str = "float"
+    int8_float_layers: int = 0
     strict: bool = False
     data: tuple[str, ...] | None = None
     root: Path | None = None
@@ -301,6 +302,8 @@ def _checked(opts: ExportOptions) -> tuple[list[str], dict[str, str], RunInfo]:
 
     if opts.int8_io not in ("float", "int8"):
         raise ConfigError(f"--int8-io {opts.int8_io!r}: expected float or int8")
+    if not 0 <= opts.int8_float_layers <= 1000:
+        raise ConfigError(f"--int8-float-layers {opts.int8_float_layers}: expected 0-1000")
     if not 0.0 < opts.threshold < 1.0:
         raise ConfigError(f"--threshold {opts.threshold}: expected a probability in (0, 1)")
     unknown = sorted(set(opts.tolerances) - set(PRECISIONS))
@@ -396,6 +399,7 @@ def build_bundle(opts: ExportOptions, log: Log = print, progress=None) -> Export
             work=Path(tmp),
             calibration=calib_images,
             int8_io=opts.int8_io,
+            int8_float_layers=opts.int8_float_layers,
             opset=opts.opset,
             onnx_dynamic_batch=opts.onnx_dynamic_batch,
             cache=Path(opts.cache),

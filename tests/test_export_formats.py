@@ -160,6 +160,28 @@ def test_int8_with_integer_io(unet_saved: tuple, images: np.ndarray, tmp_path: P
     _within(got, model.predict(images, verbose=0), "int8", "unet int8 with int8 I/O")
 
 
+def test_selective_int8_keeps_the_worst_layers_in_float(unet_saved: tuple, images: np.ndarray, tmp_path: Path) -> None:
+    model, saved = unet_saved
+    ranking = tflite.debug_ranking(saved, images[:6])
+    assert len(ranking) >= 5
+    errors = [r["rmse_over_scale"] for r in ranking]
+    assert errors == sorted(errors, reverse=True) and all(e >= 0 for e in errors)
+    kept = [r["tensor"] for r in ranking[:2]]
+    content = tflite.convert(saved, "int8", calib_images=images[:6], float_layers=kept)
+    pure = tflite.convert(saved, "int8", calib_images=images[:6])
+    assert tflite.float_ops(pure) == []
+    # the two denylisted layers (and the QUANTIZE/DEQUANTIZE around them) now compute in float
+    floats = tflite.float_ops(content)
+    assert len([op for op in floats if not op.startswith(("QUANTIZE", "DEQUANTIZE"))]) >= 2
+    path = tmp_path / "selective.tflite"
+    path.write_bytes(content)
+    with open_backend("tflite", path) as backend:
+        got = backend.predict(images)
+    _within(got, model.predict(images, verbose=0), "int8", "unet int8 with two float layers")
+    with pytest.raises(ConfigError, match="full INT8 only"):
+        tflite.convert(saved, "dynamic", float_layers=kept)
+
+
 def test_float_ops_lists_float_kernels(unet_saved: tuple) -> None:
     _, saved = unet_saved
     dynamic = tflite.convert(saved, "dynamic")

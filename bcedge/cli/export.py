@@ -64,6 +64,18 @@ def export_command(
     int8_io: Annotated[str, typer.Option("--int8-io", help="TFLite INT8 model input/output type: float or int8.")] = (
         "float"
     ),
+    int8_float_layers: Annotated[
+        int,
+        typer.Option(
+            "--int8-float-layers",
+            min=0,
+            max=1000,
+            help=(
+                "TFLite INT8: keep the N layers the quantisation debugger finds worst quantised in float "
+                "(selective quantisation; the manifest lists them). 0: a pure integer model."
+            ),
+        ),
+    ] = 0,
     strict: Annotated[
         bool, typer.Option("--strict", help="Fail (exit 3, no manifest) when an artifact misses its tolerance.")
     ] = False,
@@ -119,6 +131,7 @@ def export_command(
         calib=calib,
         n_calib=n_calib,
         int8_io=int8_io,
+        int8_float_layers=int8_float_layers,
         strict=strict,
         data=tuple(d.strip() for d in data.split(",") if d.strip()) if data else None,
         root=root,
