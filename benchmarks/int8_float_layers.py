@@ -87,7 +87,8 @@ def main() -> None:
     if args.dynamic is not None:
         rows["dynamic"] = rate(args.dynamic.read_bytes(), reference, val.images, val.masks, thresholds)
     with tempfile.TemporaryDirectory() as tmp:
-        saved = tflite.export_saved_model(load_keras_model(run.model_path), Path(tmp) / "saved", int(run.config["size"]))
+        model = load_keras_model(run.model_path)
+        saved = tflite.export_saved_model(model, Path(tmp) / "saved", int(run.config["size"]))
         ranking = tflite.debug_ranking(saved, calib) if any(n > 0 for n in args.n) else []
         for n in args.n:
             kept = [r["tensor"] for r in ranking[:n]]
