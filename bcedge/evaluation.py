@@ -530,7 +530,7 @@ def score_items(
         try:
             mammo = item.decode()
             result = seg.segment(mammo)
-            truth = item.mask(mammo.pixels.shape[:2])
+            truth = item.mask(mammo.shape)  # the shape alone: no float image made for it
         except InputError as exc:  # a bad scan or mask is reported and left out; a backend failure is not caught
             skipped[item.id] = str(exc)
         else:
