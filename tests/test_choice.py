@@ -133,7 +133,9 @@ def test_auto_picks_the_fastest_right_artifact_and_refuses_the_wrong_one(tmp_pat
     assert by_file["wrong.bin"]["status"] == "refused" and by_file["wrong.bin"]["acceptance"]["dice"] < 0.1
     assert by_file["slow.bin"]["status"] == by_file["fast.bin"]["status"] == "accepted"
     assert by_file["fast.bin"]["acceptance"] == {**by_file["fast.bin"]["acceptance"], "dice": 1.0, "mean_abs": 0.0}
-    assert by_file["slow.bin"]["ms"] > 20.0 > 10.0 > by_file["fast.bin"]["ms"]
+    # A 25 ms sleep never returns early; the 1 ms one may take far longer on a loaded machine
+    # (18.8 ms seen while training shared the cores), so only the order is asserted for it.
+    assert by_file["slow.bin"]["ms"] > 20.0 and by_file["slow.bin"]["ms"] > by_file["fast.bin"]["ms"]
     assert by_file["slow.bin"]["runs"] >= choice_mod.MIN_RUNS
     assert "fastest of 2 accepted artifacts" in choice["why"]
     # The refusal: one line naming the artifact, the machine and the disagreement.
