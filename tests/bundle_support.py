@@ -42,3 +42,20 @@ def write_test_manifest(
     )
     write_manifest(folder, manifest)
     return manifest
+
+
+def phantom_model_inputs(folder: Path, size: int, count: int = 10, seed: int = 3):
+    """(count, size, size, 1) float32 in [0, 1]: phantom mammograms through the one preprocessing.
+
+    The export tests' calibration and comparison images (small phantoms, scale 0.1), made in
+    ``folder / "with space"`` (a path with a space, as users have) and cached beside it.
+    """
+    from bcedge.datasets import open_dataset
+    from bcedge.datasets.cache import prepare
+    from bcedge.phantom import generate
+
+    root = folder / "with space"
+    generate(root, count=count, seed=seed, scale=0.1)
+    samples = list(open_dataset("phantom", root).samples())
+    cache = prepare(samples, PreprocessConfig(size=size), folder / "cache", dataset="phantom")
+    return cache.arrays()["images"]

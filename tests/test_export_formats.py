@@ -19,6 +19,8 @@ pytest.importorskip("tf2onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("ai_edge_litert")
 
+from bundle_support import phantom_model_inputs
+
 from bcedge.backends import open_backend
 from bcedge.errors import ConfigError
 from export import onnx as onnx_export
@@ -36,16 +38,7 @@ ARCHITECTURES = [
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
     """(10, 64, 64, 1) float32: phantom mammograms through the one preprocessing."""
-    from bcedge.datasets import open_dataset
-    from bcedge.datasets.cache import prepare
-    from bcedge.phantom import generate
-    from bcedge.preprocess import PreprocessConfig
-
-    root = tmp_path_factory.mktemp("phantoms") / "with space"
-    generate(root, count=10, seed=3, scale=0.1)
-    samples = list(open_dataset("phantom", root).samples())
-    cache = prepare(samples, PreprocessConfig(size=SIZE), root.parent / "cache", dataset="phantom")
-    return cache.arrays()["images"]
+    return phantom_model_inputs(tmp_path_factory.mktemp("phantoms"), SIZE)
 
 
 def _model(name: str):

@@ -20,7 +20,7 @@ pytest.importorskip("tf2onnx")
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from bundle_support import write_test_manifest
+from bundle_support import phantom_model_inputs, write_test_manifest
 
 from bcedge.backends import open_backend
 from bcedge.bundle import ArtifactRecord
@@ -40,15 +40,7 @@ SIZE = 64
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
     """(10, 64, 64, 1) float32: phantom mammograms through the one preprocessing."""
-    from bcedge.datasets import open_dataset
-    from bcedge.datasets.cache import prepare
-    from bcedge.phantom import generate
-
-    root = tmp_path_factory.mktemp("phantoms") / "with space"
-    generate(root, count=10, seed=3, scale=0.1)
-    samples = list(open_dataset("phantom", root).samples())
-    cache = prepare(samples, PreprocessConfig(size=SIZE), root.parent / "cache", dataset="phantom")
-    return cache.arrays()["images"]
+    return phantom_model_inputs(tmp_path_factory.mktemp("phantoms"), SIZE)
 
 
 def _build(model, folder: Path, calibration: np.ndarray) -> tuple[Path, dict]:
