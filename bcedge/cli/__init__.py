@@ -104,12 +104,22 @@ def _app_for(args: list[str]) -> typer.Typer:
 
 
 def _run(args: list[str]) -> object:
-    """Run ``args``: a plain ``bcedge infer`` line through :mod:`bcedge.cli.fast_infer`, anything else through typer.
+    """Run ``args``: a plain ``bcedge infer`` line through :mod:`bcedge.cli.fast_infer`, a plain ``bcedge serve
+    --config FILE`` straight to the node (:func:`bcedge.cli.serve.plain_serve_config`), anything else through typer.
 
     Returns:
         What typer's ``standalone_mode=False`` returns: the command's return value, or the code of
         a ``typer.Exit`` it raised.
     """
+    if "serve" in args[:2]:
+        # A restart of the node: launch its workers without building the typer app first.
+        from bcedge.cli.serve import plain_serve_config, run_node
+
+        config = plain_serve_config(args)
+        if config is not None:
+            _state["debug"] = "--debug" in args
+            run_node(config)
+            return None
     app = _app_for(args)
     if app is _light.get("infer"):
         # Cold start (issue #14 item 8): typer would import pydantic and build a type adapter per
