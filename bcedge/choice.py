@@ -45,6 +45,7 @@ layout (the cache entries' fields, the fingerprint the key is made of).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import json
 import os
@@ -84,6 +85,8 @@ BUSY_SHARE = 0.25
 #: A busy timing is taken again at the next starts, this many times in all, keeping the quiet one
 #: (or the lowest): a choice made while another job held the CPUs must not stay cached for good.
 MAX_BUSY_TRIES = 3
+#: False inside :func:`cached_timings`: a cached timing marked busy answers as it is.
+_RETIME_BUSY: contextvars.ContextVar[bool] = contextvars.ContextVar("bcedge_choice_retime_busy", default=True)
 #: Distributions whose versions enter the machine fingerprint (a new runtime may compute differently).
 RUNTIME_DISTRIBUTIONS = (
     "ai-edge-litert",
@@ -140,6 +143,26 @@ def budget_s() -> float:
     if not 0.0 <= value <= 3600.0:
         raise ConfigError(f"{BUDGET_ENV}={text!r}; expected seconds between 0 and 3600")
     return value
+
+
+@contextlib.contextmanager
+def cached_timings() -> Iterator[None]:
+    """Within this block, choices come from the cache without timing anything taken before.
+
+    A timing taken on a busy machine is normally taken again at the next starts
+    (:data:`MAX_BUSY_TRIES`). ``bcedge serve`` must not do that when it (re)starts: after a
+    ``kill -9`` the spooled scans wait for its workers, and a restart under a burst is busy by
+    nature, so each re-timing costs the acceptance runs plus up to :data:`DEFAULT_BUDGET_S` seconds
+    of timing (4-5 s of CPU for the 512 px mass model's two artifacts on the 2-core machine) and is
+    marked busy again. Inside the block a cached timing answers as it is, busy or not; what was
+    never measured on this machine (a new bundle, machine or runtime) is still measured, once.
+    ``bcedge infer`` and ``bcedge benchmark`` still take busy timings again.
+    """
+    token = _RETIME_BUSY.set(False)
+    try:
+        yield
+    finally:
+        _RETIME_BUSY.reset(token)
 
 
 def cache_root() -> Path:
@@ -553,7 +576,8 @@ def _complete(entry: dict[str, Any] | None, record: ArtifactRecord, tkey: str, t
         return True
     busy = (entry.get("busy") or {}).get(tkey) if isinstance(entry.get("busy"), dict) else False
     tries = (entry.get("tries") or {}).get(tkey, 1) if isinstance(entry.get("tries"), dict) else 1
-    return tkey in (entry.get("ms") or {}) and not (busy and tries < MAX_BUSY_TRIES)
+    retime = busy and tries < MAX_BUSY_TRIES and _RETIME_BUSY.get()
+    return tkey in (entry.get("ms") or {}) and not retime
 
 
 def _evaluate(
@@ -791,6 +815,7 @@ __all__ = [
     "acceptance_enabled",
     "budget_s",
     "cache_root",
+    "cached_timings",
     "choice_mode",
     "cpu_identity",
     "describe_machine",

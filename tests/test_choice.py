@@ -221,6 +221,26 @@ def test_a_timing_taken_on_a_busy_machine_is_taken_again(tmp_path: Path, monkeyp
     assert FakeBackend.opened == ["fast.bin"]
 
 
+def test_cached_timings_use_a_busy_timing_as_it_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a serve worker does at every (re)start: a cached choice answers even when it was timed busy
+    (nothing is opened but the chosen artifact), while a bundle never measured here is still measured."""
+    bundle = make_bundle(tmp_path / "b", THREE)
+    monkeypatch.setattr(choice_mod, "_others_share", lambda *a: 0.9)
+    with choice_mod.cached_timings(), Segmenter(bundle, "auto", threads=1) as seg:  # nothing cached: measured
+        assert seg.artifact.file == "fast.bin" and "kept the CPUs busy" in seg.choice["why"]
+    assert sorted(FakeBackend.opened) == ["fast.bin", "fast.bin", "slow.bin", "wrong.bin"]
+    FakeBackend.opened = []
+    with choice_mod.cached_timings(), Segmenter(bundle, "auto", threads=1) as seg:  # busy in the cache: kept
+        assert seg.artifact.file == "fast.bin" and seg.choice["seconds"] == 0.0
+    assert FakeBackend.opened == ["fast.bin"]
+    doc = json.loads(Path(seg.choice["cache"]).read_text())
+    assert doc["artifacts"]["fast.bin"]["tries"] == {"1": 1}
+    FakeBackend.opened = []
+    with Segmenter(bundle, "auto", threads=1):  # outside the block the busy timing is taken again
+        pass
+    assert sorted(FakeBackend.opened) == ["fast.bin", "fast.bin", "slow.bin"]
+
+
 def test_the_budget_leaves_the_rest_for_the_next_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(choice_mod.BUDGET_ENV, "0")
     bundle = make_bundle(tmp_path / "b", THREE)
