@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -233,6 +233,11 @@ class Segmenter:
         self.config: PreprocessConfig = self.bundle.preprocess_config()
         #: How the artifact was chosen (bcedge.choice.ChoiceReport.to_dict(): candidates, times, acceptance, why).
         self.choice: dict[str, Any] = {}
+        #: Called with each decoded scan and its path (``""`` for an in-memory mammogram) before it is
+        #: preprocessed; a BcedgeError it raises fails that scan (a ScanFailure) before it costs a
+        #: model call. ``bcedge serve`` checks there that a SEG can reference the scan
+        #: (:func:`bcedge.seg_source.check_source_header`); None: no check.
+        self.check_source: Callable[[Mammogram, str], None] | None = None
         self.artifact: ArtifactRecord = self._choose(backend, artifact, threads)
         self.backend_name: str = self.artifact.backend
         self.backend: Backend = self._open(threads, verify, backend_options)
@@ -316,6 +321,8 @@ class Segmenter:
             timing["decode"] = _ms(time.perf_counter_ns() - t0)
         else:
             raise InputError(f"scan is a {type(scan).__name__}; expected a file path or a bcedge.dicom.Mammogram")
+        if self.check_source is not None:
+            self.check_source(mammo, source)
         t0 = time.perf_counter_ns()
         tensor, geometry = preprocess(mammo, self.config)
         timing["preprocess"] = _ms(time.perf_counter_ns() - t0)

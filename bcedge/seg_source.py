@@ -257,6 +257,39 @@ def _charset_known(ds: Dataset) -> bool:
     return all(str(term).strip() in python_encoding for term in terms)
 
 
+def check_source_header(ds: Dataset, where: str, shape: tuple[int, int] | None = None) -> None:
+    """Raise when a SEG cannot reference ``ds``: the check :func:`prepare_source_header` makes, without a copy.
+
+    ``bcedge serve`` runs it on each scan's header right after decoding (through
+    :attr:`bcedge.pipeline.Segmenter.check_source`), so a scan whose SEG would be refused anyway
+    (no valid Study/Series/SOP Instance UID) is quarantined before its model call (~0.35 s of CPU
+    for the 512 px mass model on the 2-core machine) instead of after it. Same message as at
+    write time.
+
+    Args:
+        ds: the source's header as read (not modified).
+        where: the file, for error messages.
+        shape: (rows, columns) of the mask; must equal the source's Rows/Columns.
+
+    Raises:
+        DicomError: a required UID or size attribute is missing or invalid, or the size differs.
+    """
+    for keyword, tag in REQUIRED_SOURCE.items():
+        try:
+            value = ds.get(keyword)
+            bad = value in (None, "") or (keyword.endswith("UID") and not _UID.match(str(value)))
+            bad = bad or (keyword in ("Rows", "Columns") and not 0 < int(value) < 2**16)
+        except Exception:
+            bad = True
+        if bad:
+            raise DicomError(f"{where}: source has no valid {keyword} {tag}; a DICOM SEG cannot reference it")
+    if shape is not None and (int(ds.Rows), int(ds.Columns)) != tuple(shape):
+        raise DicomError(
+            f"{where}: source Rows/Columns (0028,0010)/(0028,0011) are {ds.Rows}x{ds.Columns} but the mask is "
+            f"{shape[0]}x{shape[1]}; the SEG must be written against the image that was segmented"
+        )
+
+
 def prepare_source_header(ds: Dataset, where: str, shape: tuple[int, int] | None = None) -> tuple[Dataset, list[str]]:
     """A copy of a source header that highdicom and the SEG IOD accept, and what was changed.
 
@@ -289,20 +322,7 @@ def prepare_source_header(ds: Dataset, where: str, shape: tuple[int, int] | None
                 src.decode()
             src.SpecificCharacterSet = UTF8
             notes.append(f"SpecificCharacterSet: unknown term replaced by {UTF8} (values decoded with the default)")
-        for keyword, tag in REQUIRED_SOURCE.items():
-            try:
-                value = src.get(keyword)
-                bad = value in (None, "") or (keyword.endswith("UID") and not _UID.match(str(value)))
-                bad = bad or (keyword in ("Rows", "Columns") and not 0 < int(value) < 2**16)
-            except Exception:
-                bad = True
-            if bad:
-                raise DicomError(f"{where}: source has no valid {keyword} {tag}; a DICOM SEG cannot reference it")
-        if shape is not None and (int(src.Rows), int(src.Columns)) != tuple(shape):
-            raise DicomError(
-                f"{where}: source Rows/Columns (0028,0010)/(0028,0011) are {src.Rows}x{src.Columns} but the mask is "
-                f"{shape[0]}x{shape[1]}; the SEG must be written against the image that was segmented"
-            )
+        check_source_header(src, where, shape)
         _clean_dataset(src, "", notes)
         if _default_charset(src) and _has_non_ascii(src):
             # pydicom decoded bytes outside the default repertoire (it falls back to Latin-1); the SEG

@@ -219,6 +219,47 @@ def test_serve_retries_its_own_disk_and_quarantines_the_scans_fault(
         processor.close()
 
 
+@needs_runtime
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")  # the test's own invalid SOP Instance UID
+def test_serve_refuses_a_scan_its_seg_cannot_reference_before_the_model(tmp_path: Path) -> None:
+    """No valid Study/SOP Instance UID: the node's processing step fails the scan right after decoding,
+    with the message the SEG writer gives after the model when the check is off, and no model call."""
+    from bcedge.serve.config import ModelConfig
+    from bcedge.serve.processing import SegmenterProcessor
+
+    (scan,) = _phantoms(tmp_path / "in", 1)
+    bad = []
+    for name, change in (("no_study", {"StudyInstanceUID": None}), ("bad_sop", {"SOPInstanceUID": "abc.def.ghi"})):
+        ds = pydicom.dcmread(scan)
+        for keyword, value in change.items():
+            if value is None:
+                delattr(ds, keyword)
+            else:
+                setattr(ds, keyword, value)
+        ds.save_as(tmp_path / f"{name}.dcm")
+        bad.append(tmp_path / f"{name}.dcm")
+    processor = SegmenterProcessor(ModelConfig(bundle=DEMO, backend="tflite", threads=1, outputs=["seg"]))
+    calls = []
+    infer = processor.segmenter._infer
+    processor.segmenter._infer = lambda batch: calls.append(len(batch)) or infer(batch)  # type: ignore[method-assign]
+    try:
+        assert list(processor(scan, tmp_path / "ok")) == ["seg"] and calls == [1]  # a good scan: one model call
+        messages = []
+        for path in bad:
+            with pytest.raises(DicomError, match="a DICOM SEG cannot reference it") as early:
+                processor(path, tmp_path / "early")
+            messages.append(str(early.value))
+        assert calls == [1]  # neither bad scan reached the model
+        processor.segmenter.check_source = None  # the SEG writer's own check, after the model
+        for path, message in zip(bad, messages, strict=True):
+            with pytest.raises(DicomError) as late:
+                processor(path, tmp_path / "late")
+            assert str(late.value) == message
+        assert calls == [1, 1, 1]
+    finally:
+        processor.close()
+
+
 def test_process_scans_without_kinds_writes_nothing(tmp_path: Path) -> None:
     result = Result(
         source="a.dcm",

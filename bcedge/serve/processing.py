@@ -11,8 +11,22 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from bcedge.serve.config import ModelConfig
+
+
+def _seg_can_reference(mammogram: Any, source: str) -> None:
+    """:attr:`bcedge.pipeline.Segmenter.check_source` for the node: the SEG's header check, before the model.
+
+    Raises:
+        DicomError: a required UID or size attribute of the header is missing or invalid.
+    """
+    header = getattr(mammogram, "header", None)
+    if header is not None:  # no header (a non-DICOM image): the SEG writer says why at write time
+        from bcedge.seg_source import check_source_header
+
+        check_source_header(header, source, tuple(mammogram.shape))
 
 
 class SegmenterProcessor:
@@ -54,6 +68,10 @@ class SegmenterProcessor:
                 threshold=model.threshold,
                 min_area_mm2=model.min_area_mm2,
             )
+        if "seg" in self.kinds:
+            # A scan whose SEG cannot reference it (no valid Study/SOP Instance UID) is refused before
+            # its model call, not after: after a kill -9 the backlog held two such scans per burst.
+            self.segmenter.check_source = _seg_can_reference
         if model.threads is not None:
             import cv2
 
