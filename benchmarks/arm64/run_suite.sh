@@ -34,6 +34,7 @@
 # --real N: real scans used (default 4: two mini-MIAS, two CDD-CESM; 0: the sample scan only).
 # --steps: run only these steps; the results of the others (from an earlier run) are kept.
 # BCEDGE_ARM64_STEP_TIMEOUT: seconds each emulated command may run (default 3600; rc 124).
+# BCEDGE_ARM64_NICE: niceness of the emulated commands (default 15).
 #
 # Writes benchmarks/results/arm64_<distro>.json (not with --quick). Exit 0 when every step
 # passed, 1 when one failed, 3 when the root filesystem is missing.
@@ -58,7 +59,7 @@ while [ $# -gt 0 ]; do
     --unpacked) unpacked=1; shift ;;
     --real) n_real="$2"; shift 2 ;;
     --steps) steps=",$2,"; shift 2 ;;
-    -h | --help) sed -n '2,39p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,40p' "$0"; exit 0 ;;
     -*) die 2 "unknown option $1" ;;
     *) bundles+=("$1"); shift ;;
   esac
@@ -130,7 +131,9 @@ step() {
   [ $rc -eq 0 ] || tail -n 15 "$out/$name.log" | sed 's/^/     /' >&2
 }
 
-arm() { in_root "$root" nice -n 15 "$@"; }
+# BCEDGE_ARM64_NICE: the emulated commands' niceness (default 15: they yield to other work on a
+# shared machine; 0 for a correctness run that should finish while other jobs run at nice >= 10).
+arm() { in_root "$root" nice -n "${BCEDGE_ARM64_NICE:-15}" "$@"; }
 
 cpu_probe='import json, platform
 try:
