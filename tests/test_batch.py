@@ -19,7 +19,8 @@ from bcedge.batch import dicomweb  # noqa: E402
 from bcedge.batch.ledger import Ledger, read_table  # noqa: E402
 from bcedge.batch.run import (  # noqa: E402
     BatchOptions,
-    block_size,
+    _blocks,
+    block_sizes,
     check_options,
     choose_model,
     worker_options,
@@ -114,11 +115,24 @@ def test_options_are_checked() -> None:
     assert dicomweb.check_date_range("20200101-") == "20200101-"
 
 
-def test_block_size() -> None:
-    assert block_size(10_000_000, 8, 4, None) == 1024  # capped: a crash redoes at most one part per worker
-    assert block_size(100, 2, 4, None) == 7  # ~8 blocks per worker
-    assert block_size(3, 2, 4, None) == 2  # every worker gets a block
-    assert block_size(3, 2, 4, 1) == 1
+def test_block_sizes() -> None:
+    huge = block_sizes(10_000_000, 8, 4, None)
+    assert sum(huge) == 10_000_000 and max(huge) == 1024  # capped: a crash redoes at most one part per worker
+    assert block_sizes(160, 1, 4, None) == [20] * 8  # one worker: ~8 equal blocks
+    two = block_sizes(160, 2, 4, None)
+    assert sum(two) == 160 and two == sorted(two, reverse=True)  # several: guided, shrinking to the end
+    assert two[0] == 20 and two[-2:] == [4, 2]  # 1/8 of what is left first, one model batch (or less) last
+    assert block_sizes(3, 2, 4, None) == [2, 1]  # every worker gets a block
+    assert block_sizes(7, 2, 4, 3) == [3, 3, 1]  # --block-size: that size, the remainder last
+    assert block_sizes(0, 2, 4, None) == []
+
+
+def test_blocks_are_arrow_tables_of_the_chosen_sizes() -> None:
+    refs = [ScanRef(key=f"k{i}", kind="file", path=f"/x/{i}.dcm", stem=str(i)) for i in range(7)]
+    tables = _blocks(refs, [4, 2, 1])
+    assert [t.num_rows for t in tables] == [4, 2, 1]
+    back = [ScanRef.from_dict(row) for t in tables for row in t.to_pylist()]
+    assert back == refs  # in order, every field kept
 
 
 def test_worker_threads_split_the_usable_cpus_on_a_local_ray(monkeypatch: pytest.MonkeyPatch) -> None:
