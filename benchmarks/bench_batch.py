@@ -23,7 +23,9 @@ Figures: wall time of each command (process start to exit: Python imports, Ray s
 all scans), and for ``bcedge batch`` its own split (Ray start, processing from the dataset's start to
 the last commit); scans/s = scans / wall, scans / (wall - Ray start) and scans / processing. CPU time
 of each command's process tree, split by process (driver, scan actors, each of Ray's own processes);
-scans per CPU-second (the per-core rate) and scans/s per usable core. The 2-worker speed-up and the
+scans per CPU-second (the per-core rate) and scans/s per usable core. For each batch run, from its
+table: per worker the scans it did and when its first and last finished, and the tail gap (how long
+the first worker to run out of blocks waited for the last one). The 2-worker speed-up and the
 Ray overhead (batch on 1 worker against infer) are computed on every view and each is marked met or
 not against the issue's targets (1.8x; 10 %).
 
@@ -322,6 +324,29 @@ def _batch_figures(summary: dict[str, Any], out: Path, load: dict[str, Any], com
         "sum_scan_total_s": round(sum(r["total_ms"] or 0.0 for r in rows) / 1000.0, 2),
         "workers_seen": len({r["worker"] for r in rows}),
         "nodes_seen": len({r["node"] for r in rows}),
+        **_worker_spans(rows),
+    }
+
+
+def _worker_spans(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per worker: scans and when its first and last scan finished (s after the run's first one), and the tail
+    gap: how long the first worker to finish waited for the last one (its share of the run lost at the end)."""
+    ends = [r["finished_at"] for r in rows if r.get("finished_at") is not None]
+    if not ends:
+        return {}
+    t0 = min(ends)
+    spans: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r.get("finished_at") is None:
+            continue
+        at = (r["finished_at"] - t0).total_seconds()
+        span = spans.setdefault(str(r["worker"]), {"scans": 0, "first_s": at, "last_s": at})
+        span["scans"] += 1
+        span["first_s"], span["last_s"] = round(min(span["first_s"], at), 2), round(max(span["last_s"], at), 2)
+    lasts = [v["last_s"] for v in spans.values()]
+    return {
+        "worker_spans": spans,
+        "worker_tail_gap_s": round(max(lasts) - min(lasts), 2),
     }
 
 
