@@ -287,23 +287,17 @@ def block_sizes(pending: int, workers: int, batch_size: int, requested: int | No
     """Scans per block (= per committed part), in the order the blocks are handed out; they sum to ``pending``.
 
     One worker: about 8 equal blocks (progress and crash granularity: a crash redoes at most one part).
-    Several workers: guided self-scheduling, each block takes ``1 / (GUIDED_SHARE * workers)`` of the
-    scans not yet in a block, so blocks shrink towards the end. Why: a worker that runs out of blocks
-    waits idle for the others to finish theirs, so the run's tail costs up to a block; with equal
-    blocks one of 2 workers sat idle for the whole last block of a 60-scan run (the table's
-    ``finished_at`` per worker, measured under load), and small last blocks shorten that wait.
-    Every block holds at least one model batch and at most :data:`MAX_BLOCK` scans, and is small
-    enough that every worker gets one. ``requested`` (``--block-size``): blocks of that size, the
-    last one the remainder.
+    Several: guided self-scheduling, each block ``1 / (GUIDED_SHARE * workers)`` of the scans left, so
+    blocks shrink towards the end: a worker out of blocks waits idle for the others' last ones (with
+    equal blocks one of 2 workers sat idle for the whole last block of a 60-scan run, measured under
+    load from the table's ``finished_at``). A block holds at least a model batch, at most
+    :data:`MAX_BLOCK` scans, and every worker gets one. ``--block-size``: that size, the remainder last.
     """
     if pending <= 0:
         return []
-    if requested is not None:
-        size = max(1, requested)
-        return [size] * (pending // size) + ([pending % size] if pending % size else [])
     cap = min(MAX_BLOCK, math.ceil(pending / workers))
-    if workers == 1:
-        size = min(cap, max(batch_size, math.ceil(pending / 8)))
+    if requested is not None or workers == 1:
+        size = max(1, requested) if requested is not None else min(cap, max(batch_size, math.ceil(pending / 8)))
         return [size] * (pending // size) + ([pending % size] if pending % size else [])
     sizes: list[int] = []
     left = pending
