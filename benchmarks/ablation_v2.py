@@ -23,6 +23,9 @@ in a second table; the runtime adopts one only when it beats the default rule on
 Usage::
 
     python benchmarks/ablation_v2.py RUN_DIR [RUN_DIR ...] --cache CACHE --out benchmarks/results/ablation_v2.json
+    # a run scored on its own (e.g. while another trains), then added to the committed table:
+    python benchmarks/ablation_v2.py --merge benchmarks/results/ablation_v2.json --add SCORED.json \
+        --out benchmarks/results/ablation_v2.json --markdown benchmarks/results/ablation_v2.md
 
 The test split is never read here.
 """
@@ -256,8 +259,8 @@ def _fmt(est: dict | None, digits: int = 3) -> str:
 def markdown(rows: list[dict]) -> str:
     """The ablation as a Markdown table (one row per run, the chosen operating point)."""
     head = (
-        "| run | model | encoder | loss | CM views | MIAS | lr | epochs (best) | threshold | val DM Dice (n) | "
-        "found | FP / normal film (n) | targets met | wall min |\n" + "|---" * 14 + "|"
+        "| run | model | encoder | loss | augment | CM views | MIAS | lr | epochs (best) | threshold | "
+        "val DM Dice (n) | found | FP / normal film (n) | targets met | wall min |\n" + "|---" * 15 + "|"
     )
     lines = [head]
     for r in rows:
@@ -267,7 +270,7 @@ def markdown(rows: list[dict]) -> str:
         wall = f"{r['wall_seconds'] / 60:.0f}" if r.get("wall_seconds") else "-"
         lines.append(
             f"| {r['run']} | {rec.get('model') or '-'} | {enc} | {rec.get('loss') or '-'} | "
-            f"{'no' if 'cdd_kind=DM' in opts else 'yes'} | "
+            f"{rec.get('augment_preset') or '-'} | {'no' if 'cdd_kind=DM' in opts else 'yes'} | "
             f"{'no' if 'mias=none' in opts else 'yes'} | {rec.get('lr')} | {r['epochs_run']} ({r['best_epoch']}) | "
             f"{c['threshold']} | {_fmt(c['dm_dice'])} ({r['n_val_dm']}) | {_fmt(c['dm_detection'], 2)} | "
             f"{_fmt(c['normal_fp_per_image'], 2)} ({r['n_val_normal']}) | "
@@ -325,6 +328,12 @@ def main() -> None:
         help="add the new rows to this earlier result (a re-scored run replaces its row); both commands are kept",
     )
     parser.add_argument(
+        "--add",
+        type=Path,
+        default=None,
+        help="with --merge and no runs: add the rows of this earlier result (scored by its own command) instead",
+    )
+    parser.add_argument(
         "--postprocess-grid",
         action="store_true",
         help="also score minimum areas and seed thresholds at each run's chosen threshold (reported only)",
@@ -339,6 +348,17 @@ def main() -> None:
         atomic_write_bytes(args.out, (json.dumps(doc, indent=1, default=str) + "\n").encode())
         if args.markdown is not None:
             atomic_write_bytes(args.markdown, markdown(doc["rows"]).encode())
+        print(markdown(doc["rows"]))
+        return
+    if args.add is not None:
+        if args.merge is None or args.runs:
+            parser.error("--add needs --merge and no run folders")
+        doc = merge(json.loads(args.merge.read_text()), json.loads(args.add.read_text()))
+        atomic_write_bytes(args.out, (json.dumps(doc, indent=1, default=str) + "\n").encode())
+        if args.markdown is not None:
+            atomic_write_bytes(
+                args.markdown, (markdown(doc["rows"]) + "\n" + markdown_postprocess(doc["rows"])).encode()
+            )
         print(markdown(doc["rows"]))
         return
     if args.cache is None or not args.runs:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -65,3 +66,47 @@ def test_merge_replaces_rescored_rows_and_keeps_every_command() -> None:
     assert doc["commands"] == ["first", "second", "third"] and doc["machine"] == {"cpu": "x"}
     again = merge(doc, {"command": "fourth", "rows": []})
     assert again["commands"] == ["first", "second", "third", "fourth"] and len(again["rows"]) == 3
+
+
+def test_add_merges_a_scored_result_and_the_table_names_the_augmentation(tmp_path) -> None:
+    """``--merge OLD --add NEW`` adds NEW's rows without re-scoring; the table shows each run's preset."""
+    import subprocess
+
+    point = {
+        "threshold": 0.5,
+        "dm_dice": {"value": 0.5, "low": 0.4, "high": 0.6, "n": 9},
+        "dm_detection": {"value": 0.9, "low": 0.8, "high": 1.0, "n": 9},
+        "normal_fp_per_image": {"value": 0.2, "low": 0.1, "high": 0.3, "n": 39},
+    }
+
+    def row(run: str, preset: str) -> dict:
+        recipe = {"model": "unet-mobilenetv2", "loss": "bce-dice", "augment_preset": preset, "lr": 0.001}
+        return {
+            "run": run,
+            "recipe": recipe,
+            "chosen": point,
+            "epochs_run": 10,
+            "best_epoch": 8,
+            "n_val_dm": 9,
+            "n_val_normal": 39,
+            "chosen_under_fp_limit": True,
+            "wall_seconds": 600,
+        }
+
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    old.write_text(json.dumps({"command": "score A", "rows": [row("A", "strong")]}))
+    new.write_text(json.dumps({"command": "score D", "rows": [row("D", "basic")]}))
+    out, md = tmp_path / "out.json", tmp_path / "out.md"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation_v2.py"
+    args = [sys.executable, str(script), "--merge", str(old), "--add", str(new), "--out", str(out)]
+    args += ["--markdown", str(md)]
+    subprocess.run(args, check=True, capture_output=True)
+    doc = json.loads(out.read_text())
+    assert [r["run"] for r in doc["rows"]] == ["A", "D"] and doc["commands"] == ["score A", "score D"]
+    table = md.read_text().splitlines()
+    assert "| augment |" in table[0]
+    assert table[2].startswith("| A | unet-mobilenetv2 | scratch | bce-dice | strong |")
+    assert table[3].startswith("| D | unet-mobilenetv2 | scratch | bce-dice | basic |")
+    # --add without --merge is refused with a usage error, nothing written
+    bad = subprocess.run([sys.executable, str(script), "--add", str(new), "--out", str(tmp_path / "x.json")])
+    assert bad.returncode == 2 and not (tmp_path / "x.json").exists()
