@@ -156,7 +156,8 @@ def cached_timings() -> Iterator[None]:
     of timing (4-5 s of CPU for the 512 px mass model's two artifacts on the 2-core machine) and is
     marked busy again. Inside the block a cached timing answers as it is, busy or not; what was
     never measured on this machine (a new bundle, machine or runtime) is still measured, once.
-    ``bcedge infer`` and ``bcedge benchmark`` still take busy timings again.
+    ``bcedge infer``, ``bcedge benchmark`` and ``bcedge serve --check-config`` still take busy
+    timings again (a busy choice is refreshed by running one of them).
     """
     token = _RETIME_BUSY.set(False)
     try:

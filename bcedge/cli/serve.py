@@ -64,12 +64,11 @@ def _check(cfg) -> list[str]:
             notes.append(f"bundle: {path} read and checked")
     if bundle is not None:
         # The workers' choice: acceptance check and timing now (cached), so the first scan does not pay for it.
-        from bcedge.choice import cached_timings, resolve
+        from bcedge.choice import resolve
 
-        # As the workers do: from the cache when it has an answer (this runs before every start
-        # under systemd's ExecStartPre), measured only when nothing was measured here yet.
-        with cached_timings():
-            _, report = resolve(bundle, cfg.model.backend, threads=cfg.model_threads)
+        # Unlike the workers (bcedge.choice.cached_timings), this also times again what was timed on a
+        # busy machine: run by hand, it is how a node's stale busy choice gets refreshed.
+        _, report = resolve(bundle, cfg.model.backend, threads=cfg.model_threads)
         notes += [f"warning: {w}" for w in report.warnings] + report.lines()
     root = cfg.storage.root
     existing = next((p for p in (root, *root.parents) if p.exists()), None)
