@@ -10,10 +10,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from serve_support import detach_logging
 
 import bcedge.cli.serve as serve_cli
 from bcedge.cli import main
 from bcedge.serve.node import Node
+
+
+@pytest.fixture(autouse=True)
+def _undo_node_logging():
+    """Both paths run the node's ``configure_logging`` in this process; undo it after each test.
+
+    Left in place, ``bcedge.outputs`` stops propagating to ``bcedge`` and later tests in the same
+    session (``bcedge infer``'s one-line warnings) lose their stderr lines.
+    """
+    yield
+    detach_logging()
+
 
 MINIMAL = """
 [node]
