@@ -34,6 +34,14 @@ of other processes is measured (``/proc/stat`` busy time minus the CPU time of t
 tree, over the interval) and reported as ``other_cpu_share`` (of all cores); a run with more than
 :data:`BUSY_SHARE` is flagged ``busy``. Speed-up and overhead targets cannot be judged on a busy run.
 
+Fixed against per-scan cost (``--counts N 4N``): every configuration (infer, batch on 1 and on 2
+workers) runs at each scan count, on the first N real scans (cycled through symlinks with their own
+names when N is more than there are, so each is a distinct scan with its own key and outputs), and
+a straight line through (scans, wall s) per configuration gives its fixed seconds (the intercept:
+process start, imports, Ray start, actor start, model load, shutdown) and its marginal seconds per
+scan (the slope). An archive run is millions of scans, so the ratios of the slopes are what the
+targets mean at scale; the ratios at each count are reported beside them (``derive_counts``).
+
 Results: ``benchmarks/results/batch_scale.json`` with the machine (CPU model and flags), library
 versions and git state.
 
@@ -41,6 +49,7 @@ Usage::
 
     BCEDGE_DATA=../shared/data python benchmarks/bench_batch.py [--scans 160] [--full-field 0]
         [--bundles DIR ...] [--nodes 2] [--skip-cluster] [--skip-fixed] [--default-threads]
+    BCEDGE_DATA=../shared/data python benchmarks/bench_batch.py --counts 50 200 --skip-fixed --skip-cluster
 """
 
 from __future__ import annotations
@@ -54,6 +63,7 @@ import sys
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -434,6 +444,108 @@ def paper_estimate(cpu_s_per_scan: float, scaling_2: float | None, basis: str) -
     }
 
 
+def cycled_scans(images: list[Path], count: int, folder: Path) -> list[Path]:
+    """The first ``count`` scans of ``images``, cycled when ``count`` is more than there are.
+
+    A repeat is a symlink ``c<k>_<name>`` in ``folder`` (created here): a distinct path, so a distinct
+    scan key for ``bcedge batch`` (``file:<path>:<size>:<mtime>``, the path not resolved) and its own
+    output stem for both commands, never skipped as done; its pixels are the same real scan's.
+    """
+    scans = list(images[:count])
+    k = 1
+    while len(scans) < count:
+        folder.mkdir(parents=True, exist_ok=True)
+        for image in images[: count - len(scans)]:
+            link = folder / f"c{k}_{image.name}"
+            if not link.exists():
+                link.symlink_to(image)
+            scans.append(link)
+        k += 1
+    return scans
+
+
+def line_fit(points: list[tuple[float, float]]) -> dict[str, float]:
+    """Least-squares line ``y = fixed + per_scan * x`` through ``points`` (x: scans, y: seconds).
+
+    Two points give the line through both. ``fixed`` is what a run costs whatever its length (the
+    intercept), ``per_scan`` what each further scan adds (the slope).
+
+    Raises:
+        ValueError: fewer than two distinct scan counts.
+    """
+    xs = [float(x) for x, _ in points]
+    if len(set(xs)) < 2:
+        raise ValueError("a line needs at least two distinct scan counts")
+    ys = [float(y) for _, y in points]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
+    return {"fixed": round(my - slope * mx, 3), "per_scan": round(slope, 5)}
+
+
+#: Quantities of a run fitted against its scan count (name -> how to read it from a run's record).
+FIT_FIELDS: dict[str, Any] = {
+    "wall_s": lambda r: r["wall_s"],
+    "own_cpu_s": lambda r: r["own_cpu_s"],
+    "driver_cpu_s": lambda r: r["cpu_s_by_role"].get("driver", 0.0),
+    "scan_actor_cpu_s": lambda r: r["cpu_s_by_role"].get("scan_actor", 0.0),
+    "ray_system_cpu_s": lambda r: r.get("ray_system_cpu_s", 0.0),
+}
+#: Configurations measured at every count (key in a point -> label).
+CONFIGS = ("infer", "batch_1", "batch_2")
+
+
+def judge(b1: dict[str, Any], b2: dict[str, Any], inf: dict[str, Any]) -> dict[str, Any]:
+    """The two targets on one scan count: 2-worker speed-up (>= 1.8) and Ray overhead (<= 10 %), wall time."""
+    speedup = _ratio(b1["wall_s"], b2["wall_s"])
+    overhead = round(b1["wall_s"] / inf["wall_s"] - 1.0, 3)
+    return {
+        "speedup_2_workers": speedup,
+        "speedup_met": speedup >= 1.8,
+        "ray_overhead_1_worker": overhead,
+        "overhead_met": overhead <= 0.10,
+    }
+
+
+def derive_counts(entry: dict[str, Any]) -> None:
+    """Fixed and marginal cost per configuration from the runs at several scan counts (in place).
+
+    ``entry["at"]`` holds one point per count ({"scans": n, "infer": run, "batch_1": run, "batch_2": run}).
+    Adds per point the targets judged at that count (:func:`judge`), ``fit`` (per configuration, a line
+    per :data:`FIT_FIELDS` quantity) and ``marginal``: the targets judged on the slopes (per-scan wall
+    seconds): what a run of millions of scans approaches, the fixed costs being spread to nothing.
+    """
+    points = [p for p in entry["at"] if all(c in p and "error" not in p[c] for c in CONFIGS)]
+    for point in entry["at"]:
+        if point in points:
+            point["judged"] = judge(point["batch_1"], point["batch_2"], point["infer"])
+            point["any_busy"] = any(point[c]["busy"] for c in CONFIGS)
+    if len({p["scans"] for p in points}) < 2:
+        entry["fit"] = "not derived: fewer than two scan counts with every configuration complete"
+        return
+    fit: dict[str, Any] = {}
+    for config in CONFIGS:
+        fit[config] = {
+            name: line_fit([(p["scans"], read(p[config])) for p in points]) for name, read in FIT_FIELDS.items()
+        }
+    entry["fit"] = fit
+    per = {c: fit[c]["wall_s"]["per_scan"] for c in CONFIGS}
+    speedup = _ratio(per["batch_1"], per["batch_2"])
+    overhead = round(per["batch_1"] / per["infer"] - 1.0, 3)
+    entry["marginal"] = {
+        "wall_s_per_scan": per,
+        "scans_per_s": {c: round(1.0 / v, 3) if v > 0 else None for c, v in per.items()},
+        "fixed_wall_s": {c: fit[c]["wall_s"]["fixed"] for c in CONFIGS},
+        "speedup_2_workers": speedup,
+        "speedup_met": speedup >= 1.8,
+        "ray_overhead_1_worker": overhead,
+        "overhead_met": overhead <= 0.10,
+        "counts": sorted(p["scans"] for p in points),
+        "any_busy": any(p["any_busy"] for p in points),
+        "note": "ratios of the slopes of wall time against scans (the runs' fixed costs left out): what an "
+        "archive run approaches; the ratios at each count are in 'at'",
+    }
+
+
 def _ratio(a: float, b: float) -> float:
     return round(a / b, 3) if b else float("nan")
 
@@ -463,6 +575,13 @@ def derive(report: dict[str, Any]) -> None:
     usable = int(report.get("machine", {}).get("usable_cpus") or os.cpu_count() or 1)
     complete = []
     for entry in report["bundles"]:
+        if "at" in entry:  # runs at several scan counts: fixed and marginal costs
+            for point in entry["at"]:
+                for config in CONFIGS:
+                    if config in point and "error" not in point[config]:
+                        _per_run(point[config], usable)
+            derive_counts(entry)
+            continue
         runs = [entry.get(k) or {"error": "not run"} for k in ("batch_1", "batch_2", "infer")]
         for run in runs:
             if "error" not in run:
@@ -509,6 +628,22 @@ def derive(report: dict[str, Any]) -> None:
             "other process of the run (GCS, raylet, agents, monitors, Ray Data's three helper actors)",
         }
         entry["any_busy"] = any(x["busy"] for x in (b1, b2, inf))
+    fitted = [e for e in report["bundles"] if isinstance(e.get("fit"), dict)]
+    if fitted:
+        fit, marginal = fitted[0]["fit"], fitted[0]["marginal"]
+        report["estimate_10M"] = {
+            "from_batch_marginal_cpu": paper_estimate(
+                fit["batch_1"]["own_cpu_s"]["per_scan"],
+                marginal["speedup_2_workers"],
+                "marginal CPU time per scan of the 1-worker bcedge batch process tree (slope of CPU-s against "
+                "scans: Ray's own processes and the driver included, the run's fixed costs left out)",
+            ),
+            "from_infer_marginal_cpu": paper_estimate(
+                fit["infer"]["own_cpu_s"]["per_scan"],
+                marginal["speedup_2_workers"],
+                "marginal CPU time per scan of bcedge infer (the pipeline without Ray)",
+            ),
+        }
     if not complete:
         return
     first = complete[0]
@@ -554,6 +689,46 @@ def write_report(report: dict[str, Any], out: Path) -> None:
     os.replace(tmp, out)
 
 
+def write_manifest(scans: list[Path], path: Path) -> Path:
+    """A CSV manifest (one ``path`` column) of ``scans``, for ``bcedge batch``."""
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path"])
+        writer.writerows([[str(p)] for p in scans])
+    return path
+
+
+def run_counts(report: dict[str, Any], args: argparse.Namespace, images: list[Path], work: Path) -> None:
+    """Every configuration at every count of ``args.counts``, per bundle (see :func:`derive_counts`).
+
+    Counts in increasing order, the three configurations one after the other at each, every run into a
+    fresh output folder; the report is written after every run (a later failure loses nothing).
+    """
+    for bundle in args.bundles:
+        print(f"== {bundle.name} at {args.counts} scans", flush=True)
+        entry: dict[str, Any] = {"bundle": str(bundle.relative_to(ROOT) if bundle.is_relative_to(ROOT) else bundle)}
+        entry["at"] = []
+        report["bundles"].append(entry)
+        for n in sorted(set(args.counts)):
+            scans = cycled_scans(images, n, work / "cycled")
+            manifest = write_manifest(scans, work / f"scans-{n}.csv")
+            point: dict[str, Any] = {"scans": n}
+            entry["at"].append(point)
+            steps = {
+                "infer": partial(run_infer, bundle, scans, work / f"{bundle.name}-infer-{n}", work),
+                "batch_1": partial(run_batch_cli, bundle, manifest, work / f"{bundle.name}-batch1-{n}", 1, work),
+                "batch_2": partial(run_batch_cli, bundle, manifest, work / f"{bundle.name}-batch2-{n}", 2, work),
+            }
+            for key, step in steps.items():
+                try:
+                    point[key] = step()
+                except (SystemExit, Exception) as exc:  # a step that failed is recorded
+                    point[key] = {"error": str(exc)[-600:]}
+                brief = {k: point[key].get(k) for k in ("wall_s", "own_cpu_s", "other_cpu_share", "error")}
+                print(f" {n} {key}", brief, flush=True)
+                write_report(report, args.out)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scans", type=int, default=160, help="mini-MIAS images to use (1..322)")
@@ -569,6 +744,12 @@ def main() -> int:
         help="also time infer and 1-worker batch with their default threads (every usable CPU)",
     )
     parser.add_argument("--skip-fixed", action="store_true", help="skip the no-op Ray runs (fixed cost)")
+    parser.add_argument(
+        "--counts",
+        type=int,
+        nargs="+",
+        help="run infer and batch on 1 and 2 workers at each scan count (e.g. 50 200); fit fixed + per-scan cost",
+    )
     parser.add_argument("--ray-noop", type=int, help=argparse.SUPPRESS)  # child of ray_fixed_cost
     args = parser.parse_args()
     if args.ray_noop:
@@ -581,15 +762,24 @@ def main() -> int:
         return 0
 
     data = Path(os.environ.get("BCEDGE_DATA", ROOT.parent / "shared" / "data"))
-    images = sorted((data / "mini-mias" / "images").glob("mdb*.png"))[: args.scans]
-    if len(images) < args.scans:
-        raise SystemExit(f"need {args.scans} mini-MIAS images under {data}; found {len(images)}")
+    all_images = sorted((data / "mini-mias" / "images").glob("mdb*.png"))
+    images = all_images[: args.scans]
+    if not all_images or (not args.counts and len(images) < args.scans):
+        raise SystemExit(f"need {args.scans} mini-MIAS images under {data}; found {len(all_images)}")
+    if args.counts and (len(set(args.counts)) < 2 or min(args.counts) < 1):
+        raise SystemExit("--counts needs at least two distinct scan counts, each at least 1")
     report: dict[str, Any] = {
         "created": utc_now(),
         "machine": machine_info(threads=[1]),
         "libraries": library_versions(extra=["ray", "pyarrow", "dicomweb-client", "highdicom"]),
         "source": source_state(ROOT),
-        "scans": {"mini_mias": len(images), "full_field_phantoms": args.full_field, "outputs": "mask,json"},
+        "scans": {
+            "mini_mias": max(args.counts) if args.counts else len(images),
+            "mini_mias_distinct": min(len(all_images), max(args.counts)) if args.counts else len(images),
+            "counts": args.counts,
+            "full_field_phantoms": args.full_field,
+            "outputs": "mask,json",
+        },
         "busy_share_threshold": BUSY_SHARE,
         "bundles": [],
     }
@@ -616,7 +806,9 @@ def main() -> int:
             writer = csv.writer(fh)
             writer.writerow(["path"])
             writer.writerows([[str(p)] for p in scans])
-        for bundle in args.bundles:
+        if args.counts:
+            run_counts(report, args, all_images, work)
+        for bundle in [] if args.counts else args.bundles:
             print(f"== {bundle.name}", flush=True)
             entry: dict[str, Any] = {"bundle": str(bundle.relative_to(ROOT) if bundle.is_relative_to(ROOT) else bundle)}
             report["bundles"].append(entry)
@@ -649,7 +841,7 @@ def main() -> int:
         if not args.skip_cluster:
             print(f"== cluster of {args.nodes} nodes", flush=True)
             try:
-                report["cluster"] = run_cluster(args.bundles[0], manifest, work / "cluster", args.nodes)
+                report["cluster"] = run_cluster(args.bundles[0], manifest, work / "cluster", args.nodes)  # --scans
             except Exception as exc:  # recorded, not hidden: the single-node figures still stand
                 report["cluster"] = {"nodes": args.nodes, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
             print(" cluster", report["cluster"], flush=True)
