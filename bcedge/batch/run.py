@@ -25,12 +25,10 @@ Threads: with no ``threads`` asked for, each worker of a local Ray gets ``usable
 backend threads (the workers share this machine, as ``bcedge infer`` uses every CPU); on a cluster
 each actor holds one Ray CPU (``num_cpus=1``), so it gets one thread.
 
-Cost: a local Ray is ten processes besides the workers (GCS, raylet, dashboard API server and
-agent, runtime-env agent, log monitor, autoscaler monitor, Ray Data's stats actor, actor-location
-tracker and autoscaling coordinator), each importing Ray: a fixed CPU cost per run, before the
-first scan, that a 2-core machine feels (``ray_fixed`` in ``benchmarks/results/batch_scale.json``;
-the split by process in ``batch_profile.json``). It is why ``bcedge batch`` loses to ``bcedge
-infer`` on a few dozen scans.
+Cost: a local Ray is ten processes besides the workers (:mod:`bcedge.batch.localray`, which starts
+it), each importing Ray: a fixed CPU cost per run, before the first scan, that a 2-core machine
+feels, and a smaller one per second while the scans run (``benchmarks/bench_batch.py --counts``
+separates the two). It is why ``bcedge batch`` loses to ``bcedge infer`` on a few dozen scans.
 """
 
 from __future__ import annotations
@@ -44,8 +42,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bcedge.batch.localray import RayRunError, start_ray
+from bcedge.batch.localray import quiet_ray_data as _quiet_ray_data
 from bcedge.batch.sources import ScanRef, describe_source
-from bcedge.errors import BcedgeError, ConfigError, MissingDependencyError, first_line
+from bcedge.errors import BcedgeError, ConfigError, MissingDependencyError
+
+__all__ = ["BatchOptions", "RayRunError", "Summary", "run_batch", "start_ray"]
 
 if TYPE_CHECKING:
     from bcedge.batch.worker import WorkerOptions
@@ -56,20 +58,10 @@ _log = logging.getLogger(__name__)
 DEFAULT_OBJECT_STORE_MB = 256
 #: Restarts of a dead worker (and retries of its block) before the run gives up.
 WORKER_RESTARTS = 3
-#: Tries to start a local Ray (see start_ray).
-LOCAL_START_ATTEMPTS = 3
-#: Niceness a local Ray adds to its workers (Ray's default 15: nice 15 gets ~3 % of a core against nice 0).
-LOCAL_WORKER_NICENESS = 0
 #: Most scans per committed part (a crash redoes at most one part per worker).
 MAX_BLOCK = 1024
 #: Each block takes 1 / (GUIDED_SHARE * workers) of the scans left (see block_sizes).
 GUIDED_SHARE = 4
-
-
-class RayRunError(BcedgeError):
-    """Ray failed: no cluster at the address, actors that kept dying, a lost object (exit code 4)."""
-
-    exit_code = 4
 
 
 @dataclass
@@ -216,49 +208,6 @@ def check_options(opts: BatchOptions) -> None:
     if opts.object_store_mb < 75:
         raise ConfigError(f"--object-store-mb is {opts.object_store_mb}; Ray needs at least 75")
     describe_source(opts.source)  # a missing folder or manifest fails before the model is opened
-
-
-def start_ray(address: str | None, workers: int, object_store_mb: int) -> bool:
-    """Connect to ``address`` or start a local Ray with ``workers`` CPUs; False when Ray was already up."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    # Worker output is not forwarded: each scan's error is in its row, and a worker's exception
-    # reaches the driver through Ray anyway; forwarded logs would interleave with the progress bar.
-    common: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": False}
-    # A local Ray waits a fixed 30 s for its raylet to register (ray/_private/node.py); on a loaded
-    # machine that can pass, so a local start is tried up to LOCAL_START_ATTEMPTS times.
-    attempts = 1 if address else LOCAL_START_ATTEMPTS
-    for attempt in range(1, attempts + 1):
-        try:
-            if address:
-                ray.init(address=address, **common)
-            else:
-                # address="local": always a new in-process Ray, never a cluster someone started on this machine.
-                # worker_niceness: Ray starts workers 15 nicer than the driver, so the scan actors (all the work)
-                # would yield to any other process; like bcedge infer they run at the niceness bcedge was given.
-                store = object_store_mb * 1024 * 1024
-                config = {"worker_niceness": LOCAL_WORKER_NICENESS}
-                ray.init(address="local", num_cpus=workers, object_store_memory=store, _system_config=config, **common)
-            break
-        except Exception as exc:  # ConnectionError, RuntimeError, ValueError from a bad address, start timeouts
-            ray.shutdown()
-            if attempt == attempts:
-                where = f" at {address}" if address else f" (tried {attempts} times)"
-                raise RayRunError(f"cannot start or reach Ray{where}: {first_line(exc)}") from exc
-            _log.warning("local Ray did not start (%s); trying again", first_line(exc))
-    return True
-
-
-def _quiet_ray_data() -> None:
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = False  # the driver shows one rich bar instead
-    ctx.print_on_execution_start = False
-    ctx.enable_auto_log_stats = False
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
 
 
 def _ray_error(exc: BaseException) -> BcedgeError:
