@@ -179,6 +179,15 @@ def test_mask_png_nonzero_is_lesion_and_pillow_reads_it(spaced_dir: Path) -> Non
         np.testing.assert_array_equal(np.asarray(im), mask > 0)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.uint16])
+def test_mask_png_packs_any_nonzero_value_as_lesion(dtype: type) -> None:
+    """A uint8 mask is packed without a ``!= 0`` copy: every nonzero value, high bit or not, is a set bit."""
+    rng = np.random.default_rng(5)
+    values = np.array([0, 1, 2, 127, 128, 255], dtype)
+    mask = values[rng.integers(0, values.size, (41, 67))]  # odd width: the last byte of a row is partial
+    assert outputs.encode_mask_png(mask) == outputs.encode_mask_png(mask != 0)
+
+
 # --------------------------------------------------------------------------- overlay
 
 

@@ -47,7 +47,11 @@ def encode_mask_png(mask: np.ndarray, level: int = MASK_PNG_ZLIB_LEVEL) -> bytes
     if mask.ndim != 2 or mask.size == 0:
         raise InputError(f"a mask must be a non-empty 2-D array; got shape {mask.shape}")
     h, w = mask.shape
-    bits = np.packbits(mask if mask.dtype == bool else mask != 0, axis=1)
+    # np.packbits sets a bit for every nonzero element of an integer array, so a uint8 mask (what
+    # postprocess returns) is packed as it is: the same bits as packing ``mask != 0``, without that
+    # full-size temporary (~1.4 of ~5 ms for a 2944x1920 mask).
+    packable = mask.dtype == bool or mask.dtype == np.uint8
+    bits = np.packbits(mask if packable else mask != 0, axis=1)
     # Each scanline starts with its filter-type byte (0: none); the packed bits follow.
     raw = np.zeros((h, bits.shape[1] + 1), np.uint8)
     raw[:, 1:] = bits
