@@ -9,17 +9,30 @@ die() {
   exit "$code"
 }
 
+children_cpu_s() {
+  # CPU seconds (user + sys) of every child the script's shell ($$, also from a subshell) has
+  # waited for: cutime + cstime of /proc/$$/stat (fields 16, 17 counted from the pid; read
+  # after the ") " that ends the command name, which may hold spaces). A step's CPU time is
+  # load-independent, unlike its wall time on a shared machine.
+  sed 's/^.*) //' "/proc/$$/stat" | awk -v hz="$(getconf CLK_TCK)" '{ printf "%.1f", ($14 + $15) / hz }'
+}
+
 step_start() {
   _step_name="$1"
   _step_t0="$(date +%s.%N)"
+  _step_cpu0="$(children_cpu_s)"
   echo "== $1 ($(date -u +%H:%M:%S))" >&2
 }
 
 step_end() {
-  local dt
+  # NAME=wall seconds and NAME_cpu=CPU seconds of the step's commands (the host's and the
+  # emulated ones': qemu-user runs in the child process).
+  local dt cpu
   dt="$(awk -v a="$_step_t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')"
+  cpu="$(awk -v a="$_step_cpu0" -v b="$(children_cpu_s)" 'BEGIN { printf "%.1f", b - a }')"
   echo "$_step_name=$dt" >>"$timings"
-  echo "   $_step_name: ${dt}s" >&2
+  echo "${_step_name}_cpu=$cpu" >>"$timings"
+  echo "   $_step_name: ${dt}s (CPU ${cpu}s)" >&2
 }
 
 ensure_binfmt() {

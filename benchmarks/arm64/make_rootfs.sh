@@ -8,9 +8,9 @@
 # ubuntu2204 Ubuntu 22.04 "jammy" arm64, Python 3.10: the JetPack 6 base. Needs
 #            ports.ubuntu.com (arm64 Ubuntu is not on archive.ubuntu.com).
 #
-# Needs root (debootstrap, chroot, binfmt_misc). Installs the host tools it needs from
-# Debian (qemu-user-static, debootstrap, binfmt-support), registers qemu-aarch64 with
-# binfmt_misc when it is not, debootstraps the root filesystem (with dcmtk and
+# Needs root (debootstrap/mmdebstrap, chroot, binfmt_misc). Installs the host tools it needs
+# from Debian (qemu-user-static, debootstrap, binfmt-support; mmdebstrap for --unpacked),
+# registers qemu-aarch64 with binfmt_misc when it is not, builds the root filesystem (with dcmtk and
 # dicom3tools for the DICOM tests), then installs the bcedge wheel built from the working
 # tree with the device extras [dicom,tflite,seg,serve] and [onnx] into /opt/venv.
 # Wheels only (--only-binary=:all:): a dependency with no aarch64 wheel fails by name
@@ -22,18 +22,20 @@
 #   "emulated": pip itself runs inside the root filesystem, as on a device (tens of minutes
 #   on two shared cores: pip's own Python is emulated).
 #
-# --unpacked: debootstrap --foreign (resolve + download), then every .deb extracted with the
-#   host's dpkg-deb, no maintainer script run (those run under emulation and take 20+ min
-#   on two shared cores); ldconfig and the base passwd/group files are the only fix-ups.
-#   Enough for Python wheels and dcmtk; used by the CI smoke test. Root: <distro>-unpacked/.
+# --unpacked: mmdebstrap --variant=extract: the host's apt resolves and downloads, every .deb
+#   is extracted on the host, no maintainer script runs (those run under emulation and take
+#   20+ min on two shared cores); ldconfig and the base passwd/group files are the only
+#   fix-ups. Enough for Python wheels and dcmtk; used by the CI smoke test. Root:
+#   <distro>-unpacked/. Without it: debootstrap minbase, maintainer scripts under emulation.
 #
 # Cache: ${BCEDGE_ARM64_CACHE:-$HOME/.cache/bcedge-arm64}/<distro>/ holds the root
 # filesystem, the downloaded .debs and pip's cache; a second run only reinstalls the
 # bcedge wheel (seconds). BCEDGE_ARM64_REBUILD=1 starts the root filesystem over.
-# Timings of each step go to <cache>/<distro>/timings.txt.
+# Each step's wall and CPU seconds (NAME=, NAME_cpu=) go to <cache>/<distro>/timings.txt.
 #
 # Exit codes: 0 ready; 2 usage; 3 host tool or binfmt problem; 4 mirror unreachable;
-# 5 debootstrap failed; 6 a dependency has no aarch64 wheel / pip failed.
+# 5 the root filesystem build failed (debootstrap / mmdebstrap: a download or a package
+# problem, see <cache>/<distro>/rootfs.log); 6 a dependency has no aarch64 wheel / pip failed.
 set -euo pipefail
 
 unpacked=0
@@ -90,6 +92,7 @@ step_start host-tools
 need=()
 command -v qemu-aarch64-static >/dev/null 2>&1 || need+=(qemu-user-static)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+[ $unpacked -eq 1 ] && { command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap); }
 command -v update-binfmts >/dev/null 2>&1 || need+=(binfmt-support)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then
@@ -109,30 +112,42 @@ if [ "${BCEDGE_ARM64_REBUILD:-0}" = 1 ] && [ -d "$root" ]; then
   rm -rf --one-file-system "$root"
 fi
 if [ ! -f "$root/.bcedge-rootfs-done" ]; then
-  step_start debootstrap
+  step_start rootfs
   curl -fsS -m 30 -o /dev/null "$mirror/dists/$suite/Release" ||
     die 4 "$mirror is unreachable from here: no $distro arm64 root filesystem (Release file of $suite not found)"
   [ -f "$keyring" ] || die 3 "archive keyring $keyring missing on the host"
   unmount_all "$root"
   rm -rf --one-file-system "$root"
-  # minbase + what bcedge needs that pip does not bring: Python with venv, CA certificates
-  # for pip, dcmtk/dicom3tools for the DICOM oracle and serve tests, libgomp1 for onnxruntime.
+  # What bcedge needs that pip does not bring: Python with venv, CA certificates for pip,
+  # dcmtk/dicom3tools for the DICOM oracle and serve tests, libgomp1 for onnxruntime.
   include=python3,python3-venv,ca-certificates,dcmtk,dicom3tools,libgomp1,procps
-  foreign=()
-  [ $unpacked -eq 1 ] && foreign=(--foreign)
-  nice -n 15 debootstrap "${foreign[@]}" --arch=arm64 --variant=minbase --components="$components" \
-    --keyring="$keyring" --cache-dir="$base/debs" --include="$include" \
-    "$suite" "$root" "$mirror" >"$base/debootstrap.log" 2>&1 ||
-    die 5 "debootstrap failed; see $base/debootstrap.log (last lines: $(tail -n 3 "$base/debootstrap.log" | tr '\n' ' '))"
   if [ $unpacked -eq 1 ]; then
-    # Stage 1 extracted only the required packages; extract the rest on the host (no emulation).
-    for deb in "$root"/var/cache/apt/archives/*.deb; do
-      dpkg-deb -x "$deb" "$root" || die 5 "could not extract $(basename "$deb")"
-    done
+    # mmdebstrap --variant=extract: the host's apt resolves the dependencies and downloads
+    # the .debs (several at a time), the host's dpkg-deb extracts them; no maintainer script
+    # runs (under emulation those take 20+ min on two shared cores). ?essential adds the
+    # Essential:yes set (sh, coreutils: the chroot's nice); minbase's apt, mount, e2fsprogs and
+    # tzdata are left out (neither bcedge nor its tests use them). debootstrap --foreign, used
+    # before, resolved in shell and fetched one .deb at a time: 45 CPU-s for this step against
+    # 16 CPU-s (cold builds on a 2-core machine at load 7-20). The .debs are kept in $base/debs (copied
+    # in before apt runs, out after extraction: the extract variant runs no customize hook) so
+    # that a rebuild downloads nothing.
+    BCEDGE_DEBS="$base/debs" nice -n 15 mmdebstrap --mode=root --variant=extract --architectures=arm64 \
+      --components="$components" --keyring="$keyring" --include='?essential' --include="$include" \
+      --setup-hook='mkdir -p "$1/var/cache/apt/archives" && find "$BCEDGE_DEBS" -maxdepth 1 -name "*.deb" -exec cp -t "$1/var/cache/apt/archives" {} +' \
+      --extract-hook='find "$1/var/cache/apt/archives" -maxdepth 1 -name "*.deb" -exec cp -u -t "$BCEDGE_DEBS" {} +' \
+      "$suite" "$root" "$mirror" >"$base/rootfs.log" 2>&1 ||
+      die 5 "mmdebstrap failed; see $base/rootfs.log (last lines: $(tail -n 3 "$base/rootfs.log" | tr '\n' ' '))"
+    # The fix-ups maintainer scripts would have made: the base passwd/group files, ld.so.cache.
     for f in passwd group; do
       [ -s "$root/etc/$f" ] || cp "$root/usr/share/base-passwd/$f.master" "$root/etc/$f"
     done
     chroot "$root" /sbin/ldconfig || die 5 "ldconfig failed inside the root filesystem"
+  else
+    # minbase, maintainer scripts run under emulation (qemu through binfmt_misc).
+    nice -n 15 debootstrap --arch=arm64 --variant=minbase --components="$components" \
+      --keyring="$keyring" --cache-dir="$base/debs" --include="$include" \
+      "$suite" "$root" "$mirror" >"$base/rootfs.log" 2>&1 ||
+      die 5 "debootstrap failed; see $base/rootfs.log (last lines: $(tail -n 3 "$base/rootfs.log" | tr '\n' ' '))"
   fi
   touch "$root/.bcedge-rootfs-done"
   step_end
