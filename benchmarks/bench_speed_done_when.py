@@ -25,6 +25,12 @@ same thread count. Targets (issue #14, "Done when"):
    script process (median wall of alternating runs, after an untimed one of each:
    ``bench_cold_start.run_once``) <= 1.0.
 
+Beside the targets (context for the lead's choices, not judged): the same warm scan job and 16-scan
+run with preprocessing version 2 (a copy of the bundle whose manifest says version 2, same artifact:
+``preprocess_v2_gate.with_version``), the 16 scans pipelined with OpenCV's own thread pool left on
+(``scanjob.PIPELINE_OPENCV_THREADS = None``, the setting before it was 1), and the model alone at one
+thread (what a second core could hide the other stages behind).
+
 Every timed row records this process's CPU time and the share of the machine's CPUs other
 processes used meanwhile (:class:`bcedge.bench.load.LoadMeter`; child processes: ``wait4``). A
 section is flagged ``busy`` (its verdict not trusted) when others used more than 10 % of the CPUs
@@ -125,30 +131,39 @@ def floor_once(path: Path, rows: int, cols: int) -> int:
     return int(pixels.max())
 
 
-def bench_warm(seg: Any, interpreter: Any, path: Path, out: Path, runs: int, warmup: int) -> dict[str, Any]:
-    """Alternating warm runs of bcedge's scan job and the naive script's segment(); then the floor."""
+def bench_warm(
+    seg: Any, interpreter: Any, path: Path, out: Path, runs: int, warmup: int, seg_v2: Any = None
+) -> dict[str, Any]:
+    """Alternating warm runs of bcedge's scan job and the naive script's segment() (and, with ``seg_v2``,
+    the scan job with preprocessing version 2, not judged); then the floor."""
     import naive_infer
 
     from bcedge.pipeline import ScanFailure
     from bcedge.scanjob import run_scan
 
-    def ours() -> Any:
-        result = run_scan(seg, path, out / "bcedge", ["json", "mask"])
-        if isinstance(result, ScanFailure):
-            raise SystemExit(f"error: {result.error}")
-        return result
+    def job(segmenter: Any, folder: str) -> Callable[[], Any]:
+        def run() -> Any:
+            result = run_scan(segmenter, path, out / folder, ["json", "mask"])
+            if isinstance(result, ScanFailure):
+                raise SystemExit(f"error: {result.error}")
+            return result
+
+        return run
 
     def naive() -> dict[str, float]:
         return naive_infer.segment(interpreter, path, out / "naive", seg.threshold)
 
-    rows: dict[str, list[dict[str, Any]]] = {"bcedge": [], "naive": []}
+    fns: list[tuple[str, Callable[[], Any]]] = [("bcedge", job(seg, "bcedge")), ("naive", naive)]
+    if seg_v2 is not None:
+        fns.append(("bcedge_v2", job(seg_v2, "bcedge_v2")))
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in fns}
     for i in range(warmup + runs):
-        order = (("bcedge", ours), ("naive", naive)) if i % 2 == 0 else (("naive", naive), ("bcedge", ours))
+        order = fns if i % 2 == 0 else fns[::-1]
         for name, fn in order:
             meter, result = timed(fn)
             if i < warmup:
                 continue
-            if name == "bcedge":
+            if name.startswith("bcedge"):
                 stages = {k: round(v, 2) for k, v in result.timing_ms.items()}
                 non_model = sum(stages[k] for k in ("decode", "preprocess", "postprocess", "write"))
                 rows[name].append({**meter, "stages_ms": stages, "non_model_ms": round(non_model, 2)})
@@ -167,14 +182,25 @@ def bench_warm(seg: Any, interpreter: Any, path: Path, out: Path, runs: int, war
     non_model = med([r["non_model_ms"] for r in rows["bcedge"]])
     floor_ms = med([r["wall_ms"] for r in floor])
     stage_names = rows["bcedge"][0]["stages_ms"].keys()
+
+    def ours(name: str) -> dict[str, Any]:
+        return {
+            "wall_ms_median": med([r["wall_ms"] for r in rows[name]]),
+            "cpu_ms_median": med([r["cpu_ms"] for r in rows[name]]),
+            "stages_ms_median": {k: med([r["stages_ms"][k] for r in rows[name]]) for k in stage_names},
+            "non_model_ms_median": med([r["non_model_ms"] for r in rows[name]]),
+            "runs": rows[name],
+        }
+
+    extra: dict[str, Any] = {}
+    if "bcedge_v2" in rows:
+        v2 = ours("bcedge_v2")
+        extra["bcedge_preprocess_v2_not_judged"] = v2
+        extra["ratio_warm_v2"] = round(v2["wall_ms_median"] / n_wall, 3)
+        extra["ratio_non_model_floor_v2"] = round(v2["non_model_ms_median"] / floor_ms, 3)
     return {
-        "bcedge": {
-            "wall_ms_median": b_wall,
-            "cpu_ms_median": med([r["cpu_ms"] for r in rows["bcedge"]]),
-            "stages_ms_median": {k: med([r["stages_ms"][k] for r in rows["bcedge"]]) for k in stage_names},
-            "non_model_ms_median": non_model,
-            "runs": rows["bcedge"],
-        },
+        **extra,
+        "bcedge": ours("bcedge"),
         "naive": {
             "wall_ms_median": n_wall,
             "cpu_ms_median": med([r["cpu_ms"] for r in rows["naive"]]),
@@ -250,31 +276,58 @@ def bench_jpeg_ls(path: Path, plain: Path, runs: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- 4: 16 scans
 
 
-def bench_throughput(seg: Any, folder: Path, out: Path, batch_size: int, reps: int) -> dict[str, Any]:
-    """16 scans through the scan job (pipelined and serial) vs the model alone on their tensors."""
+def bench_throughput(
+    seg: Any, folder: Path, out: Path, batch_size: int, reps: int, seg_v2: Any = None
+) -> dict[str, Any]:
+    """16 scans through the scan job (pipelined and serial) vs the model alone on their tensors; beside them
+    (not judged) the pipeline with OpenCV's thread pool left on, with preprocessing version 2 (``seg_v2``)
+    and the model alone at one thread."""
+    from bcedge import scanjob
     from bcedge.pipeline import ScanFailure
     from bcedge.scanjob import process_scans
 
     paths = sorted(folder.glob("*.dcm"))
     tensor = seg._prepare(0, paths[0]).tensor
     batches = [np.concatenate([tensor] * min(batch_size, len(paths) - s)) for s in range(0, len(paths), batch_size)]
+    one_thread = seg.bundle.open(seg.artifact, threads=1)
 
     def model_only() -> None:
         for batch in batches:
             seg._infer(batch)
 
-    def job(pipelined: bool) -> Callable[[], None]:
+    def model_only_1_thread() -> None:
+        for batch in batches:
+            one_thread.predict(batch)
+
+    def job(pipelined: bool, segmenter: Any = seg, opencv: Any = "as shipped") -> Callable[[], None]:
         def run() -> None:
-            items = list(process_scans(seg, paths, out, ["json", "mask"], batch_size=batch_size, pipelined=pipelined))
+            shipped = scanjob.PIPELINE_OPENCV_THREADS
+            if opencv != "as shipped":
+                scanjob.PIPELINE_OPENCV_THREADS = opencv
+            try:
+                items = list(
+                    process_scans(segmenter, paths, out, ["json", "mask"], batch_size=batch_size, pipelined=pipelined)
+                )
+            finally:
+                scanjob.PIPELINE_OPENCV_THREADS = shipped
             bad = [i for i in items if isinstance(i, ScanFailure)]
             if bad or len(items) != len(paths):
                 raise SystemExit(f"error: {bad[0].error if bad else 'scans missing'}")
 
         return run
 
-    rows: dict[str, list[dict[str, Any]]] = {"model_only": [], "pipelined": [], "serial": []}
-    fns = {"model_only": model_only, "pipelined": job(True), "serial": job(False)}
+    fns = {
+        "model_only": model_only,
+        "pipelined": job(True),
+        "serial": job(False),
+        "pipelined_opencv_pool": job(True, opencv=None),
+        "model_only_1_thread": model_only_1_thread,
+    }
+    if seg_v2 is not None:
+        fns["pipelined_v2"] = job(True, seg_v2)
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in fns}
     model_only()  # untimed: every batch shape seen once
+    model_only_1_thread()
     for _ in range(reps):
         for name, fn in fns.items():
             meter, _ = timed(fn)
@@ -285,7 +338,18 @@ def bench_throughput(seg: Any, folder: Path, out: Path, batch_size: int, reps: i
     # non-model stages), never faster than the model alone. Context for the ratio, not a target.
     cpus = len(os.sched_getaffinity(0))
     bound = min(rate["model_only"], cpus * 1e3 / cpu_per_scan["serial"])
+    one_thread.close()
+    extra = {
+        f"ratio_{name}": round(rate[name] / rate["model_only"], 3)
+        for name in fns
+        if name not in ("model_only", "pipelined", "serial")
+    }
     return {
+        "not_judged": {
+            "what": "ratios to model_only (2 threads) of the pipeline with OpenCV's own thread pool on, with "
+            "preprocessing version 2, and of the model alone at one thread",
+            **extra,
+        },
         "scans": len(paths),
         "batch_size": batch_size,
         "scans_per_s_median": rate,
@@ -395,9 +459,15 @@ def main(argv: list[str] | None = None) -> int:
             artifact = naive_artifact(seg)
             doc["naive_artifact"] = artifact.name
             interpreter = naive_infer.load(artifact, threads)
+            # The same bundle and artifact with preprocessing version 2 (its manifest edited in a copy).
+            from preprocess_v2_gate import with_version
+
+            v2_bundle = with_version(seg.bundle.dir, 2, folder / "bundle v2")
+            seg_v2 = Segmenter(v2_bundle, seg.backend_name, threads=threads, artifact=seg.artifact.file)
+            doc["preprocess_v2_bundle"] = {"config_version": seg_v2.config.version, "artifact": seg_v2.artifact.file}
             doc["sections"]["warm"] = measured(
                 "warm end to end and the floor",
-                lambda: bench_warm(seg, interpreter, files["plain"], folder, args.runs, args.warmup),
+                lambda: bench_warm(seg, interpreter, files["plain"], folder, args.runs, args.warmup, seg_v2),
             )
             doc["sections"]["jpeg_ls"] = (
                 measured("JPEG-LS", lambda: bench_jpeg_ls(files["jpeg_ls"], files["plain"], args.runs))
@@ -406,8 +476,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             doc["sections"]["throughput"] = measured(
                 "16 scans",
-                lambda: bench_throughput(seg, folder / "sixteen", folder / "out16", batch_size, args.reps),
+                lambda: bench_throughput(seg, folder / "sixteen", folder / "out16", batch_size, args.reps, seg_v2),
             )
+            seg_v2.close()
             threshold = seg.threshold
         # The children's CPU is not this process's: the section's others-share counts them, so the cold
         # section's busy verdict is its runs' own (bench_cold_start.run_once subtracts each child's CPU).
@@ -445,6 +516,12 @@ def print_report(doc: dict[str, Any]) -> None:
         f"{w['bcedge']['stages_ms_median']}), naive {w['naive']['wall_ms_median']} ms (model "
         f"{w['naive']['model_ms_median']}), floor {w['floor']['wall_ms_median']} ms"
     )
+    if "bcedge_preprocess_v2_not_judged" in w:
+        v2 = w["bcedge_preprocess_v2_not_judged"]
+        print(
+            f"  with preprocessing v2: {v2['wall_ms_median']} ms (non-model {v2['non_model_ms_median']}, stages "
+            f"{v2['stages_ms_median']})"
+        )
     if "ratio_decode" in s["jpeg_ls"]:
         print(f"JPEG-LS ({s['jpeg_ls']['plugin']}): {s['jpeg_ls']['wall_ms_median']}")
     t = s["throughput"]
@@ -452,6 +529,7 @@ def print_report(doc: dict[str, Any]) -> None:
         f"16 scans, scans/s: {t['scans_per_s_median']}; CPU ms per scan {t['cpu_ms_per_scan_median']}; "
         f"CPU bound {t['cpu_bound_scans_per_s']} scans/s ({t['cpu_bound_ratio_to_model_only']} of model-only)"
     )
+    print(f"  not judged: {t.get('not_judged')}")
     c = s["cold"]["summary"]
     print(f"cold: bcedge {c['bcedge']['wall_ms_median']} ms, naive {c['naive']['wall_ms_median']} ms")
     for key, v in doc["verdicts"].items():
