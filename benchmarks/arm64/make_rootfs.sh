@@ -35,7 +35,8 @@
 #
 # Exit codes: 0 ready; 2 usage; 3 host tool or binfmt problem; 4 mirror unreachable;
 # 5 the root filesystem build failed (debootstrap / mmdebstrap: a download or a package
-# problem, see <cache>/<distro>/rootfs.log); 6 a dependency has no aarch64 wheel / pip failed.
+# problem, see <cache>/<distro>/rootfs.log); 6 a dependency has no aarch64 wheel / pip failed;
+# 7 a Debian package this script lists is not in the archive (the list needs fixing).
 set -euo pipefail
 
 unpacked=0
@@ -111,6 +112,16 @@ if [ "${BCEDGE_ARM64_REBUILD:-0}" = 1 ] && [ -d "$root" ]; then
   unmount_all "$root"
   rm -rf --one-file-system "$root"
 fi
+rootfs_failed() {
+  # rootfs_failed TOOL: 7 when the archive lacks a package of $include (apt's / debootstrap's
+  # words for it): the list is this script's to fix, so CI fails; else 5 (a download, mirror or
+  # host problem: CI skips the smoke test with the reason).
+  local log="$base/rootfs.log" missing='Unable to locate package|has no installation candidate|unmet dependencies|find these debs'
+  grep -qE "$missing" "$log" &&
+    die 7 "$1 could not resolve the package list for $distro ($include): $(grep -m 1 -E "$missing" "$log")"
+  die 5 "$1 failed; see $log (last lines: $(tail -n 3 "$log" | tr '\n' ' '))"
+}
+
 if [ ! -f "$root/.bcedge-rootfs-done" ]; then
   step_start rootfs
   curl -fsS -m 30 -o /dev/null "$mirror/dists/$suite/Release" ||
@@ -135,8 +146,7 @@ if [ ! -f "$root/.bcedge-rootfs-done" ]; then
       --components="$components" --keyring="$keyring" --include='?essential' --include="$include" \
       --setup-hook='mkdir -p "$1/var/cache/apt/archives" && find "$BCEDGE_DEBS" -maxdepth 1 -name "*.deb" -exec cp -t "$1/var/cache/apt/archives" {} +' \
       --extract-hook='find "$1/var/cache/apt/archives" -maxdepth 1 -name "*.deb" -exec cp -u -t "$BCEDGE_DEBS" {} +' \
-      "$suite" "$root" "$mirror" >"$base/rootfs.log" 2>&1 ||
-      die 5 "mmdebstrap failed; see $base/rootfs.log (last lines: $(tail -n 3 "$base/rootfs.log" | tr '\n' ' '))"
+      "$suite" "$root" "$mirror" >"$base/rootfs.log" 2>&1 || rootfs_failed mmdebstrap
     # The fix-ups maintainer scripts would have made: the base passwd/group files, ld.so.cache.
     for f in passwd group; do
       [ -s "$root/etc/$f" ] || cp "$root/usr/share/base-passwd/$f.master" "$root/etc/$f"
@@ -146,8 +156,7 @@ if [ ! -f "$root/.bcedge-rootfs-done" ]; then
     # minbase, maintainer scripts run under emulation (qemu through binfmt_misc).
     nice -n 15 debootstrap --arch=arm64 --variant=minbase --components="$components" \
       --keyring="$keyring" --cache-dir="$base/debs" --include="$include" \
-      "$suite" "$root" "$mirror" >"$base/rootfs.log" 2>&1 ||
-      die 5 "debootstrap failed; see $base/rootfs.log (last lines: $(tail -n 3 "$base/rootfs.log" | tr '\n' ' '))"
+      "$suite" "$root" "$mirror" >"$base/rootfs.log" 2>&1 || rootfs_failed debootstrap
   fi
   touch "$root/.bcedge-rootfs-done"
   step_end
