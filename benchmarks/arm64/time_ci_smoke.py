@@ -88,6 +88,8 @@ def main() -> int:
         print(f"error: {args.cache} is not empty: a cold build needs an empty cache", file=sys.stderr)
         return 2
     env = dict(os.environ, BCEDGE_ARM64_CACHE=str(args.cache.resolve()))
+    # The checkout the commands run from, taken before they start (others may commit meanwhile).
+    source = source_state(REPO)
     rows = []
     for name, cmd in COMMANDS:
         rows.append(run_timed(name, cmd, env))
@@ -106,7 +108,7 @@ def main() -> int:
         "steps_make_rootfs": _kv(base / "timings.txt"),
         "steps_quick_suite": _kv(base / "out" / "quick" / "timings.txt"),
         "host": machine_info(),
-        "source": source_state(REPO),
+        "source": source,
     }
     atomic_write_bytes(args.json, (json.dumps(record, indent=2) + "\n").encode())
     print(json.dumps({k: record[k] for k in ("commands", "total_wall_s", "total_cpu_s", "passed")}, indent=2))
