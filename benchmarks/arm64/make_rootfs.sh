@@ -56,6 +56,7 @@ case "$distro" in
     suite=bookworm
     mirror="${BCEDGE_ARM64_MIRROR:-http://deb.debian.org/debian}"
     keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+    keyring_pkg=debian-archive-keyring
     components=main
     py=3.11
     glibc_minor=36
@@ -65,6 +66,7 @@ case "$distro" in
     suite=jammy
     mirror="${BCEDGE_ARM64_MIRROR:-http://ports.ubuntu.com/ubuntu-ports}"
     keyring=/usr/share/keyrings/ubuntu-archive-keyring.gpg
+    keyring_pkg=""  # ubuntu-keyring: not in every Debian host's archive; a missing keyring stops with 3
     components=main,universe
     py=3.10
     glibc_minor=35
@@ -96,6 +98,8 @@ command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 [ $unpacked -eq 1 ] && { command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap); }
 command -v update-binfmts >/dev/null 2>&1 || need+=(binfmt-support)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# The archive's signing keys (a non-Debian CI host may lack them).
+[ -f "$keyring" ] || [ -z "$keyring_pkg" ] || need+=("$keyring_pkg")
 if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -q "${need[@]}" || { apt-get update -q && apt-get install -y -q "${need[@]}"; } ||
     die 3 "could not install ${need[*]} from Debian"
