@@ -5,7 +5,8 @@ continues P512L) often sit in one basin of the loss, where the mean of their wei
 each of them at the cost of one model (Wortsman et al. 2022, "Model soups"). This makes such a
 mean into a run folder that ``benchmarks/ablation_v2.py`` scores like any other run:
 ``OUT/best.keras`` (weights and batch-norm moving statistics averaged), ``config.json`` of the
-first ingredient plus ``soup_of``, and its ``state.json`` with ``soup_of``.
+first ingredient plus ``soup_of``, and its ``state.json`` with ``soup_of`` and, as
+``wall_seconds``, the training time of all its ingredient runs together.
 
 ``--recalibrate`` then re-estimates the batch-norm statistics on the whole training images
 (:mod:`training.batchnorm`), as ``bcedge train`` does for its checkpoint. Measured
@@ -103,6 +104,9 @@ def make_soup(out: Path, specs: list[str], recalibrate_cache: Path | None = None
     soup_of = {"ingredients": [str(p) for p in paths], "bn_recalibrated_layers": recalibrated}
     write_config(out, {**config, "soup_of": soup_of})
     state.pop("bn_recalibration", None)  # it applied to the first ingredient alone
+    # What the soup cost to train: every distinct ingredient run's wall time (None if one lacks it).
+    walls = [(read_state(run) or {}).get("wall_seconds") for run in dict.fromkeys(p.parent for p in paths)]
+    state["wall_seconds"] = None if None in walls else round(sum(walls), 1)
     state["soup_of"] = soup_of
     write_state(out, state)
     return state

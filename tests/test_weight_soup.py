@@ -30,7 +30,9 @@ def _run(tmp: Path, name: str, seed: int, base_filters: int = 4) -> Path:
     run.mkdir()
     model.save(run / "best.keras")
     (run / "config.json").write_text(json.dumps({"model": "unet", "size": 32, "data": ["x"], "batch": 2}))
-    (run / "state.json").write_text(json.dumps({"epoch": 3, "best_epoch": 2, "bn_recalibration": {"kept": True}}))
+    (run / "state.json").write_text(
+        json.dumps({"epoch": 3, "best_epoch": 2, "wall_seconds": 10.0 * seed, "bn_recalibration": {"kept": True}})
+    )
     return run
 
 
@@ -52,6 +54,7 @@ def test_soup_is_the_mean_of_every_weight_and_records_its_ingredients(tmp_path: 
         str(b / "best.keras"),
     ]
     assert state["soup_of"]["bn_recalibrated_layers"] == 0 and "bn_recalibration" not in state
+    assert state["wall_seconds"] == 30.0  # both ingredient runs' training time
 
 
 def test_soup_refuses_mismatched_architectures_and_existing_output(tmp_path: Path) -> None:
