@@ -39,9 +39,6 @@ Contract:
   one being written) are between the start of their reading and their hand-over to the caller,
   which bounds memory (~40 MB per full-field scan). A model failure still raises, after every
   scan before its batch was handed over; closing the generator early stops the threads.
-  While the threads run, OpenCV works on one thread (:data:`PIPELINE_OPENCV_THREADS`): the model
-  already has every core, and OpenCV's own pool in the reading and writing stages only adds
-  runnable threads that preempt the model's (its outputs do not depend on its thread count).
 - **Names.** :func:`unique_stems` gives each input its output stem: the file name without an
   image suffix, cut with a hash suffix when long (:func:`bcedge.outputs.shorten_stem`), with
   ``_2``, ``_3``... when two inputs share one. The same inputs in the same order always give
@@ -251,50 +248,6 @@ def _write_and_total(
 #: The Segmenter's stage methods the pipeline drives (the same ones ``segment_many`` runs).
 _STAGE_METHODS = ("_prepare", "_infer", "_finish")
 
-#: OpenCV's thread count while a pipeline runs (None: leave OpenCV's setting alone). The model's
-#: threads already take every core; each extra OpenCV worker in the reading or writing stage is one
-#: more runnable thread that preempts a model thread, and the model's parallel operators then wait
-#: for the preempted one. OpenCV's results do not depend on its thread count (the pipelined-equals-
-#: serial test runs the serial path with OpenCV's default and the pipeline with this).
-PIPELINE_OPENCV_THREADS: int | None = 1
-
-
-class _OpenCVThreads:
-    """Set OpenCV's (process-wide) thread count for as long as any pipeline runs, then put it back.
-
-    Counted, so two pipelines in one process (two threads each calling :func:`process_scans`)
-    restore the setting only when the last one ends.
-    """
-
-    _lock = threading.Lock()
-    _users = 0
-    _saved: int | None = None
-
-    def __init__(self, threads: int | None) -> None:
-        self.threads = threads
-
-    def __enter__(self) -> None:
-        if self.threads is None:
-            return
-        import cv2
-
-        with _OpenCVThreads._lock:
-            if _OpenCVThreads._users == 0:
-                _OpenCVThreads._saved = cv2.getNumThreads()
-                cv2.setNumThreads(self.threads)
-            _OpenCVThreads._users += 1
-
-    def __exit__(self, *exc: object) -> None:
-        if self.threads is None:
-            return
-        import cv2
-
-        with _OpenCVThreads._lock:
-            _OpenCVThreads._users -= 1
-            if _OpenCVThreads._users == 0 and _OpenCVThreads._saved is not None:
-                cv2.setNumThreads(_OpenCVThreads._saved)
-                _OpenCVThreads._saved = None
-
 
 class _Raise:
     """A thread's exception, handed to the caller's thread in its place in the stream."""
@@ -352,9 +305,6 @@ class _Pipeline:
             threading.Thread(target=self._model, name="bcedge-model", daemon=True),
             threading.Thread(target=self._post, name="bcedge-write", daemon=True),
         ]
-        # Read at start, so a benchmark can compare settings by changing the module attribute.
-        opencv = _OpenCVThreads(PIPELINE_OPENCV_THREADS)
-        opencv.__enter__()
         for thread in threads:
             thread.start()
         try:
@@ -375,7 +325,6 @@ class _Pipeline:
             self.slots.release()
             for thread in threads:
                 thread.join()
-            opencv.__exit__()
 
     def _read(self) -> None:
         """Stage 1: read and preprocess each scan, in input order; a bad scan becomes its ScanFailure."""

@@ -27,9 +27,8 @@ same thread count. Targets (issue #14, "Done when"):
 
 Beside the targets (context for the lead's choices, not judged): the same warm scan job and 16-scan
 run with preprocessing version 2 (a copy of the bundle whose manifest says version 2, same artifact:
-``preprocess_v2_gate.with_version``), the 16 scans pipelined with OpenCV's own thread pool left on
-(``scanjob.PIPELINE_OPENCV_THREADS = None``, the setting before it was 1), and the model alone at one
-thread (what a second core could hide the other stages behind).
+``preprocess_v2_gate.with_version``), and the model alone at one thread (what a second core could hide
+the other stages behind).
 
 Every timed row records this process's CPU time and the share of the machine's CPUs other
 processes used meanwhile (:class:`bcedge.bench.load.LoadMeter`; child processes: ``wait4``). A
@@ -280,9 +279,7 @@ def bench_throughput(
     seg: Any, folder: Path, out: Path, batch_size: int, reps: int, seg_v2: Any = None
 ) -> dict[str, Any]:
     """16 scans through the scan job (pipelined and serial) vs the model alone on their tensors; beside them
-    (not judged) the pipeline with OpenCV's thread pool left on, with preprocessing version 2 (``seg_v2``)
-    and the model alone at one thread."""
-    from bcedge import scanjob
+    (not judged) the pipeline with preprocessing version 2 (``seg_v2``) and the model alone at one thread."""
     from bcedge.pipeline import ScanFailure
     from bcedge.scanjob import process_scans
 
@@ -299,17 +296,11 @@ def bench_throughput(
         for batch in batches:
             one_thread.predict(batch)
 
-    def job(pipelined: bool, segmenter: Any = seg, opencv: Any = "as shipped") -> Callable[[], None]:
+    def job(pipelined: bool, segmenter: Any = seg) -> Callable[[], None]:
         def run() -> None:
-            shipped = scanjob.PIPELINE_OPENCV_THREADS
-            if opencv != "as shipped":
-                scanjob.PIPELINE_OPENCV_THREADS = opencv
-            try:
-                items = list(
-                    process_scans(segmenter, paths, out, ["json", "mask"], batch_size=batch_size, pipelined=pipelined)
-                )
-            finally:
-                scanjob.PIPELINE_OPENCV_THREADS = shipped
+            items = list(
+                process_scans(segmenter, paths, out, ["json", "mask"], batch_size=batch_size, pipelined=pipelined)
+            )
             bad = [i for i in items if isinstance(i, ScanFailure)]
             if bad or len(items) != len(paths):
                 raise SystemExit(f"error: {bad[0].error if bad else 'scans missing'}")
@@ -320,7 +311,6 @@ def bench_throughput(
         "model_only": model_only,
         "pipelined": job(True),
         "serial": job(False),
-        "pipelined_opencv_pool": job(True, opencv=None),
         "model_only_1_thread": model_only_1_thread,
     }
     if seg_v2 is not None:
@@ -346,8 +336,8 @@ def bench_throughput(
     }
     return {
         "not_judged": {
-            "what": "ratios to model_only (2 threads) of the pipeline with OpenCV's own thread pool on, with "
-            "preprocessing version 2, and of the model alone at one thread",
+            "what": "ratios to model_only (2 threads) of the pipeline with preprocessing version 2 and of the "
+            "model alone at one thread",
             **extra,
         },
         "scans": len(paths),

@@ -190,36 +190,6 @@ def test_reading_runs_ahead_while_the_model_works() -> None:
     assert model_start[0] < model_end[1]
 
 
-def test_opencv_runs_on_one_thread_while_the_pipeline_runs_and_is_restored() -> None:
-    """The stages' OpenCV calls leave the cores to the model (scanjob.PIPELINE_OPENCV_THREADS); the
-    process's setting is back when the pipeline ends, also when the caller stops early."""
-    import cv2
-
-    from bcedge import scanjob
-
-    seen: list[int] = []
-    seg = _Slow()
-    real = seg._prepare
-
-    def prepare(index: int, scan: str) -> Any:
-        seen.append(cv2.getNumThreads())
-        return real(index, scan)
-
-    seg._prepare = prepare  # type: ignore[method-assign]
-    before = cv2.getNumThreads()
-    cv2.setNumThreads(3)
-    try:
-        assert len(_consume(seg, [f"s{i}" for i in range(5)], batch_size=2)) == 5
-        assert seen and set(seen) == {scanjob.PIPELINE_OPENCV_THREADS}
-        assert cv2.getNumThreads() == 3
-        jobs = process_scans(seg, [f"t{i}" for i in range(9)], "unused", "", batch_size=2)
-        next(jobs)
-        jobs.close()
-        assert cv2.getNumThreads() == 3
-    finally:
-        cv2.setNumThreads(before)
-
-
 def test_serial_path_is_kept_for_one_scan_and_on_request() -> None:
     seg = _Slow()
     calls: list[int] = []
