@@ -768,6 +768,9 @@ def main() -> int:
         raise SystemExit(f"need {args.scans} mini-MIAS images under {data}; found {len(all_images)}")
     if args.counts and (len(set(args.counts)) < 2 or min(args.counts) < 1):
         raise SystemExit("--counts needs at least two distinct scan counts, each at least 1")
+    if args.counts and (args.full_field or args.default_threads):
+        # --counts times the three one-thread configurations on real scans only
+        raise SystemExit("--counts does not combine with --full-field or --default-threads")
     report: dict[str, Any] = {
         "created": utc_now(),
         "machine": machine_info(threads=[1]),
