@@ -37,7 +37,13 @@ Contract:
   batch 1 gets each scan as soon as it is read (the serial path's calls, one per scan). At most
   ``max_in_flight`` scans (default ``3 * batch_size``: one batch being read, one in the model,
   one being written) are between the start of their reading and their hand-over to the caller,
-  which bounds memory (~40 MB per full-field scan). A model failure still raises, after every
+  which bounds memory (~40 MB per full-field scan). **Two interpreters**: a LiteRT Segmenter
+  with 2 threads or more lends the job two interpreters of half its threads each
+  (:meth:`~bcedge.pipeline.Segmenter._model_pool`, one more interpreter's memory); each batch
+  goes to a free one, the writer takes the batches in input order, and the default bound is
+  ``4 * batch_size`` (one batch more in the model). Same artifact, same options: the same
+  probabilities (FP16 on XNNPACK: bit-identical, tested), 1.10x the scans per second of one
+  2-thread interpreter on a 2-core AVX2 machine (README, issue #14). A model failure still raises, after every
   scan before its batch was handed over; closing the generator early stops the threads.
 - **Names.** :func:`unique_stems` gives each input its output stem: the file name without an
   image suffix, cut with a hash suffix when long (:func:`bcedge.outputs.shorten_stem`), with
@@ -51,6 +57,7 @@ import os
 import queue
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -164,7 +171,8 @@ def process_scans(
         pipelined: overlap reading, the model and writing on threads (see the module docstring);
             False: every stage of every scan on the calling thread, one batch after the other.
         max_in_flight: most scans between the start of their reading and their hand-over to
-            the caller when pipelined (default ``3 * batch_size``; at least ``batch_size``).
+            the caller when pipelined (default ``3 * batch_size``, ``4 * batch_size`` with two
+            interpreters; at least ``batch_size``).
 
     Yields:
         A :class:`~bcedge.pipeline.Result` with its outputs written and ``timing_ms["total"]``
@@ -178,16 +186,19 @@ def process_scans(
         BackendError: the model failed to run (a problem for every scan).
     """
     _check_positive("batch_size", batch_size)
-    if max_in_flight is None:
-        max_in_flight = 3 * batch_size
-    _check_positive("max_in_flight", max_in_flight)
-    if max_in_flight < batch_size:
-        raise ConfigError(f"max_in_flight is {max_in_flight}; it must be at least batch_size ({batch_size})")
+    if max_in_flight is not None:
+        _check_positive("max_in_flight", max_in_flight)
+        if max_in_flight < batch_size:
+            raise ConfigError(f"max_in_flight is {max_in_flight}; it must be at least batch_size ({batch_size})")
     items = list(scans)
     if stems is None:
         stems = unique_stems([s for s in items if isinstance(s, (str, os.PathLike))])
     if pipelined and len(items) > 1 and all(callable(getattr(segmenter, n, None)) for n in _STAGE_METHODS):
-        yield from _Pipeline(segmenter, items, out_dir, kinds, stems, batch_size, max_in_flight).run()
+        lend = getattr(segmenter, "_model_pool", None)
+        pool = list(lend()) if callable(lend) else []
+        if max_in_flight is None:  # a batch being read, one being written, one in each interpreter
+            max_in_flight = (2 + max(1, len(pool))) * batch_size
+        yield from _Pipeline(segmenter, items, out_dir, kinds, stems, batch_size, max_in_flight, pool).run()
         return
     for item in segmenter.segment_many(items, batch_size=batch_size):  # type: ignore[attr-defined]
         if isinstance(item, ScanFailure):
@@ -259,11 +270,40 @@ class _Raise:
 _END = object()  # a stage's last item: the stage before it has finished
 
 
+class _Block:
+    """A batch handed to one of the pool's interpreters: its items (in input order) and the future of
+    its model call; the writer waits for the future in the block's turn, so order needs no sorting."""
+
+    def __init__(self, items: list[Any], future: Future[tuple[np.ndarray, float]] | None) -> None:
+        self.items = items
+        self.future = future  # None when every item of the block is a ScanFailure
+
+    def entries(self) -> Iterator[Any]:
+        """Each item as the one-interpreter path hands it on: a ScanFailure, or (prepared, probability, ms).
+
+        Raises:
+            BackendError: the model call failed (re-raised from the interpreter's thread).
+        """
+        if self.future is not None:
+            probs, infer_ms = self.future.result()
+            share = infer_ms / sum(not isinstance(item, ScanFailure) for item in self.items)
+        k = 0
+        for item in self.items:
+            if isinstance(item, ScanFailure):
+                yield item
+            else:
+                yield (item, probs[k, :, :, 0], share)
+                k += 1
+
+
 class _Pipeline:
     """Three threads over one Segmenter: read+preprocess -> model (per batch) -> post-process+write.
 
     Each stage is one thread taking its input in order from a FIFO queue, so order needs no
-    sorting. The bound on memory is a semaphore of ``max_in_flight`` slots: the reader takes one
+    sorting. With a pool of interpreters the model thread hands each batch to a free one (an
+    executor of one worker per interpreter) and passes the batch on as a :class:`_Block`.
+
+    The bound on memory is a semaphore of ``max_in_flight`` slots: the reader takes one
     before it reads a scan, the caller's thread gives it back when it hands the scan over (the
     queues themselves are unbounded; the slots bound what they can hold).
     """
@@ -277,6 +317,7 @@ class _Pipeline:
         stems: dict[str, str],
         batch_size: int,
         max_in_flight: int,
+        pool: Sequence[Any] = (),
     ) -> None:
         self.seg = segmenter
         self.items = items
@@ -298,6 +339,11 @@ class _Pipeline:
         self.prepared: queue.Queue[Any] = queue.Queue()  # _Prepared | ScanFailure | _END
         self.inferred: queue.Queue[Any] = queue.Queue()  # (_Prepared, probability, ms) | ScanFailure | _Raise | _END
         self.done: queue.Queue[Any] = queue.Queue()  # Result | ScanFailure | _Raise | _END
+        # Two interpreters or more: a worker per interpreter, each call takes a free one (the queue).
+        self.free: queue.Queue[Any] = queue.Queue()
+        for backend in pool:
+            self.free.put(backend)
+        self.executor = ThreadPoolExecutor(len(pool), thread_name_prefix="bcedge-model") if len(pool) >= 2 else None
 
     def run(self) -> Iterator[Result | ScanFailure]:
         threads = [
@@ -325,6 +371,8 @@ class _Pipeline:
             self.slots.release()
             for thread in threads:
                 thread.join()
+            if self.executor is not None:
+                self.executor.shutdown(wait=True)  # a model call in progress ends before its interpreter is reused
 
     def _read(self) -> None:
         """Stage 1: read and preprocess each scan, in input order; a bad scan becomes its ScanFailure."""
@@ -373,6 +421,10 @@ class _Pipeline:
 
     def _run_block(self, block: list[Any]) -> None:
         ready = [item for item in block if not isinstance(item, ScanFailure)]
+        if self.executor is not None:
+            tensors = [item.tensor for item in ready]
+            self.inferred.put(_Block(block, self.executor.submit(self._infer_on_free, tensors) if ready else None))
+            return
         if ready:
             probs, infer_ms = self.seg._infer(np.concatenate([item.tensor for item in ready]))
             share = infer_ms / len(ready)
@@ -384,6 +436,14 @@ class _Pipeline:
                 self.inferred.put((item, probs[k, :, :, 0], share))
                 k += 1
 
+    def _infer_on_free(self, tensors: list[np.ndarray]) -> tuple[np.ndarray, float]:
+        """One pool worker's model call: (N, S, S, 1) float32 probabilities and ms, on a free interpreter."""
+        backend = self.free.get()
+        try:
+            return self.seg._infer(np.concatenate(tensors), backend)
+        finally:
+            self.free.put(backend)
+
     def _post(self) -> None:
         """Stage 3: post-process and write each scan's outputs, in input order."""
         try:
@@ -393,23 +453,30 @@ class _Pipeline:
                     break
                 if self.stop.is_set():
                     continue  # the caller is gone: write nothing more
-                if isinstance(item, (ScanFailure, _Raise)):
-                    self.done.put(item)
-                    continue
-                prepared, probability, infer_ms = item
-                try:
-                    result = self.seg._finish(prepared, probability, infer_ms)
-                except BcedgeError as exc:
-                    self.done.put(ScanFailure(prepared.source, exc))
-                    continue
-                except Exception as exc:
-                    self.done.put(ScanFailure(prepared.source, _unexpected(prepared.source, exc)))
-                    continue
-                self.done.put(_write_and_total(result, self.out_dir, self.kinds, self.seg, self.stems))
-        except BaseException as exc:  # a bug in this stage: raised in the caller's thread, not lost
+                # A pool's block: its model call's BackendError is raised here, after every earlier scan
+                # was handed on (the except below passes it to the caller), as in the one-interpreter path.
+                for entry in item.entries() if isinstance(item, _Block) else (item,):
+                    self._post_one(entry)
+        except BaseException as exc:  # BackendError from a pool's block, or a bug: raised in the caller's thread
             self.done.put(_Raise(exc))
         finally:
             self.done.put(_END)
+
+    def _post_one(self, item: Any) -> None:
+        """Hand on a failure, or post-process and write one scan's outputs."""
+        if isinstance(item, (ScanFailure, _Raise)):
+            self.done.put(item)
+            return
+        prepared, probability, infer_ms = item
+        try:
+            result = self.seg._finish(prepared, probability, infer_ms)
+        except BcedgeError as exc:
+            self.done.put(ScanFailure(prepared.source, exc))
+            return
+        except Exception as exc:
+            self.done.put(ScanFailure(prepared.source, _unexpected(prepared.source, exc)))
+            return
+        self.done.put(_write_and_total(result, self.out_dir, self.kinds, self.seg, self.stems))
 
 
 def _write(
