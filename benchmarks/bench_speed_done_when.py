@@ -279,9 +279,10 @@ def bench_throughput(
     seg: Any, folder: Path, out: Path, batch_size: int, reps: int, seg_v2: Any = None
 ) -> dict[str, Any]:
     """16 scans through the scan job (pipelined and serial) vs the model alone on their tensors; beside them
-    (not judged) the pipeline with preprocessing version 2 (``seg_v2``) and the model alone at one thread."""
+    (not judged) the pipeline with preprocessing version 2 (``seg_v2``), the pipeline on the Segmenter's one
+    interpreter (as before the two lent interpreters) and the model alone at one thread."""
     from bcedge.pipeline import ScanFailure
-    from bcedge.scanjob import process_scans
+    from bcedge.scanjob import _Pipeline, process_scans, unique_stems
 
     paths = sorted(folder.glob("*.dcm"))
     tensor = seg._prepare(0, paths[0]).tensor
@@ -307,11 +308,23 @@ def bench_throughput(
 
         return run
 
+    def one_interpreter() -> None:
+        # The pipelined job without the lent interpreters (its code path before issue #14's pool).
+        run = _Pipeline(seg, paths, out, ["json", "mask"], unique_stems(paths), batch_size, 3 * batch_size)
+        if len([i for i in run.run() if not isinstance(i, ScanFailure)]) != len(paths):
+            raise SystemExit("error: scans missing or failed")
+
+    # The interpreters the scan job borrows (opened here, untimed, as the main one was at Segmenter()).
+    pool = seg._model_pool()
+    for backend in [*pool, *(seg_v2._model_pool() if seg_v2 is not None else [])]:
+        for batch in batches:
+            backend.predict(batch)
     fns = {
         "model_only": model_only,
         "pipelined": job(True),
         "serial": job(False),
         "model_only_1_thread": model_only_1_thread,
+        "pipelined_one_interpreter": one_interpreter,
     }
     if seg_v2 is not None:
         fns["pipelined_v2"] = job(True, seg_v2)
@@ -336,12 +349,13 @@ def bench_throughput(
     }
     return {
         "not_judged": {
-            "what": "ratios to model_only (2 threads) of the pipeline with preprocessing version 2 and of the "
-            "model alone at one thread",
+            "what": "ratios to model_only (2 threads) of the pipeline with preprocessing version 2, of the "
+            "pipeline on the one 2-thread interpreter and of the model alone at one thread",
             **extra,
         },
         "scans": len(paths),
         "batch_size": batch_size,
+        "pipelined_interpreter_threads": [b.threads for b in pool] or [seg.backend.threads],
         "scans_per_s_median": rate,
         "cpu_ms_per_scan_median": cpu_per_scan,
         "cpu_bound_scans_per_s": round(bound, 3),
