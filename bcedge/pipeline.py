@@ -20,6 +20,11 @@ library missing, a model that fails to load or run) raises
 
 Runtime-light: nothing here imports TensorFlow; the backend's library is imported
 when the model is opened (``ai_edge_litert`` for TFLite artifacts).
+
+Why one module: :class:`Segmenter` owns one lifecycle, choosing and opening the artifact,
+the interpreters it lends the scan job (:meth:`Segmenter._model_pool`, the same artifact
+and options), the stages that run on them and closing them all; its results and failures
+are the types every front end reads. Split, each part would reach into the others' state.
 """
 
 from __future__ import annotations
