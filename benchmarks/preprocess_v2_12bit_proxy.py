@@ -55,12 +55,6 @@ def as_12_bit(mammo: Any, table: np.ndarray) -> Any:
     return Mammogram(pixels=None, meta=mammo.meta, header=mammo.header, stored=StoredImage(stored, table, 0))  # type: ignore[arg-type]
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    inter = int(np.count_nonzero(a & b))
-    total = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
-    return 1.0 if total == 0 else 2.0 * inter / total
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", required=True)
@@ -80,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bcedge.bench import BenchData
     from bcedge.evaluation import score_result, summarize
+    from bcedge.metrics import dice as mask_dice
     from bcedge.pipeline import Segmenter
 
     table = sigmoid_table(args.width)
@@ -108,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                         "id": item.id,
                         "dice_v1": round(s1.dice, 4),
                         "dice_v2": round(s2.dice, 4),
-                        "mask_dice_v1_v2": round(dice(r1.mask != 0, r2.mask != 0), 4),
+                        "mask_dice_v1_v2": round(mask_dice(r1.mask != 0, r2.mask != 0), 4),
                         "found": [s1.found, s2.found],
                         "false_components": [s1.false_components, s2.false_components],
                         "preprocess_ms": [round(r1.timing_ms["preprocess"], 2), round(r2.timing_ms["preprocess"], 2)],
