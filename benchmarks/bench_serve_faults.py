@@ -371,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     bundle = args.bundle or next((b for b in BUNDLES if (b / "manifest.json").is_file()), None)
     if bundle is None:
         raise SystemExit("no model bundle: pass --bundle")
+    # The node reads a relative path in its config from the config's folder (a temporary one here).
+    bundle = bundle.resolve()
     load_before = [round(v, 2) for v in os.getloadavg()]
     with tempfile.TemporaryDirectory(prefix="bcedge serve faults ") as tmp:
         work = Path(tmp)
@@ -417,7 +419,12 @@ def main(argv: list[str] | None = None) -> int:
             return proc
 
         rounds: dict[str, Any] = {}
-        node = start_node()
+        try:
+            node = start_node()
+        except BaseException:  # the node did not start: stop the fake PACS too, not leave it running
+            pacs.kill()
+            pacs.wait(10)
+            raise
         try:
             for name in ("round1", "round2_kill9"):
                 files = make_round(work / name, originals, args.good)
