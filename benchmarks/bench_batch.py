@@ -804,11 +804,7 @@ def main() -> int:
             from bcedge.phantom import generate
 
             scans += generate(work / "phantoms", count=args.full_field, scale=1.0)
-        manifest = work / "scans.csv"
-        with open(manifest, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["path"])
-            writer.writerows([[str(p)] for p in scans])
+        manifest = write_manifest(scans, work / "scans.csv")
         if args.counts:
             run_counts(report, args, all_images, work)
         for bundle in [] if args.counts else args.bundles:
