@@ -34,7 +34,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bcedge.errors import BcedgeError, ConfigError  # noqa: E402
+from bcedge.errors import BcedgeError, ConfigError, first_line  # noqa: E402
 
 
 def ingredient_path(spec: str) -> Path:
@@ -80,7 +80,12 @@ def make_soup(out: Path, specs: list[str], recalibrate_cache: Path | None = None
     if len(specs) < 2:
         raise ConfigError("a soup needs at least two ingredients")
     paths = [ingredient_path(s) for s in specs]
-    models = [load_trained(p) for p in paths]
+    models = []
+    for path in paths:
+        try:
+            models.append(load_trained(path))
+        except Exception as exc:  # Keras/zip/h5 errors of a damaged checkpoint: one line, not a traceback
+            raise ConfigError(f"{path}: cannot load the checkpoint ({first_line(exc)})") from exc
     soup = models[0]
     soup.set_weights(mean_weights([m.get_weights() for m in models]))
     config = read_config(paths[0].parent)

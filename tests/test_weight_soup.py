@@ -67,6 +67,11 @@ def test_soup_refuses_mismatched_architectures_and_existing_output(tmp_path: Pat
         weight_soup.make_soup(a, [str(a), str(a)])
     with pytest.raises(ConfigError, match="no such checkpoint"):
         weight_soup.ingredient_path(f"{a}:last")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "best.keras").write_bytes(b"not a zip")
+    with pytest.raises(ConfigError, match="cannot load the checkpoint"):
+        weight_soup.make_soup(tmp_path / "s3", [str(a), str(broken)])
     # The command line: one error line, exit 2, no traceback.
     done = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "weight_soup.py"), str(tmp_path / "s2"), str(a)],
