@@ -29,6 +29,7 @@ are the types every front end reads. Split, each part would reach into the other
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -481,10 +482,15 @@ class Segmenter:
                                     self.artifact, verify=self._verify, threads=share, **self._backend_options
                                 )
                             )
-                    except Exception:  # any failure (memory...): keep the one interpreter that works
+                    except Exception as exc:  # any failure (memory...): keep the one interpreter that works
                         for backend in self._pool:
                             backend.close()
                         self._pool = []
+                        logging.getLogger(__name__).warning(
+                            "%s: a second interpreter did not open (%s); the scans run on one",
+                            self.artifact.file,
+                            first_line(exc),
+                        )
             return self._pool
 
     def close(self) -> None:

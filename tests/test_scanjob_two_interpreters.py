@@ -67,6 +67,28 @@ def test_one_thread_lends_no_interpreter() -> None:
         assert seg._model_pool() == []
 
 
+@needs_runtime
+def test_a_second_interpreter_that_does_not_open_leaves_one_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with Segmenter(demo_bundle_path(), "tflite", threads=2) as seg:
+        opened: list[Any] = []
+        real_open = seg.bundle.open
+
+        def open_once(*args: Any, **kwargs: Any) -> Any:
+            if opened:
+                raise MemoryError("simulated: no memory for another interpreter")
+            opened.append(real_open(*args, **kwargs))
+            return opened[-1]
+
+        monkeypatch.setattr(seg.bundle, "open", open_once)
+        with caplog.at_level("WARNING", logger="bcedge.pipeline"):
+            assert seg._model_pool() == []
+        assert opened and opened[0].closed  # the one that did open was closed again
+        assert "did not open" in caplog.text and "no memory" in caplog.text
+        assert not seg.backend.closed  # the Segmenter's own interpreter still serves the job
+
+
 class _Pooled(_Slow):
     """The slow double lending two fake interpreters; ``fail_index``: a batch holding it fails like a broken backend."""
 
