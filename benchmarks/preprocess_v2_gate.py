@@ -42,15 +42,23 @@ RESULTS = HERE / "results" / "preprocess_v2_gate.json"
 TOLERANCE = 0.005
 
 
-def with_version(bundle: Path, version: int, out: Path) -> Path:
-    """A copy of ``bundle`` at ``out`` whose manifest records preprocessing ``version`` (config and hash)."""
+def set_version(bundle: Path, version: int) -> None:
+    """Rewrite ``bundle``'s manifest (in place, atomically) to preprocessing ``version``: its config and
+    hash only; the artifacts, their gates and the acceptance data are untouched."""
+    from bcedge.imageio import atomic_write_bytes
     from bcedge.preprocess import PreprocessConfig
 
-    shutil.copytree(bundle, out)
-    manifest = json.loads((out / "manifest.json").read_text())
+    path = bundle / "manifest.json"
+    manifest = json.loads(path.read_text())
     config = dataclasses.replace(PreprocessConfig.from_dict(manifest["preprocess"]), version=version)
     manifest.update(preprocess=config.to_dict(), preprocess_hash=config.hash())
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    atomic_write_bytes(path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+
+
+def with_version(bundle: Path, version: int, out: Path) -> Path:
+    """A copy of ``bundle`` at ``out`` whose manifest records preprocessing ``version`` (config and hash)."""
+    shutil.copytree(bundle, out)
+    set_version(out, version)
     return out
 
 
@@ -127,11 +135,18 @@ def evaluate(bundle: Path, args: argparse.Namespace, out_json: Path) -> list[str
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", required=True)
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--root", required=True)
-    parser.add_argument("--split", required=True)
+    parser.add_argument("--data")
+    parser.add_argument("--root")
+    parser.add_argument("--split")
     parser.add_argument("--subset", default="val")
     parser.add_argument("--artifact", default=None)
+    parser.add_argument(
+        "--set-version",
+        type=int,
+        choices=(1, 2),
+        help="only rewrite BUNDLE's manifest to this version, no evaluation (a recipe applying a decision "
+        "this script's gate already backed, e.g. training/make_mass_model.sh)",
+    )
     parser.add_argument("--reuse", nargs=2, metavar=("V1_JSON", "V2_JSON"), default=None)
     parser.add_argument("--note", default="", help="How the evaluations were run (kept in the JSON).")
     parser.add_argument("--json", default=str(RESULTS))
@@ -141,6 +156,12 @@ def main(argv: list[str] | None = None) -> int:
         help="When the gate moved by <= TOLERANCE, rewrite BUNDLE's manifest to preprocessing version 2.",
     )
     args = parser.parse_args(argv)
+    if args.set_version is not None:
+        set_version(Path(args.bundle), args.set_version)
+        print(f"{args.bundle}: manifest set to preprocessing version {args.set_version}", file=sys.stderr)
+        return 0
+    if not (args.data and args.root and args.split):
+        parser.error("--data, --root and --split are needed to run the gate")
 
     from bcedge.bundle import load_bundle
 
@@ -189,11 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     doc["bundles"][str(args.bundle)] = entry
     path.write_text(json.dumps(doc, indent=1) + "\n")
     if args.switch and entry["within_tolerance"] and shipped != 2:
-        # The manifest's config and hash only; the artifacts and their gates are untouched.
-        manifest = json.loads((bundle / "manifest.json").read_text())
-        switched = dataclasses.replace(config, version=2)
-        manifest.update(preprocess=switched.to_dict(), preprocess_hash=switched.hash())
-        (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        set_version(bundle, 2)
         print(f"{args.bundle}: manifest switched to preprocessing version 2", file=sys.stderr)
     print(
         f"{args.bundle}: gate Dice v1 {before['dice_lesion_images']:.4f}, v2 {after['dice_lesion_images']:.4f}, "

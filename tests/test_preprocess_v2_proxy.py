@@ -56,3 +56,27 @@ def test_version_2_differs_on_the_12_bit_encoding() -> None:
 def test_the_test_split_is_refused() -> None:
     with pytest.raises(SystemExit, match="not test"):
         proxy.main(["--bundle", "b", "--data", "d", "--root", "r", "--split", "s", "--subset", "test"])
+
+
+def test_set_version_rewrites_only_the_config_and_hash(tmp_path: Path) -> None:
+    """preprocess_v2_gate.set_version / --set-version (training/make_mass_model.sh's last step)."""
+    import json
+    import shutil
+
+    import preprocess_v2_gate as gate
+
+    from bcedge.bundle import load_bundle
+
+    bundle = tmp_path / "mass"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "bcedge" / "mass_model", bundle)
+    before = json.loads((bundle / "manifest.json").read_text())
+    assert gate.main(["--bundle", str(bundle), "--set-version", "1"]) == 0
+    assert load_bundle(bundle).preprocess_config().version == 1
+    gate.set_version(bundle, 2)
+    after = json.loads((bundle / "manifest.json").read_text())
+    assert load_bundle(bundle).preprocess_config().version == 2  # the hash matches the config
+    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    assert changed <= {"preprocess", "preprocess_hash"}
+    assert after["preprocess"] == {**before["preprocess"], "version": 2}
+    source = Path(__file__).resolve().parents[1] / "bcedge" / "mass_model"
+    assert sorted(p.name for p in bundle.iterdir()) == sorted(p.name for p in source.iterdir())  # no temporary left
