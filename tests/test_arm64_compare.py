@@ -183,6 +183,8 @@ def test_report_keeps_the_steps_a_partial_run_did_not_run() -> None:
     assert merged["tests"] == "243 passed" and merged["x86_vs_arm64"]["complete"]
     assert merged["infer"] == {"b": {"artifact": "x"}, "c": None}
     assert merged["kept_from_earlier_run"]["source"] == {"git_commit": "old"}
+    # The old record named no root: the kept results' root is said to be unknown, not this run's.
+    assert merged["kept_from_earlier_run"]["rootfs"]["built_by"].startswith("unknown")
     assert (
         "step tests" in merged["kept_from_earlier_run"]["items"]
         and "step cpu" not in merged["kept_from_earlier_run"]["items"]
@@ -191,3 +193,35 @@ def test_report_keeps_the_steps_a_partial_run_did_not_run() -> None:
     fresh = {"distro": "e", "steps": {}, "tests": None, "infer": {}, "benchmark": {}, "bundles": [], "ran_now": []}
     other = report_py.merge_previous(fresh, old)
     assert "kept_from_earlier_run" not in other and other["steps"] == {}
+
+
+def test_kept_results_name_the_root_they_ran_on_across_partial_runs() -> None:
+    """A second --steps run keeps the first kept items' root, not the intermediate record's."""
+    debootstrap = {"built_by": "debootstrap --variant=minbase"}
+    old = {
+        "distro": "d",
+        "source": {"git_commit": "mid"},
+        "rootfs": {"built_by": "mmdebstrap --variant=extract"},
+        "steps": {"tests": {"rc": 0}},
+        "tests": "243 passed",
+        "infer": {},
+        "bundles": [],
+        "kept_from_earlier_run": {"items": ["step tests"], "source": {"git_commit": "old"}, "rootfs": debootstrap},
+    }
+    new = {"distro": "d", "steps": {"cpu": {"rc": 0}}, "tests": None, "infer": {}, "benchmark": {}, "bundles": []}
+    new["ran_now"] = ["cpu"]
+    merged = report_py.merge_previous(new, old)
+    assert merged["kept_from_earlier_run"]["rootfs"] == debootstrap
+    assert merged["kept_from_earlier_run"]["source"] == {"git_commit": "old"}
+
+
+def test_rootfs_info_reads_make_rootfs_stamp(tmp_path: Path) -> None:
+    """The stamp make_rootfs.sh writes names the builder; an old empty stamp is 'unknown'."""
+    (tmp_path / "root").mkdir()
+    stamp = tmp_path / "root" / ".bcedge-rootfs-done"
+    assert report_py.rootfs_info(tmp_path)["built_by"].startswith("unknown")  # no stamp
+    stamp.write_text("")  # a root built before the method was recorded
+    assert report_py.rootfs_info(tmp_path)["built_by"].startswith("unknown")
+    stamp.write_text("built_by=mmdebstrap --variant=extract\nbuilt_at=2026-12-01T02:40:00Z\nsuite=bookworm\n")
+    info = report_py.rootfs_info(tmp_path)
+    assert info == {"built_by": "mmdebstrap --variant=extract", "built_at": "2026-12-01T02:40:00Z", "suite": "bookworm"}

@@ -162,7 +162,10 @@ if [ ! -f "$root/.bcedge-rootfs-done" ]; then
       --keyring="$keyring" --cache-dir="$base/debs" --include="$include" \
       "$suite" "$root" "$mirror" >"$base/rootfs.log" 2>&1 || rootfs_failed debootstrap
   fi
-  touch "$root/.bcedge-rootfs-done"
+  # The stamp says how and when this root was built (run_suite.sh's record, report.py, names it:
+  # a record must say on which root its steps ran).
+  if [ $unpacked -eq 1 ]; then builder="mmdebstrap --variant=extract"; else builder="debootstrap --variant=minbase"; fi
+  printf 'built_by=%s\nbuilt_at=%s\nsuite=%s\n' "$builder" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$suite" >"$root/.bcedge-rootfs-done"
   step_end
 fi
 

@@ -181,11 +181,27 @@ def merge_previous(report: dict[str, Any], old: dict[str, Any]) -> dict[str, Any
                 kept.append(f"benchmark {bundle}")
     report["bundles"] = sorted(set(report["bundles"]) | set(old.get("bundles") or []))
     if kept:
+        earlier = old.get("kept_from_earlier_run") or {}
         report["kept_from_earlier_run"] = {
             "items": kept,
-            "source": old.get("kept_from_earlier_run", {}).get("source") or old.get("source"),
+            "source": earlier.get("source") or old.get("source"),
+            # The root the kept results ran on (a record before roots were named: unknown).
+            "rootfs": earlier.get("rootfs") or old.get("rootfs") or {"built_by": "unknown (not recorded)"},
         }
     return report
+
+
+def rootfs_info(base: Path) -> dict[str, str]:
+    """How the root filesystem under ``base`` was built, from make_rootfs.sh's stamp.
+
+    Returns ``{"built_by", "built_at", "suite"}`` as the stamp says (``key=value`` lines); a
+    stamp from before the build method was recorded (an empty file) or none gives
+    ``{"built_by": "unknown ..."}``, so a record never claims a root it cannot name.
+    """
+    info = _kv(base / "root" / ".bcedge-rootfs-done")
+    if not info.get("built_by"):
+        return {"built_by": "unknown (root built before make_rootfs.sh recorded its build method)"}
+    return info
 
 
 def _qemu_version() -> str | None:
@@ -220,6 +236,7 @@ def main() -> int:
         "emulated_cpu": _json(suite / "cpu.log"),
         "host": machine_info(),
         "source": source_state(REPO),
+        "rootfs": rootfs_info(args.base),
         "packages": versions,
         "bundles": args.bundles,
         "steps": {
