@@ -69,3 +69,67 @@ def test_a_warm_cache_is_refused(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "not empty" in err[0]
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- ci_smoke.sh (.ci/run's step)
+
+
+def _ci_smoke(tmp_path: Path, cmd: str, cap: int = 60) -> subprocess.CompletedProcess[str]:
+    """Run ci_smoke.sh with ``cmd`` in place of make_rootfs.sh + run_suite.sh --quick."""
+    env = {
+        **os.environ,
+        "BCEDGE_ARM64_CACHE": str(tmp_path),
+        "BCEDGE_ARM64_CI_CMD": cmd,
+        "BCEDGE_ARM64_CI_CAP": str(cap),
+    }
+    return subprocess.run(["bash", str(ARM64 / "ci_smoke.sh")], env=env, capture_output=True, text=True, timeout=120)
+
+
+def _write_quick(status: str, summary: str) -> str:
+    """A shell snippet that writes a quick run's record, as run_suite.sh --quick does."""
+    quick = '"$BCEDGE_ARM64_CACHE/debian12-unpacked/out/quick"'
+    return (
+        f"rm -rf {quick} && mkdir -p {quick} && printf '{status}' > {quick}/status.txt && "
+        f"printf '{summary}\\n' > {quick}/tests.log"
+    )
+
+
+def test_ci_smoke_passes_only_with_this_runs_passing_record(tmp_path: Path) -> None:
+    done = _ci_smoke(tmp_path, _write_quick("cpu=0\\ntests=0\\ndemo=0\\n", "44 passed in 47.1s"))
+    assert done.returncode == 0
+    assert "aarch64 smoke test PASSED" in done.stdout and "44 passed" in done.stdout
+    # The commands exit 0 but this run wrote nothing: the earlier run's record proves nothing.
+    stale = _ci_smoke(tmp_path, "true")
+    assert stale.returncode == 1 and "no smoke-test record of this run" in stale.stdout
+
+
+@pytest.mark.parametrize(
+    ("status", "summary", "why"),
+    [
+        ("cpu=0\\ntests=0\\n", "44 passed", "step demo"),  # demo did not run
+        ("cpu=0\\ntests=0\\ndemo=0\\n", "1 failed, 43 passed", "no passing pytest summary"),
+        ("cpu=0\\ntests=0\\ndemo=0\\n", "no tests ran", "no passing pytest summary"),
+    ],
+)
+def test_ci_smoke_fails_on_an_incomplete_record(tmp_path: Path, status: str, summary: str, why: str) -> None:
+    done = _ci_smoke(tmp_path, _write_quick(status, summary))
+    assert done.returncode == 1
+    assert "aarch64 smoke test FAILED" in done.stdout and why in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("rc", "verdict", "ci_rc"),
+    [(3, "SKIPPED", 0), (4, "SKIPPED", 0), (5, "SKIPPED", 0), (1, "FAILED", 1), (6, "FAILED", 1), (7, "FAILED", 1)],
+)
+def test_ci_smoke_skips_only_set_up_failures_that_are_not_bcedges(
+    tmp_path: Path, rc: int, verdict: str, ci_rc: int
+) -> None:
+    done = _ci_smoke(tmp_path, f"exit {rc}")
+    assert done.returncode == ci_rc
+    assert f"aarch64 smoke test {verdict}" in done.stdout and f"exit {rc}" in done.stdout
+
+
+def test_ci_smoke_past_its_cap_fails_ci(tmp_path: Path) -> None:
+    done = _ci_smoke(tmp_path, "sleep 30", cap=1)
+    assert done.returncode == 1
+    assert "aarch64 smoke test FAILED: not finished within its 1-s cap (exit 124" in done.stdout
