@@ -23,6 +23,8 @@ in a second table; the runtime adopts one only when it beats the default rule on
 Usage::
 
     python benchmarks/ablation_v2.py RUN_DIR [RUN_DIR ...] --cache CACHE --out benchmarks/results/ablation_v2.json
+    # an output ensemble (mean of the members' probability maps) is one row:
+    python benchmarks/ablation_v2.py /work/runs/P512L+/work/runs/U512:last --cache CACHE --out ENS.json
     # a run scored on its own (e.g. while another trains), then added to the committed table:
     python benchmarks/ablation_v2.py --merge benchmarks/results/ablation_v2.json --add SCORED.json \
         --out benchmarks/results/ablation_v2.json --markdown benchmarks/results/ablation_v2.md
@@ -151,21 +153,49 @@ def rechoose(doc: dict) -> dict:
     return doc
 
 
+def _val_key(config: dict) -> tuple:
+    """What decides a run's validation arrays: datasets, split and preprocessing."""
+    return (tuple(config["data"]), config["split"], json.dumps(config["preprocess"], sort_keys=True))
+
+
+def parse_spec(spec: str) -> list[tuple[Path, str]]:
+    """``RUN[:ckpt][+RUN[:ckpt]...]`` as (run folder, checkpoint) pairs; ``+`` joins an ensemble."""
+    members = []
+    for part in spec.split("+"):
+        run, _, checkpoint = part.partition(":")
+        members.append((Path(run), checkpoint or "best"))
+    return members
+
+
 def score_run(
-    run: Path, cache: Path, val_cache: dict, tta: str = "none", checkpoint: str = "best", pp_grid: bool = False
+    run: Path,
+    cache: Path,
+    val_cache: dict,
+    tta: str = "none",
+    checkpoint: str = "best",
+    pp_grid: bool = False,
+    ensemble: tuple[tuple[Path, str], ...] = (),
 ) -> dict:
+    """One row of the table. With ``ensemble`` (more (run, checkpoint) pairs), the row scores
+    the mean of the members' probability maps (an output ensemble, unlike weight_soup.py's
+    weight average); every member must have been validated on the same arrays."""
     from bcedge.evaluation import find_group, score_image, summarize
     from training.models import load_trained
     from training.run import read_config, read_state
 
     config = read_config(run)
     state = read_state(run) or {}
-    key = (tuple(config["data"]), config["split"], json.dumps(config["preprocess"], sort_keys=True))
+    key = _val_key(config)
+    for other, _ in ensemble:
+        if _val_key(read_config(other)) != key:
+            raise SystemExit(f"error: {other} was trained on other data or preprocessing than {run}")
     if key not in val_cache:
         val_cache[key] = _val_arrays(config, cache)
     val = val_cache[key]
-    model = load_trained(run / f"{checkpoint}.keras")
-    probs = tta_predict(model, val.images, tta)[..., 0]
+    probs = np.zeros(val.images.shape[:3], np.float32)
+    for member, ckpt in ((run, checkpoint), *ensemble):
+        probs += tta_predict(load_trained(member / f"{ckpt}.keras"), val.images, tta)[..., 0]
+    probs /= 1 + len(ensemble)
     # The shipped model is for standard mammograms: score CDD-CESM DM pixel masks and normals.
     keep = [
         i
@@ -228,10 +258,11 @@ def score_run(
             "reader_options",
         )
     }
+    name = "+".join(r.name if c == "best" else f"{r.name}:{c}" for r, c in ((run, checkpoint), *ensemble))
     return {
-        "run": (run.name if checkpoint == "best" else f"{run.name}:{checkpoint}")
-        + ("" if tta == "none" else f" +{tta}"),
+        "run": ("ENS " if ensemble else "") + name + ("" if tta == "none" else f" +{tta}"),
         "checkpoint": checkpoint,
+        "ensemble": [f"{r}:{c}" for r, c in ((run, checkpoint), *ensemble)] if ensemble else None,
         "tta": tta,
         "recipe": recipe,
         "epochs_run": state.get("epoch"),
@@ -311,7 +342,11 @@ def markdown_postprocess(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="*", help="run folders; RUN_DIR:last scores the final epoch")
+    parser.add_argument(
+        "runs",
+        nargs="*",
+        help="run folders; RUN_DIR:last scores the final epoch; RUN_A+RUN_B:last scores their output ensemble",
+    )
     parser.add_argument(
         "--rechoose", type=Path, default=None, help="re-apply the operating-point rule to this result's grids"
     )
@@ -366,13 +401,13 @@ def main() -> None:
     val_cache: dict = {}
     rows = []
     for spec in args.runs:
-        run, _, checkpoint = spec.partition(":")
-        run, checkpoint = Path(run), checkpoint or "best"
-        if not (run / f"{checkpoint}.keras").is_file():
-            print(f"skip {spec}: no {checkpoint}.keras", file=sys.stderr)
+        (run, checkpoint), *ensemble = parse_spec(spec)
+        missing = [f"{r}/{c}.keras" for r, c in parse_spec(spec) if not (r / f"{c}.keras").is_file()]
+        if missing:
+            print(f"skip {spec}: no {', '.join(missing)}", file=sys.stderr)
             continue
         for tta in ("none", args.tta) if args.tta != "none" else ("none",):
-            row = score_run(run, args.cache, val_cache, tta, checkpoint, args.postprocess_grid)
+            row = score_run(run, args.cache, val_cache, tta, checkpoint, args.postprocess_grid, tuple(ensemble))
             rows.append(row)
             c, d = row["chosen"], row["at_0.5"]
             print(

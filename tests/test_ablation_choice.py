@@ -9,6 +9,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import numpy as np
+import pytest
 from ablation_v2 import _postprocess, choose, merge
 
 
@@ -110,3 +111,48 @@ def test_add_merges_a_scored_result_and_the_table_names_the_augmentation(tmp_pat
     # --add without --merge is refused with a usage error, nothing written
     bad = subprocess.run([sys.executable, str(script), "--add", str(new), "--out", str(tmp_path / "x.json")])
     assert bad.returncode == 2 and not (tmp_path / "x.json").exists()
+
+
+def test_an_ensemble_row_scores_the_mean_of_its_members_probabilities(tmp_path, monkeypatch) -> None:
+    """``RUN_A+RUN_B:last`` is one row scored on the members' mean probability map."""
+    from types import SimpleNamespace
+
+    import ablation_v2
+
+    import training.models
+
+    lesion = np.zeros((32, 32), np.float32)
+    lesion[8:20, 8:20] = 1
+    val = SimpleNamespace(
+        images=np.zeros((2, 32, 32, 1), np.float32),
+        masks=np.stack([lesion, np.zeros_like(lesion)])[..., None],
+        ids=["P1_L_DM_CC", "mias_normal"],
+        sources=["cdd-cesm", "mini-mias"],
+        mask_kinds=["pixel", "none"],
+    )
+    # member a: 0.8 on the lesion, 0.2 elsewhere; member b: 0.2 everywhere -> mean 0.5 on the lesion
+    level = {"a": 0.8, "b": 0.2}
+
+    def fake_predict(model, images, tta):
+        return np.where(lesion > 0, level[model], 0.2)[None, ..., None].repeat(len(images), 0)
+
+    monkeypatch.setattr(ablation_v2, "_val_arrays", lambda config, cache: val)
+    monkeypatch.setattr(ablation_v2, "tta_predict", fake_predict)
+    monkeypatch.setattr(training.models, "load_trained", lambda path: Path(path).parent.name)
+    config = {"data": ["x"], "split": "s.json", "preprocess": {"size": 32}, "size": 32, "model": "unet"}
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+    alone = ablation_v2.score_run(tmp_path / "a", tmp_path, {})
+    (a, ca), *rest = ablation_v2.parse_spec(f"{tmp_path / 'a'}+{tmp_path / 'b'}:last")
+    assert ca == "best" and rest == [(tmp_path / "b", "last")]
+    both = ablation_v2.score_run(a, tmp_path, {}, checkpoint=ca, ensemble=tuple(rest))
+    assert both["run"] == "ENS a+b:last" and both["ensemble"] == [f"{tmp_path / 'a'}:best", f"{tmp_path / 'b'}:last"]
+    dice = {r["threshold"]: r["dm_dice"]["value"] for r in alone["grid"]}
+    dice_ens = {r["threshold"]: r["dm_dice"]["value"] for r in both["grid"]}
+    assert dice[0.5] == dice[0.7] == 1.0  # member a alone outlines the lesion up to 0.8
+    assert dice_ens[0.5] == 1.0 and dice_ens[0.7] == 0.0  # the mean is 0.5 on the lesion
+    # members validated on other preprocessing are refused, not averaged
+    (tmp_path / "b" / "config.json").write_text(json.dumps({**config, "preprocess": {"size": 64}}))
+    with pytest.raises(SystemExit, match="other data or preprocessing"):
+        ablation_v2.score_run(a, tmp_path, {}, ensemble=((tmp_path / "b", "best"),))
