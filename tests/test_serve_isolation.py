@@ -343,6 +343,12 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (Linux ``/proc``)."""
+    with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+        return [int(p) for p in f.read().split()]
+
+
 @needs_dcmtk
 def test_kill9_while_a_scan_hangs_its_worker_twice_quarantines_it_at_restart(spaced_dir: Path) -> None:
     pacs = Storescp(spaced_dir / "pacs", free_port()).start()
@@ -368,10 +374,16 @@ def test_kill9_while_a_scan_hangs_its_worker_twice_quarantines_it_at_restart(spa
             state = json.loads(layout.state_file.read_text())
             workers = state["worker_pids"]
             assert len(workers) == 2
+            # The node's other children too: the fork server the workers come from (and multiprocessing's
+            # resource tracker); none may outlive the node, or a hung worker would, through its parent.
+            helpers = _children(proc.pid)
+            assert helpers and not set(workers) & set(helpers), (workers, helpers)
             proc.kill()  # SIGKILL, mid-scan
             proc.wait(10)
             wait_for(
-                lambda w=workers: not any(_pid_alive(p) for p in w), what="the worker processes to die", timeout=10
+                lambda w=workers + helpers: not any(_pid_alive(p) for p in w),
+                what="the worker processes and the fork server to die",
+                timeout=10,
             )
         attempts = json.loads(layout.attempts_file.read_text())
         assert list(attempts.values()) == [2]

@@ -1,7 +1,8 @@
 """The node: recovery, then the worker, the sender and the Storage SCP, until SIGTERM/SIGINT.
 
-Start order matters: the worker processes are launched first and load the model together
-(in parallel, while this process imports pynetdicom and recovers its folders: a crash may have
+Start order matters: the worker processes are launched first (forked by a fork server that
+imports what they need once, :mod:`bcedge.serve.isolation`) and load the model together (in
+parallel, while this process imports pynetdicom and recovers its folders: a crash may have
 left a half-built item); the worker threads and the sender start once every worker has loaded
 the model, and the port opens last (a bad bundle stops the node before any scan is
 acknowledged). After a ``kill -9`` every scan already in the spool waits for this start, so it
@@ -11,6 +12,7 @@ the worker and the sender finish what they are doing.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -18,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -166,9 +169,13 @@ class Node:
             self._isolated = [
                 IsolatedProcessor(factory, limits, name=f"worker-{index + 1}") for index in range(cfg.worker.processes)
             ]
+        # Launched from a thread: the first launch waits until the fork server has imported what the
+        # workers need (bcedge.serve.preload, ~0.8 s CPU), and meanwhile this process does its own
+        # imports and recovery on the other core instead of waiting.
+        launcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bcedge-serve-launch")
+        launched = launcher.submit(lambda: [isolated.launch() for isolated in self._isolated])
+        launcher.shutdown(wait=False)
         try:
-            for isolated in self._isolated:
-                isolated.launch()
             try:
                 from bcedge.decoders import import_pydicom
 
@@ -184,9 +191,12 @@ class Node:
             self.state = state
             if any(report.values()):
                 state.error("node", f"recovered after an unclean stop: {report}")
+            launched.result()
             for isolated in self._isolated:
                 isolated.wait_ready()  # the model loads before the port opens: a bad bundle stops the node here
         except BaseException:
+            with contextlib.suppress(BaseException):
+                launched.result()  # no worker may be launched after the close below
             self._close_workers()
             self._lock.release()
             raise
