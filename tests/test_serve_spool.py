@@ -103,6 +103,31 @@ def test_worker_moves_scans_in_arrival_order_to_the_outbox(layout: Layout, space
     assert worker.state.totals["processed"] == 3
 
 
+def test_after_a_crash_the_backlog_is_taken_oldest_receipt_first(layout: Layout, spaced_dir: Path) -> None:
+    # A kill -9 with two workers busy leaves their scans in work/ and the rest in the spool; after the
+    # restart, rolled-back and waiting scans alike go before what arrives later, earliest receipt
+    # first, so the oldest receipts (the nearest to their latency bound) are not starved.
+    spool = Spool(layout)
+    uids = _spool_scans(spool, spaced_dir / "in", 5)
+    names = [item_name(i, u) for i, u in enumerate(uids)]
+    for name in names[1:3]:  # two scans in flight when the node died (not the oldest: any order is possible)
+        (layout.work / name).mkdir()
+        (layout.spool / f"{name}.dcm").rename(layout.work / name / "source.dcm")
+    assert recover(layout)["rolled_back"] == 2
+    restarted = Spool(layout)
+    later = _spool_scans(restarted, spaced_dir / "later", 2)  # sent again by the modality after the restart
+    names += [item_name(5 + i, u) for i, u in enumerate(later)]
+    fake = FakeSeg()
+    state = NodeState(layout)
+    first = Worker(layout, restarted, fake, state)
+    second = Worker(layout, restarted, fake, state, queue=first.queue)  # two workers share one queue
+    taken = True
+    while taken:
+        taken = first.step() | second.step()
+    assert [p.stem for p in fake.calls] == names
+    assert restarted.pending() == [] and len(layout.items(layout.outbox)) == 7
+
+
 def test_running_worker_processes_the_next_scan_while_the_last_one_commits(
     layout: Layout, spaced_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
