@@ -47,6 +47,9 @@ _MIN_AREA_GRID = 256
 _WHOLE_CROP_FRACTION = 0.2
 #: With more components than this (an untrained or confused model), also interpolate the whole crop.
 _MANY_COMPONENTS = 256
+#: A box overlapping more boxes than this has the model-grid labels gathered over all of it at once
+#: (one NumPy gather) instead of overlap by overlap (a gather each).
+_MAX_OVERLAP_PARTS = 8
 
 
 @dataclass(frozen=True)
@@ -307,33 +310,68 @@ def postprocess(
     if covered > _WHOLE_CROP_FRACTION * crop_h * crop_w or len(boxes) > _MANY_COMPONENTS:
         # Large or many components: one cv2.resize of the whole crop beats many NumPy gathers.
         whole = cv2.resize(content, (crop_w, crop_h), interpolation=cv2.INTER_LINEAR)
-    cells = cell_labels(labels) if n > 2 else None
-    shared = _overlap_flags(boxes)
+    overlaps = _overlaps(boxes)
+    cells = None
+    if any(overlaps):
+        cells = cell_labels(labels)
+        # The model cell of each crop row and column (the first interpolation tap), for all boxes at once.
+        cell_row = _axis_weights(crop_h, ch, 0, crop_h)[0]
+        cell_col = _axis_weights(crop_w, cw, 0, crop_w)[0]
+    # Just below t in float32: THRESH_TOZERO keeps values > its threshold, so this keeps exactly those >= t.
+    t_below = float(np.nextafter(t32, np.float32(-np.inf)))
+    has_nan = bool(np.isnan(content).any())
 
     found: list[tuple[float, int, tuple[int, int, int, int], tuple[float, float], float]] = []
     for k, (r0, c0, r1, c1) in enumerate(boxes, start=1):
         box = (r0, c0, r1, c1)
         sub = whole[r0:r1, c0:c1] if whole is not None else interpolate_box(content, (crop_h, crop_w), box)
-        sub_fg = (sub >= t32).view(np.uint8)
-        if cells is not None and shared[k - 1]:
-            # Another component's pixels may lie in this box: keep the pixels of cells labelled k.
-            y0, _, _ = _axis_weights(crop_h, ch, r0, r1)
-            x0, _, _ = _axis_weights(crop_w, cw, c0, c1)
-            # Compare on the model grid, then gather bytes: the same pixels as gathering the int32
-            # labels and comparing at full resolution, with a quarter of the memory traffic.
-            own = (cells == k).view(np.uint8)
-            sub_fg &= own.take(y0, axis=0).take(x0, axis=1)
+        # The box's probabilities where they reach the threshold, zero elsewhere (one SIMD pass): its
+        # maximum and sum are the component's peak and total, with no masked reductions. In place (no
+        # new full-resolution array, whose page faults cost more than the pass): in ``whole`` this is
+        # harmless to the boxes that overlap this one, as zeroed pixels were under the threshold anyway.
+        kept = cv2.threshold(sub, t_below, 0.0, cv2.THRESH_TOZERO, dst=sub)[1]
+        if has_nan:  # OpenCV passes NaN through; NaN < t is background, as the definition says
+            kept[np.isnan(kept)] = 0.0
+        restore: list[tuple[np.ndarray, np.ndarray]] = []
+        if cells is not None and overlaps[k - 1]:
+            # Component j's pixels lie inside its own box, so only the overlaps can hold pixels that
+            # interpolate from another component: there, drop those of cells not labelled k. Gather the
+            # model-grid labels over the overlaps, or over the whole box once when that is less work.
+            parts = [
+                (max(r0, boxes[j][0]), max(c0, boxes[j][1]), min(r1, boxes[j][2]), min(c1, boxes[j][3]))
+                for j in overlaps[k - 1]
+            ]
+            if len(parts) > _MAX_OVERLAP_PARTS or sum((q[2] - q[0]) * (q[3] - q[1]) for q in parts) >= (
+                (r1 - r0) * (c1 - c0)
+            ):
+                parts = [box]
+            for q0, p0, q1, p1 in parts:
+                y0, x0 = cell_row[q0:q1], cell_col[p0:p1]
+                ya, xa = int(y0[0]), int(x0[0])  # taps increase along each axis
+                # Compare on the model cells the part covers, then gather bytes: a quarter of the
+                # traffic of gathering int32 labels.
+                other = (cells[ya : int(y0[-1]) + 1, xa : int(x0[-1]) + 1] != k).take(y0 - ya, axis=0)
+                other = other.take(x0 - xa, axis=1)
+                part = kept[q0 - r0 : q1 - r0, p0 - c0 : p1 - c0]
+                if whole is not None:  # the other component's box reads these pixels later: put them back
+                    restore.append((part, part.copy()))
+                np.copyto(part, 0.0, where=other)
+        sub_fg = np.greater(kept, 0.0).view(np.uint8)
         # Row and column projections give area, bounding box and centroid in two cheap passes.
         rows = cv2.reduce(sub_fg, 1, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel()
         area = int(rows.sum())
-        if area == 0 or area < min_px:
+        large_enough = area > 0 and area >= min_px
+        if large_enough:
+            _, peak, _, _ = cv2.minMaxLoc(kept)
+            mean = cv2.sumElems(kept)[0] / area
+        for part, saved in reversed(restore):  # overlaps may overlap: undo in reverse
+            np.copyto(part, saved)
+        if not large_enough:
             continue
         cols = cv2.reduce(sub_fg, 0, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel()
         ys, xs = np.flatnonzero(rows), np.flatnonzero(cols)
         centroid_r = float(rows @ np.arange(rows.size, dtype=np.float64)) / area
         centroid_c = float(cols @ np.arange(cols.size, dtype=np.float64)) / area
-        _, peak, _, _ = cv2.minMaxLoc(sub, mask=sub_fg)
-        mean = cv2.mean(sub, mask=sub_fg)[0]
         row0, col0 = top + r0, left + c0
         found.append(
             (
@@ -370,8 +408,8 @@ def postprocess(
     return mask, findings
 
 
-def _overlap_flags(boxes: list[tuple[int, int, int, int]]) -> np.ndarray:
-    """(n,) bool: whether each (row0, col0, row1, col1) box overlaps another one."""
+def _overlaps(boxes: list[tuple[int, int, int, int]]) -> list[list[int]]:
+    """For each (row0, col0, row1, col1) box (exclusive ends), the indices of the other boxes it overlaps."""
     b = np.asarray(boxes, dtype=np.int64)
     hit = (
         (b[:, None, 0] < b[None, :, 2])
@@ -380,4 +418,4 @@ def _overlap_flags(boxes: list[tuple[int, int, int, int]]) -> np.ndarray:
         & (b[None, :, 1] < b[:, None, 3])
     )
     np.fill_diagonal(hit, False)
-    return hit.any(axis=1)
+    return [np.flatnonzero(row).tolist() for row in hit]
