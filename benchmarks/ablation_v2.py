@@ -258,6 +258,11 @@ def score_run(
             "reader_options",
         )
     }
+    if ensemble:  # the table's model and wall columns name every member
+        members = [config, *(read_config(r) for r, _ in ensemble)]
+        recipe["model"] = " + ".join(str(c.get("model")) for c in members)
+        walls = [state.get("wall_seconds"), *((read_state(r) or {}).get("wall_seconds") for r, _ in ensemble)]
+        state = {**state, "wall_seconds": sum(walls) if None not in walls else None}
     name = "+".join(r.name if c == "best" else f"{r.name}:{c}" for r, c in ((run, checkpoint), *ensemble))
     return {
         "run": ("ENS " if ensemble else "") + name + ("" if tta == "none" else f" +{tta}"),

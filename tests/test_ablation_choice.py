@@ -148,6 +148,7 @@ def test_an_ensemble_row_scores_the_mean_of_its_members_probabilities(tmp_path, 
     assert ca == "best" and rest == [(tmp_path / "b", "last")]
     both = ablation_v2.score_run(a, tmp_path, {}, checkpoint=ca, ensemble=tuple(rest))
     assert both["run"] == "ENS a+b:last" and both["ensemble"] == [f"{tmp_path / 'a'}:best", f"{tmp_path / 'b'}:last"]
+    assert both["recipe"]["model"] == "unet + unet" and both["wall_seconds"] is None  # no state.json
     dice = {r["threshold"]: r["dm_dice"]["value"] for r in alone["grid"]}
     dice_ens = {r["threshold"]: r["dm_dice"]["value"] for r in both["grid"]}
     assert dice[0.5] == dice[0.7] == 1.0  # member a alone outlines the lesion up to 0.8
