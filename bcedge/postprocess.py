@@ -19,6 +19,13 @@ across for a lesion), merged where they touch, interpolated there with the same
 formula ``cv2.resize`` uses (``src = (dst + 0.5) * scale - 0.5``, edge pixels
 replicated), thresholded and labelled at full resolution. Components, areas,
 centroids and probabilities are those of the full-resolution mask.
+
+Two more shortcuts, both exact: a component whose cells hold fewer original pixels than the
+minimum area (counted on the model grid) is dropped before any full-resolution work; and where
+boxes overlap, the model-grid labels are gathered over the overlaps only (a component's pixels
+lie inside its own box), not over the whole box. On the 2944x1920 benchmark scan this took the
+function from ~20 to ~18 ms of CPU at one OpenCV thread (interleaved, measured under load), with
+outputs identical on 424 cases (``tests/test_postprocess_real.py`` checks real scans).
 """
 
 from __future__ import annotations
@@ -305,37 +312,32 @@ def postprocess(
                 min(crop_w, math.ceil((x + bw + 0.5) * kx - 0.5) + 2),
             )
         )
-    covered = sum((b[2] - b[0]) * (b[3] - b[1]) for b in boxes)
+    cells = cell_labels(labels)
+    # The model cell of each crop row and column (the first interpolation tap), for all boxes at once.
+    cell_row = _axis_weights(crop_h, ch, 0, crop_h)[0]
+    cell_col = _axis_weights(crop_w, cw, 0, crop_w)[0]
+    # A component's area is at most the number of original pixels in its cells: on the model grid, the
+    # pixels per cell weighted by label. Under the minimum, it is dropped without full-resolution work
+    # (a model's small false positives, often inside a large component's box, cost nothing).
+    per_cell = np.outer(np.bincount(cell_row, minlength=ch), np.bincount(cell_col, minlength=cw))
+    reach = np.bincount(cells.ravel(), weights=per_cell.ravel(), minlength=n)
+    small = (reach < min_px) | (reach == 0)
+    covered = sum((b[2] - b[0]) * (b[3] - b[1]) for k, b in enumerate(boxes, start=1) if not small[k])
     whole = None
     if covered > _WHOLE_CROP_FRACTION * crop_h * crop_w or len(boxes) > _MANY_COMPONENTS:
         # Large or many components: one cv2.resize of the whole crop beats many NumPy gathers.
         whole = cv2.resize(content, (crop_w, crop_h), interpolation=cv2.INTER_LINEAR)
     overlaps = _overlaps(boxes)
-    cells = None
-    if any(overlaps):
-        cells = cell_labels(labels)
-        # The model cell of each crop row and column (the first interpolation tap), for all boxes at once.
-        cell_row = _axis_weights(crop_h, ch, 0, crop_h)[0]
-        cell_col = _axis_weights(crop_w, cw, 0, crop_w)[0]
-    # Just below t in float32: THRESH_TOZERO keeps values > its threshold, so this keeps exactly those >= t.
-    t_below = float(np.nextafter(t32, np.float32(-np.inf)))
-    has_nan = bool(np.isnan(content).any())
-
     found: list[tuple[float, int, tuple[int, int, int, int], tuple[float, float], float]] = []
     for k, (r0, c0, r1, c1) in enumerate(boxes, start=1):
+        if small[k]:
+            continue
         box = (r0, c0, r1, c1)
         sub = whole[r0:r1, c0:c1] if whole is not None else interpolate_box(content, (crop_h, crop_w), box)
-        # The box's probabilities where they reach the threshold, zero elsewhere (one SIMD pass): its
-        # maximum and sum are the component's peak and total, with no masked reductions. In place (no
-        # new full-resolution array, whose page faults cost more than the pass): in ``whole`` this is
-        # harmless to the boxes that overlap this one, as zeroed pixels were under the threshold anyway.
-        kept = cv2.threshold(sub, t_below, 0.0, cv2.THRESH_TOZERO, dst=sub)[1]
-        if has_nan:  # OpenCV passes NaN through; NaN < t is background, as the definition says
-            kept[np.isnan(kept)] = 0.0
-        restore: list[tuple[np.ndarray, np.ndarray]] = []
-        if cells is not None and overlaps[k - 1]:
+        sub_fg = (sub >= t32).view(np.uint8)
+        if overlaps[k - 1]:
             # Component j's pixels lie inside its own box, so only the overlaps can hold pixels that
-            # interpolate from another component: there, drop those of cells not labelled k. Gather the
+            # interpolate from another component: there, keep the pixels of cells labelled k. Gather the
             # model-grid labels over the overlaps, or over the whole box once when that is less work.
             parts = [
                 (max(r0, boxes[j][0]), max(c0, boxes[j][1]), min(r1, boxes[j][2]), min(c1, boxes[j][3]))
@@ -348,26 +350,19 @@ def postprocess(
             for q0, p0, q1, p1 in parts:
                 y0, x0 = cell_row[q0:q1], cell_col[p0:p1]
                 ya, xa = int(y0[0]), int(x0[0])  # taps increase along each axis
-                # Compare on the model cells the part covers, then gather bytes: a quarter of the
-                # traffic of gathering int32 labels.
-                other = (cells[ya : int(y0[-1]) + 1, xa : int(x0[-1]) + 1] != k).take(y0 - ya, axis=0)
-                other = other.take(x0 - xa, axis=1)
-                part = kept[q0 - r0 : q1 - r0, p0 - c0 : p1 - c0]
-                if whole is not None:  # the other component's box reads these pixels later: put them back
-                    restore.append((part, part.copy()))
-                np.copyto(part, 0.0, where=other)
-        sub_fg = np.greater(kept, 0.0).view(np.uint8)
+                # Compare on the model cells the part covers, then gather bytes (a quarter of the traffic
+                # of int32 labels): columns first, on the few model rows, then whole rows (memcpy).
+                own = (cells[ya : int(y0[-1]) + 1, xa : int(x0[-1]) + 1] == k).view(np.uint8)
+                own = own.take(x0 - xa, axis=1).take(y0 - ya, axis=0)
+                part = sub_fg[q0 - r0 : q1 - r0, p0 - c0 : p1 - c0]
+                np.bitwise_and(part, own, out=part)
         # Row and column projections give area, bounding box and centroid in two cheap passes.
         rows = cv2.reduce(sub_fg, 1, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel()
         area = int(rows.sum())
-        large_enough = area > 0 and area >= min_px
-        if large_enough:
-            _, peak, _, _ = cv2.minMaxLoc(kept)
-            mean = cv2.sumElems(kept)[0] / area
-        for part, saved in reversed(restore):  # overlaps may overlap: undo in reverse
-            np.copyto(part, saved)
-        if not large_enough:
+        if area == 0 or area < min_px:
             continue
+        _, peak, _, _ = cv2.minMaxLoc(sub, mask=sub_fg)
+        mean = cv2.mean(sub, mask=sub_fg)[0]
         cols = cv2.reduce(sub_fg, 0, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel()
         ys, xs = np.flatnonzero(rows), np.flatnonzero(cols)
         centroid_r = float(rows @ np.arange(rows.size, dtype=np.float64)) / area
