@@ -298,9 +298,14 @@ class Segmenter:
 
     @property
     def model_info(self) -> dict[str, Any]:
-        """What runs, for results and reports (JSON-ready)."""
+        """What runs, for results and reports (JSON-ready).
+
+        ``threads`` is :attr:`backend`'s. Once the pipelined scan job has borrowed its interpreters
+        (:meth:`_model_pool`), ``interpreters`` lists their threads (e.g. ``[1, 1]``: two 1-thread
+        LiteRT interpreters ran the batches, not the one ``threads``-thread interpreter); absent otherwise.
+        """
         manifest = self.bundle.manifest
-        return {
+        info = {
             "bundle": str(self.bundle.dir),
             "name": manifest.model.get("name"),
             "architecture": manifest.model.get("architecture"),
@@ -314,6 +319,10 @@ class Segmenter:
             "threads": self.backend.details.get("threads"),
             "choice": self.choice,
         }
+        pool = getattr(self, "_pool", None)
+        if pool:
+            info["interpreters"] = [b.details.get("threads") for b in pool]
+        return info
 
     # ----------------------------------------------------------------- stages
     def _prepare(self, index: int, scan: str | os.PathLike[str] | Mammogram) -> _Prepared:

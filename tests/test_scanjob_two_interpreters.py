@@ -49,6 +49,9 @@ def test_two_interpreters_give_the_serial_results(scan_set: list[Path], tmp_path
         serial = list(process_scans(seg, scan_set, serial_out, "json,mask", batch_size=batch_size, pipelined=False))
         piped = list(process_scans(seg, scan_set, piped_out, "json,mask", batch_size=batch_size, pipelined=True))
         assert seg._model_pool() is pool  # opened once, kept for the next job
+        # --json says the job ran on the lent interpreters, not only the Segmenter's own thread count
+        assert seg.model_info["threads"] == 2 and seg.model_info["interpreters"] == [1, 1]
+        assert all(item.model["interpreters"] == [1, 1] for item in piped if not isinstance(item, ScanFailure))
     assert sum(calls) == sum(not isinstance(item, ScanFailure) for item in piped)  # every scan, on the lent ones
     assert [item.source for item in piped] == [str(p) for p in scan_set]
     assert [type(item).__name__ for item in piped] == [type(item).__name__ for item in serial]
@@ -65,6 +68,7 @@ def test_two_interpreters_give_the_serial_results(scan_set: list[Path], tmp_path
 def test_one_thread_lends_no_interpreter() -> None:
     with Segmenter(demo_bundle_path(), "tflite", threads=1) as seg:
         assert seg._model_pool() == []
+        assert "interpreters" not in seg.model_info
 
 
 @needs_runtime
