@@ -65,7 +65,7 @@ from bench_serve import BUNDLES, dcmtk_version, free_port, make_scans, percentil
 
 from bcedge.bench import library_versions, machine_info, source_state
 from bcedge.bundle import utc_now
-from bcedge.serve.isolation import status_mb
+from bcedge.serve.isolation import START_METHOD_ENV, status_mb
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "serve_faults.json"
@@ -594,7 +594,13 @@ def main(argv: list[str] | None = None) -> int:
             "good_per_round": args.good,
             "scale": args.scale,
             "bundle": str(bundle.relative_to(ROOT)) if bundle.is_relative_to(ROOT) else str(bundle),
-            "worker": {"processes": 2, "timeout_s": 20, "memory_mb": "default"},
+            "worker": {
+                "processes": 2,
+                "timeout_s": 20,
+                "memory_mb": "default",
+                # how the node starts its workers (bcedge.serve.isolation.worker_context)
+                "start_method": os.environ.get(START_METHOD_ENV, "").strip().lower() or "forkserver",
+            },
             "node_bytecode_cache": True,
             "bad_per_round": ["jpeg-ls frame header 65535x65535", "no study uid", "invalid sop uid", "rows x2"],
             "sanitised_headers_among_good": [name for name, _ in SANITISE],

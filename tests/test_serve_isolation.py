@@ -97,6 +97,39 @@ def test_isolated_processor_survives_hang_memory_bomb_and_death(isolated: Isolat
     assert isolated.pid not in (None, first_pid)
 
 
+def _parent_pid(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn", "bogus"])
+def test_workers_start_by_the_chosen_method(
+    method: str, spaced_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The fork server (default) forks the workers, so their parent is not the node; spawn starts
+    # them from the node itself. An unknown value falls back to the fork server, with a warning.
+    from bcedge.serve.isolation import START_METHOD_ENV
+
+    monkeypatch.setenv(START_METHOD_ENV, method)
+    import logging
+
+    serve_log = logging.getLogger("bcedge.serve")
+    serve_log.addHandler(caplog.handler)  # directly: an earlier node test may have stopped propagation
+    out = spaced_dir / "out"
+    out.mkdir()
+    proc = IsolatedProcessor(FakeSeg, Limits(timeout_s=30.0, memory_mb=512), name="method-worker")
+    try:
+        proc.start()
+        assert proc.pid is not None
+        parent = _parent_pid(proc.pid)
+        assert (parent == os.getpid()) is (method == "spawn"), (method, parent)
+        assert proc(write_mg(spaced_dir / "good.dcm", seed=1), out)["seg"].is_file()
+    finally:
+        proc.close()
+        serve_log.removeHandler(caplog.handler)
+    assert ("neither 'forkserver' nor 'spawn'" in caplog.text) is (method == "bogus")
+
+
 def test_a_model_that_cannot_load_stops_the_worker_with_its_error() -> None:
     proc = IsolatedProcessor(broken_factory, Limits(timeout_s=3.0, memory_mb=0))
     with pytest.raises(BundleError, match="simulated: the bundle") as info:

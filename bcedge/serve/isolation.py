@@ -106,14 +106,24 @@ def _die_with_parent() -> None:
         pass
 
 
+#: Environment variable naming the start method (``forkserver`` or ``spawn``) of the worker
+#: processes, for comparing them (``benchmarks/bench_serve_restart.py``); unset: the default.
+START_METHOD_ENV = "BCEDGE_SERVE_START_METHOD"
+
+
 def worker_context() -> Any:
     """The :mod:`multiprocessing` context that starts worker processes.
 
     The fork server with :mod:`bcedge.serve.preload` where the platform has one (Linux): the
     node has threads, so it never forks itself; the fork server it starts is single-threaded and
-    has loaded no model when it forks. Elsewhere, ``spawn`` (each child imports everything).
+    has loaded no model when it forks. Elsewhere, or with ``BCEDGE_SERVE_START_METHOD=spawn``,
+    ``spawn`` (each child imports everything itself).
     """
-    if "forkserver" not in multiprocessing.get_all_start_methods():
+    method = os.environ.get(START_METHOD_ENV, "").strip().lower() or "forkserver"
+    if method not in ("forkserver", "spawn"):
+        LOG.warning("%s=%r is neither 'forkserver' nor 'spawn': using the fork server", START_METHOD_ENV, method[:40])
+        method = "forkserver"
+    if method == "spawn" or "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
     # Takes effect when the fork server starts (the first worker launched by this process).
