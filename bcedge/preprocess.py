@@ -696,8 +696,9 @@ def breast_mask(
     if kernel is not None:
         mask = _follow_chest_wall(mask, solid, k)
     mask, edges = _extend_into_frame(mask, full > level, (by, bx))
-    ys, xs = np.nonzero(mask)
-    bbox = (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1)
+    # The box of the nonzero pixels in one pass of OpenCV, not the coordinates of every breast pixel.
+    x, y, bw, bh = cv2.boundingRect(mask)
+    bbox = (y, x, y + bh, x + bw)
     return BreastMask(mask, True, level / 255.0, bbox, edges)
 
 
