@@ -65,5 +65,5 @@ if [ -z "$summary" ] || [[ "$summary" == *failed* ]] || [[ "$summary" == *error*
   echo "aarch64 smoke test FAILED: no passing pytest summary in $quick/tests.log (${summary:-none})"
   exit 1
 fi
-echo "aarch64 smoke test PASSED in ${took} s: ${summary//=/} and bcedge demo ($(tr '\n' ' ' <"$status"))"
+echo "aarch64 smoke test PASSED in ${took} s: ${summary//=/} and bcedge demo ($(paste -sd ' ' "$status"))"
 exit 0
