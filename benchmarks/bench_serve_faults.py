@@ -139,6 +139,23 @@ def own_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def write_node_config(
+    path: Path, port: int, root: Path, bundle: Path, pacs_port: int, log: Path, *, retry: bool = False
+) -> None:
+    """The node's TOML config for these benchmarks: loopback, 2 worker processes (20 s limit),
+    PACS destination on ``pacs_port``; ``retry`` adds short delivery backoffs (the fault rounds)."""
+    path.write_text(
+        '[node]\nae_title = "BCEDGE"\nbind = "127.0.0.1"\n'
+        f'port = {port}\nallowed_calling_ae_titles = ["MODALITY"]\n\n'
+        f'[storage]\nroot = "{root}"\nmin_free_mb = 1\n\n'
+        "[worker]\nprocesses = 2\ntimeout_s = 20\n\n"
+        f'[model]\nbundle = "{bundle}"\n\n'
+        f'[destination]\nae_title = "PACS"\nhost = "127.0.0.1"\nport = {pacs_port}\n'
+        + ("backoff_initial_s = 0.5\nbackoff_max_s = 2\ntimeout_s = 10\n" if retry else "")
+        + f'\n[logging]\nlevel = "INFO"\nfile = "{log}"\n'
+    )
+
+
 def _save(ds: pydicom.Dataset, path: Path) -> Path:
     from pydicom import config
 
@@ -447,16 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         root = work / "node"
         config = work / "serve.toml"
-        config.write_text(
-            '[node]\nae_title = "BCEDGE"\nbind = "127.0.0.1"\n'
-            f'port = {port}\nallowed_calling_ae_titles = ["MODALITY"]\n\n'
-            f'[storage]\nroot = "{root}"\nmin_free_mb = 1\n\n'
-            "[worker]\nprocesses = 2\ntimeout_s = 20\n\n"
-            f'[model]\nbundle = "{bundle}"\n\n'
-            f'[destination]\nae_title = "PACS"\nhost = "127.0.0.1"\nport = {pacs_port}\n'
-            "backoff_initial_s = 0.5\nbackoff_max_s = 2\ntimeout_s = 10\n\n"
-            f'[logging]\nlevel = "INFO"\nfile = "{work / "node.log"}"\n'
-        )
+        write_node_config(config, port, root, bundle, pacs_port, work / "node.log", retry=True)
         stderr_log = work / "node.stderr"
 
         # Bytecode caching on for the node and its workers (as benchmarks/bench_cold_start.py):

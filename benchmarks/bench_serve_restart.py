@@ -36,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_serve import free_port, port_open, wait
-from bench_serve_faults import children, cpu_seconds, log_events, machine_busy, others_cpu
+from bench_serve_faults import children, cpu_seconds, log_events, machine_busy, others_cpu, write_node_config
 
 from bcedge.bench import library_versions, machine_info, source_state
 from bcedge.bundle import utc_now
@@ -52,15 +52,7 @@ def one_start(work: Path, method: str, bundle: Path, index: int) -> dict[str, An
     root, log = work / f"node{index}", work / f"node{index}.log"
     port = free_port()
     config = work / f"serve{index}.toml"
-    config.write_text(
-        '[node]\nae_title = "BCEDGE"\nbind = "127.0.0.1"\n'
-        f'port = {port}\nallowed_calling_ae_titles = ["MODALITY"]\n\n'
-        f'[storage]\nroot = "{root}"\nmin_free_mb = 1\n\n'
-        "[worker]\nprocesses = 2\ntimeout_s = 20\n\n"
-        f'[model]\nbundle = "{bundle}"\n\n'
-        f'[destination]\nae_title = "PACS"\nhost = "127.0.0.1"\nport = {free_port()}\n\n'
-        f'[logging]\nlevel = "INFO"\nfile = "{log}"\n'
-    )
+    write_node_config(config, port, root, bundle, free_port(), log)
     # Bytecode caching on, as an installed node has its .pyc files (see bench_serve_faults.py).
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env[START_METHOD_ENV] = method
