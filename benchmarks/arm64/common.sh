@@ -14,7 +14,9 @@ children_cpu_s() {
   # waited for: cutime + cstime of /proc/$$/stat (fields 16, 17 counted from the pid; read
   # after the ") " that ends the command name, which may hold spaces). A step's CPU time is
   # load-independent, unlike its wall time on a shared machine.
-  sed 's/^.*) //' "/proc/$$/stat" | awk -v hz="$(getconf CLK_TCK)" '{ printf "%.1f", ($14 + $15) / hz }'
+  # Printed to the clock tick (1/CLK_TCK s), not rounded: two readings rounded to 0.1 s made a
+  # 0.01 s step read as 0.1 s.
+  sed 's/^.*) //' "/proc/$$/stat" | awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }'
 }
 
 step_start() {
@@ -29,7 +31,7 @@ step_end() {
   # emulated ones': qemu-user runs in the child process).
   local dt cpu
   dt="$(awk -v a="$_step_t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')"
-  cpu="$(awk -v a="$_step_cpu0" -v b="$(children_cpu_s)" 'BEGIN { printf "%.1f", b - a }')"
+  cpu="$(awk -v a="$_step_cpu0" -v b="$(children_cpu_s)" 'BEGIN { printf "%.2f", b - a }')"
   echo "$_step_name=$dt" >>"$timings"
   echo "${_step_name}_cpu=$cpu" >>"$timings"
   echo "   $_step_name: ${dt}s (CPU ${cpu}s)" >&2
