@@ -181,9 +181,11 @@ def score_run(
     weight average); every member must have been validated on the same arrays."""
     from bcedge.evaluation import find_group, score_image, summarize
     from training.models import load_trained
-    from training.run import read_config, read_state
+    from training.run import read_config, read_state, refuse_scoring_on_fitted
 
     config = read_config(run)
+    for member in (run, *(r for r, _ in ensemble)):
+        refuse_scoring_on_fitted(read_config(member), "val", str(member))
     state = read_state(run) or {}
     key = _val_key(config)
     for other, _ in ensemble:
@@ -380,6 +382,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     from bcedge.bench import machine_info
+    from bcedge.errors import ConfigError
     from bcedge.imageio import atomic_write_bytes
 
     if args.rechoose is not None:
@@ -412,7 +415,10 @@ def main() -> None:
             print(f"skip {spec}: no {', '.join(missing)}", file=sys.stderr)
             continue
         for tta in ("none", args.tta) if args.tta != "none" else ("none",):
-            row = score_run(run, args.cache, val_cache, tta, checkpoint, args.postprocess_grid, tuple(ensemble))
+            try:
+                row = score_run(run, args.cache, val_cache, tta, checkpoint, args.postprocess_grid, tuple(ensemble))
+            except ConfigError as exc:  # e.g. a train+val refit: no validation figure to give
+                raise SystemExit(f"error: {exc}") from None
             rows.append(row)
             c, d = row["chosen"], row["at_0.5"]
             print(

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from ablation_v2 import _postprocess, choose, merge
 
+from bcedge.errors import ConfigError
+
 
 def _point(t: float, dice: float, found: float, fp: float | None) -> dict:
     return {
@@ -157,3 +159,9 @@ def test_an_ensemble_row_scores_the_mean_of_its_members_probabilities(tmp_path, 
     (tmp_path / "b" / "config.json").write_text(json.dumps({**config, "preprocess": {"size": 64}}))
     with pytest.raises(SystemExit, match="other data or preprocessing"):
         ablation_v2.score_run(a, tmp_path, {}, ensemble=((tmp_path / "b", "best"),))
+    # a member refitted on train+val has no validation figure: refused before anything is scored
+    (tmp_path / "b" / "config.json").write_text(json.dumps({**config, "fit_on": "train+val"}))
+    with pytest.raises(ConfigError, match="trained on the 'val' split"):
+        ablation_v2.score_run(a, tmp_path, {}, ensemble=((tmp_path / "b", "best"),))
+    with pytest.raises(ConfigError, match="trained on the 'val' split"):
+        ablation_v2.score_run(tmp_path / "b", tmp_path, {})

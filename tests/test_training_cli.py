@@ -12,7 +12,8 @@ pytest.importorskip("keras")
 
 from bcedge.cli import main
 from training.augment import AugmentConfig, augment
-from training.data import ArraySet, SegmentationData, epoch_order, load_arrays, save_arrays
+from training.data import ArraySet, SegmentationData, concat_sets, epoch_order, load_arrays, save_arrays
+from training.run import fitted_splits
 
 
 def _set(n: int = 10, size: int = 32) -> ArraySet:
@@ -71,6 +72,22 @@ def test_arrays_round_trip(tmp_path: Path) -> None:
     assert got.ids == data.ids and got.mask_kinds == data.mask_kinds
     assert np.array_equal(got.masks, data.masks)
     assert np.abs(got.images - data.images).max() <= 0.5 / 65535 + 1e-7
+
+
+def test_concat_sets_keeps_order_and_refuses_mixed_sizes() -> None:
+    a, b = _set(4), _set(3)
+    both = concat_sets([a, b])
+    assert len(both) == 7 and both.ids == a.ids + b.ids
+    assert np.array_equal(both.images[4:], b.images) and np.array_equal(both.masks[:4], a.masks)
+    with pytest.raises(ValueError, match="different image sizes"):
+        concat_sets([a, _set(2, size=16)])
+    with pytest.raises(ValueError):
+        concat_sets([])
+
+
+def test_fitted_splits_of_old_and_refit_runs() -> None:
+    assert fitted_splits({}) == ("train",)  # runs made before --fit-on existed
+    assert fitted_splits({"fit_on": "train+val"}) == ("train", "val")
 
 
 @pytest.mark.slow
@@ -160,3 +177,30 @@ def test_train_refuses_unknown_model(tmp_path: Path, capsys: pytest.CaptureFixtu
     err = capsys.readouterr().err
     assert rc == 2
     assert err.count("\n") == 1 and "unknown model" in err
+
+
+@pytest.mark.slow
+def test_refit_on_train_and_val_is_never_scored_on_val(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--fit-on train+val`` trains on both splits, records it, and evaluate refuses val (exit 2)."""
+    root = tmp_path / "phantoms"
+    assert main(["phantom", str(root), "--count", "24", "--seed", "3", "--scale", "0.1"]) == 0
+    split = tmp_path / "split.json"
+    assert main(["data", "split", "phantom", "--root", str(root), "--out", str(split)]) == 0
+    counts = json.loads(split.read_text())["counts"]
+    assert counts["test"]["images"] > 0
+    run, cache = tmp_path / "refit", str(tmp_path / "cache")
+    args = ["train", "--model", "unet", "--data", "phantom", "--root", str(root), "--split", str(split)]
+    args += ["--out", str(run), "--size", "64", "--batch", "4", "--base-filters", "8", "--cache", cache]
+    capsys.readouterr()
+    assert main([*args, "--epochs", "1", "--fit-on", "train+val"]) == 0
+    out = capsys.readouterr().out
+    n_fit = counts["train"]["images"] + counts["val"]["images"]
+    assert f"fit on train+val: {n_fit} images" in out
+    assert json.loads((run / "config.json").read_text())["fit_on"] == "train+val"
+    assert main(["evaluate", str(run), "--subset", "val", "--cache", cache]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "trained on the 'val' split" in err[0]
+    assert main(["evaluate", str(run), "--subset", "test", "--cache", cache, "--json", "-"]) == 0
+    assert json.loads(capsys.readouterr().out)["subset"] == "test"
+    assert main([*args, "--epochs", "1", "--fit-on", "everything"]) == 2
+    assert "--fit-on 'everything'" in capsys.readouterr().err

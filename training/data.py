@@ -198,6 +198,25 @@ class SegmentationData(keras.utils.PyDataset):
         self._order = self._make_order()
 
 
+def concat_sets(parts: list[ArraySet]) -> ArraySet:
+    """One :class:`ArraySet` holding ``parts`` in order (e.g. train then val for a refit).
+
+    Raises:
+        ValueError: no parts, or parts of different image sizes.
+    """
+    if not parts:
+        raise ValueError("no sets to join")
+    if len({p.images.shape[1:] for p in parts}) > 1:
+        raise ValueError("sets of different image sizes: " + ", ".join(str(p.images.shape[1:]) for p in parts))
+    return ArraySet(
+        np.concatenate([p.images for p in parts]),
+        np.concatenate([p.masks for p in parts]),
+        tuple(i for p in parts for i in p.ids),
+        tuple(k for p in parts for k in p.mask_kinds),
+        tuple(s for p in parts for s in p.sources),
+    )
+
+
 def save_arrays(path, sets: dict[str, ArraySet], meta: dict) -> None:
     """Write split arrays to one compressed ``.npz`` (atomically) for training elsewhere.
 

@@ -73,6 +73,28 @@ def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"{run_dir}: no {RUN_CONFIG}; not a folder written by 'bcedge train --out'") from None
 
 
+#: ``--fit-on`` values and the splits each trains on.
+FIT_ON = {"train": ("train",), "train+val": ("train", "val")}
+
+
+def fitted_splits(config: dict[str, Any]) -> tuple[str, ...]:
+    """The splits a run (its ``config.json`` as a dict) trained on; runs before ``fit_on`` existed: train."""
+    return FIT_ON.get(str(config.get("fit_on") or "train"), ("train",))
+
+
+def refuse_scoring_on_fitted(config: dict[str, Any], subset: str, what: str) -> None:
+    """Refuse to report a score on a split the run trained on (e.g. a train+val refit on val).
+
+    Raises:
+        ConfigError: ``subset`` is one of :func:`fitted_splits`.
+    """
+    if subset in fitted_splits(config):
+        raise ConfigError(
+            f"{what} was trained on the {subset!r} split (fit_on {config.get('fit_on')!r}): "
+            f"a score there is not a validation or test figure"
+        )
+
+
 def write_config(run_dir: str | os.PathLike[str], config: dict[str, Any]) -> None:
     """Write ``config.json`` (atomically)."""
     write_json(Path(run_dir) / RUN_CONFIG, config)

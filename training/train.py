@@ -89,6 +89,9 @@ class TrainConfig:
     time_budget_s: float | None = None
     preprocess: dict = field(default_factory=dict)
     preprocess_hash: str = ""
+    #: The splits fitted (training.run.FIT_ON): "train", or "train+val" for the final refit of a
+    #: recipe already chosen on validation; such a run's validation figures are not validation.
+    fit_on: str = "train"
 
     @classmethod
     def from_saved(cls, saved: dict) -> TrainConfig:

@@ -148,13 +148,14 @@ def _evaluate_run(
     from bcedge.preprocess import PreprocessConfig
     from training.evaluate import model_grid_report, predict
     from training.models import load_trained
-    from training.run import RUN_CONFIG, best_model, read_config
+    from training.run import RUN_CONFIG, best_model, read_config, refuse_scoring_on_fitted
 
     model_path = best_model(run_dir) if run_dir.is_dir() else run_dir
     if not model_path.is_file():
         raise ConfigError(f"{model_path}: no trained model here (expected a run folder with best.keras)")
     # A bare .keras file has no run config: --data/--root/--split must then be given.
     run_cfg = read_config(model_path.parent) if (model_path.parent / RUN_CONFIG).is_file() else {}
+    refuse_scoring_on_fitted(run_cfg, subset, str(model_path))
     datasets = tuple((data or ",".join(run_cfg.get("data", []))).split(","))
     root = root or (Path(run_cfg["root"]) if run_cfg.get("root") else None)
     split = split or (Path(run_cfg["split"]) if run_cfg.get("split") else None)

@@ -90,6 +90,17 @@ def train_command(
         str,
         typer.Option("--train-on", help="all, or lesions: train and select on lesion images (the study)."),
     ] = "all",
+    fit_on: Annotated[
+        str,
+        typer.Option(
+            "--fit-on",
+            help=(
+                "train (default), or train+val: the final refit of a recipe chosen on validation "
+                "(validation is then monitored but no longer a validation figure; the run keeps its "
+                "last epoch, and evaluate/ablation refuse to score it on val)."
+            ),
+        ),
+    ] = "train",
     augment: Annotated[
         str, typer.Option("--augment", help="Augmentation preset: basic, strong or none (training/augment.py).")
     ] = "basic",
@@ -142,6 +153,10 @@ def train_command(
         raise ConfigError(f"unknown loss {loss!r}; expected one of {', '.join(LOSSES)}")
     if upsampling not in ("nearest", "bilinear", "transpose"):
         raise ConfigError(f"unknown upsampling {upsampling!r}; expected nearest, bilinear or transpose")
+    from training.run import FIT_ON
+
+    if fit_on not in FIT_ON:
+        raise ConfigError(f"--fit-on {fit_on!r}; expected one of {', '.join(FIT_ON)}")
     if train_on not in ("all", "lesions"):
         raise ConfigError(f"--train-on {train_on!r}; expected all or lesions")
     from training.augment import AugmentConfig
@@ -180,6 +195,11 @@ def train_command(
     for name in ("train", "val"):
         if name not in sets or len(sets[name]) == 0:
             raise ConfigError(f"{split}: the split has no {name!r} images; training needs train and val")
+    if fit_on != "train":
+        from training.data import concat_sets
+        from training.run import FIT_ON
+
+        sets = {**sets, "train": concat_sets([sets[name] for name in FIT_ON[fit_on]])}
     run = TrainConfig(
         model=model,
         data=datasets,
@@ -210,9 +230,11 @@ def train_command(
         time_budget_s=None if time_budget_min is None else time_budget_min * 60,
         preprocess=meta["preprocess"],
         preprocess_hash=meta["preprocess_hash"],
+        fit_on=fit_on,
     )
     typer.echo(
-        f"training {model} on {'+'.join(datasets)} (train {len(sets['train'])}, val {len(sets['val'])}) "
+        f"training {model} on {'+'.join(datasets)} (fit on {fit_on}: {len(sets['train'])} images; "
+        f"val {len(sets['val'])}{', also fitted' if fit_on != 'train' else ''}) "
         f"with the {backend_name()} backend into {out}"
     )
     with progress_bar(info=True, transient=False) as progress:
