@@ -135,6 +135,8 @@ class Result:
                 "photometric",
                 "pixel_spacing_mm",
                 "spacing_source",
+                "presentation_intent",
+                "window_source",
                 "study_uid",
                 "series_uid",
                 "sop_uid",
@@ -179,6 +181,29 @@ class _Prepared:
     tensor: np.ndarray
     geometry: Geometry
     timing: dict[str, float]
+
+
+_for_processing_warned = threading.Event()
+
+
+def _warn_for_processing(model: str) -> None:
+    """Log that a FOR PROCESSING image reached the model: a warning the first time in a process, then debug.
+
+    Why: a FOR PROCESSING image is the detector's raw signal, before the vendor's processing that
+    every image the models were trained and tested on went through (CDD-CESM's exported views,
+    digitised film); it carries no display window, so the reader's robust window stands in and the
+    model sees an image unlike its data. No identifiers (the JSON names the scan:
+    ``image.presentation_intent``).
+    """
+    level = logging.DEBUG if _for_processing_warned.is_set() else logging.WARNING
+    _for_processing_warned.set()
+    logging.getLogger(__name__).log(
+        level,
+        "a FOR PROCESSING (raw detector) image: %s was trained and tested on processed images only, so its "
+        "output on raw images is unvalidated; send the FOR PRESENTATION image%s",
+        model,
+        "" if level == logging.DEBUG else " (further such scans are logged at debug level)",
+    )
 
 
 class Segmenter:
@@ -345,6 +370,8 @@ class Segmenter:
             raise InputError(f"scan is a {type(scan).__name__}; expected a file path or a bcedge.dicom.Mammogram")
         if self.check_source is not None:
             self.check_source(mammo, source)
+        if mammo.meta.presentation_intent == "FOR PROCESSING":
+            _warn_for_processing(str(self.bundle.manifest.model.get("name") or self.bundle.dir.name))
         t0 = time.perf_counter_ns()
         tensor, geometry = preprocess(mammo, self.config)
         timing["preprocess"] = _ms(time.perf_counter_ns() - t0)

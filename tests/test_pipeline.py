@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -324,3 +325,30 @@ def test_tampered_real_artifact_is_refused(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="tampered") as info:
         Segmenter(copy, backend="tflite")
     assert info.value.exit_code == 3
+
+
+def test_a_for_processing_image_is_named_in_the_json_and_warned_once(
+    bundle_dir: Path, write_mg, ramp, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A raw (FOR PROCESSING) image is segmented, its intent and window source are in the JSON, and
+    the process warns once that the model's output on raw images is unvalidated (then debug)."""
+    import bcedge.pipeline as pipeline_mod
+
+    pipeline_mod._for_processing_warned.clear()
+    raw = [
+        write_mg(ramp(14, (96, 64)), name=f"raw{i}.dcm", bits_stored=14, presentation_intent="FOR PROCESSING")
+        for i in range(2)
+    ]
+    shown = write_mg(ramp(12, (96, 64)), name="shown.dcm", bits_stored=12, presentation_intent="FOR PRESENTATION")
+    caplog.set_level(logging.DEBUG, logger="bcedge.pipeline")
+    with Segmenter(bundle_dir) as seg:
+        first = seg.segment(raw[0]).to_dict()
+        seg.segment(raw[1])
+        presented = seg.segment(shown).to_dict()
+    assert first["image"]["presentation_intent"] == "FOR PROCESSING"
+    assert first["image"]["window_source"] == "robust"
+    assert presented["image"]["presentation_intent"] == "FOR PRESENTATION"
+    notes = [r for r in caplog.records if "FOR PROCESSING" in r.getMessage()]
+    assert [r.levelno for r in notes] == [logging.WARNING, logging.DEBUG]
+    assert "oracle was trained and tested on processed images only" in notes[0].getMessage()
+    assert str(raw[0]) not in notes[0].getMessage()  # no path: it may name the patient
