@@ -451,7 +451,8 @@ def evaluate_sets(
 
     Returns:
         ``{"model": what ran, "trained_on": {"data", "split", "split_dataset"} from the manifest's
-        provenance (what the model saw in training; empty when the bundle does not say),
+        provenance, and ``fit_on`` from its recipe when the run recorded one (what the model saw in
+        training; empty when the bundle does not say),
         "sets": {label: evaluate_bundle report}}``. Each report also gets ``training_overlap``:
         how many of its images the bundle's training split lists under ``train`` or ``val``
         (by sample id; None when the split file is not found), a check that a "generalisation"
@@ -462,6 +463,9 @@ def evaluate_sets(
 
     provenance = dict(load_bundle(bundle).manifest.provenance or {})
     trained_on = {k: provenance[k] for k in ("data", "split", "split_dataset", "train_on") if k in provenance}
+    recipe = provenance.get("recipe")
+    if isinstance(recipe, dict) and recipe.get("fit_on"):
+        trained_on["fit_on"] = recipe["fit_on"]  # "train+val": a refit, validation images seen too
     seen = training_ids(provenance.get("split"))
     out: dict[str, Any] = {"model": None, "trained_on": trained_on, "sets": {}}
     for label, data in sets.items():

@@ -163,7 +163,12 @@ def test_cross_dataset_script(
     trained = tmp_path / "trained bundle"
     shutil.copytree(tiny_bundle, trained)
     manifest = load_bundle(trained).manifest
-    write_manifest(trained, dataclasses.replace(manifest, provenance={"data": ["folder"], "split": str(split)}))
+    write_manifest(
+        trained,
+        dataclasses.replace(
+            manifest, provenance={"data": ["folder"], "split": str(split), "recipe": {"fit_on": "train+val"}}
+        ),
+    )
     out = tmp_path / "out dir" / "cross"
     args = ["--model", str(trained), "--artifact", "model_fp32.tflite", "--out", str(out)]
     args += ["--set", "phantom test", "folder", str(root), str(split), "test"]
@@ -173,7 +178,7 @@ def test_cross_dataset_script(
     doc = json.loads(out.with_suffix(".json").read_text())
     (run,) = doc["runs"]
     assert list(run["sets"]) == ["phantom test", "all phantoms"] and run["model"]["artifact"] == "model_fp32.tflite"
-    assert run["trained_on"] == {"data": ["folder"], "split": str(split)}
+    assert run["trained_on"] == {"data": ["folder"], "split": str(split), "fit_on": "train+val"}
     assert len(run["sets"]["all phantoms"]["images"]) == 8
     # Leakage check: every training image is in "all phantoms", none in the test subset.
     n_train = len(load_split(split).splits["train"])
