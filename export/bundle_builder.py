@@ -488,6 +488,8 @@ def build_bundle(opts: ExportOptions, log: Log = print, progress=None) -> Export
     if opts.strict and result.failed:
         return result  # no manifest: a strict export that failed leaves no loadable bundle
 
+    from training.run import fitted_splits
+
     cfg = run.config
     input_spec, output_spec = io_specs(size)
     manifest = Manifest(
@@ -542,6 +544,9 @@ def build_bundle(opts: ExportOptions, log: Log = print, progress=None) -> Export
                     "reference_dice": reference["dice"],
                     "reference_dice_all_images": reference["dice_all_images"],
                     "tolerances": tolerances,
+                    # A train+val refit saw these images: the gate still measures each artifact's
+                    # agreement with Keras, but the reference Dice is not a validation figure.
+                    **({"fitted_on_these_images": True} if "val" in fitted_splits(cfg) else {}),
                 },
                 "reference": "Keras model (model.keras)" if opts.include_keras else "Keras model (not in the bundle)",
                 "calibration": calib_info or None,

@@ -75,7 +75,7 @@ def test_export_writes_a_loadable_bundle_with_every_cpu_format(bundle: tuple[Pat
     assert prov["data"] == ["phantom"] and prov["calibration"]["source"] == "train split"
     assert prov["calibration"]["n"] == 5
     val_n = prov["evaluation"]["n_images"]
-    assert val_n >= 1
+    assert val_n >= 1 and "fitted_on_these_images" not in prov["evaluation"]  # trained on train only
     for record in manifest.artifacts:
         loaded.artifact_path(record)  # size and SHA-256 as recorded
         m = record.metrics
@@ -137,6 +137,21 @@ def test_existing_bundle_needs_overwrite(bundle: tuple[Path, str], run: dict, ca
     rc = main(["export", str(run["run"]), "--out", str(bundle[0]), "--cache", str(run["cache"]), "--formats", "onnx"])
     err = capsys.readouterr().err
     assert rc == 2 and "already holds a bundle" in err and "--overwrite" in err
+
+
+def test_a_train_val_refit_marks_its_gate_images_as_seen(run: dict, tmp_path: Path) -> None:
+    """A run made with ``--fit-on train+val`` trained on the gate's validation images: the manifest says so."""
+    import shutil
+
+    refit = tmp_path / "refit run"
+    shutil.copytree(run["run"], refit)
+    config = json.loads((refit / "config.json").read_text())
+    (refit / "config.json").write_text(json.dumps({**config, "fit_on": "train+val"}))
+    out = tmp_path / "refit bundle"
+    args = ["export", str(refit), "--out", str(out), "--cache", str(run["cache"]), "--formats", "tflite-fp32"]
+    assert main(args) == 0
+    prov = load_bundle(out).manifest.provenance
+    assert prov["recipe"]["fit_on"] == "train+val" and prov["evaluation"]["fitted_on_these_images"] is True
 
 
 def test_bad_options_fail_with_one_line(run: dict, capsys: pytest.CaptureFixture) -> None:
