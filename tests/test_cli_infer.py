@@ -426,3 +426,33 @@ def test_threads_default_to_every_usable_cpu(
     )  # fmt: skip
     assert rc == 0
     assert json.loads(stdout)["model"]["threads"] == 3
+
+
+def test_a_librarys_warning_is_one_line_beside_the_error(scans: dict[str, Path], tmp_path: Path) -> None:
+    """pydicom's note on a malformed value ("Invalid value for VR UI") reaches stderr as one
+    ``warning: pydicom: ...`` line, not Python's path + source line; the bad scan is one error line."""
+    import pydicom
+    from pydicom import config
+
+    ds = pydicom.dcmread(scans["rmlo"])
+    ds.SOPInstanceUID = "abc.def.ghi"
+    bad = tmp_path / "bad uid.dcm"
+    saved = config.settings.writing_validation_mode
+    config.settings.writing_validation_mode = config.IGNORE
+    try:
+        ds.save_as(bad, enforce_file_format=True)
+    finally:
+        config.settings.writing_validation_mode = saved
+    args = [str(bad), str(scans["rmlo"]), "--model", str(REAL_BUNDLE), "--out", str(tmp_path / "o")]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bcedge", "infer", *args, "--outputs", "json,seg"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.splitlines()
+    assert [line for line in lines if line.startswith("warning: pydicom: Invalid value for VR UI")], proc.stderr
+    assert not [line for line in lines if "valuerep.py" in line or "warn_and_log" in line], proc.stderr
+    assert len(error_lines(proc.stderr)) == 1 and "SOPInstanceUID" in error_lines(proc.stderr)[0]
+    assert (tmp_path / "o" / "rmlo.json").is_file()  # the good scan was still processed

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -81,7 +80,7 @@ def batch_command(
     Exit code 0: all done; 2: bad option/source or some scans failed; 3: model problem; 4: Ray failed.
     """
     from bcedge.batch.run import BatchOptions, run_batch
-    from bcedge.cli.infer import _log_to_stderr
+    from bcedge.cli.infer import log_to_stderr
 
     opts = BatchOptions(
         source=source,
@@ -102,15 +101,11 @@ def batch_command(
         object_store_mb=object_store_mb,
         block_size=block_size,
     )
-    handler = _log_to_stderr()
-    try:
-        # Ray's driver prints what raylets report (a worker that died, a retried task) on stdout,
-        # even with log_to_driver=False; stdout is for the summary (--json: one document), so during
-        # the run anything printed goes to stderr. run_batch shuts its Ray down before returning.
-        with contextlib.redirect_stdout(sys.stderr):
-            summary = run_batch(opts, progress=not as_json)
-    finally:
-        logging.getLogger("bcedge").removeHandler(handler)
+    # Ray's driver prints what raylets report (a worker that died, a retried task) on stdout,
+    # even with log_to_driver=False; stdout is for the summary (--json: one document), so during
+    # the run anything printed goes to stderr. run_batch shuts its Ray down before returning.
+    with log_to_stderr(), contextlib.redirect_stdout(sys.stderr):
+        summary = run_batch(opts, progress=not as_json)
     for line in summary.errors[:MAX_ERRORS_SHOWN]:
         typer.echo(f"error: {line}", err=True)
     if len(summary.errors) > MAX_ERRORS_SHOWN:

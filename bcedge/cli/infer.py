@@ -19,10 +19,13 @@ a table, highdicom only when a SEG is written.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
+import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -54,14 +57,50 @@ class _OneLine(logging.Formatter):
         return f"{record.levelname.lower()}: {text[0] if text else ''}"
 
 
-def _log_to_stderr() -> logging.Handler:
-    """Send bcedge's warnings (e.g. "no SEG for a raster input") to stderr, one line each."""
+#: ``warnings.formatwarning``'s first line: ``PATH:LINE: CATEGORY: MESSAGE``.
+_WARNING_LINE = re.compile(r"^(?P<path>.*?):\d+: (?P<category>\w+): (?P<message>.*)$")
+
+
+class _LibraryWarning(logging.Formatter):
+    """A Python warning of a library (pydicom's "Invalid value for VR DA: '0'", ...) as one line,
+    ``warning: pydicom: MESSAGE``, without the file path, the source line or the help link."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        first = (record.getMessage().strip().splitlines() or [""])[0]
+        match = _WARNING_LINE.match(first)
+        if match is None:
+            return f"warning: {first}"
+        parts = Path(match["path"]).parts
+        package = parts[parts.index("site-packages") + 1] if "site-packages" in parts[:-1] else Path(match["path"]).stem
+        message = match["message"].split(" Please see <", 1)[0]
+        return f"warning: {package.removesuffix('.py')}: {message}"
+
+
+@contextlib.contextmanager
+def log_to_stderr() -> Iterator[None]:
+    """During the block, bcedge's warnings (e.g. "no SEG for a raster input") and libraries' Python
+    warnings (a malformed header value pydicom notes) go to stderr, one line each; restored after.
+
+    Why libraries' warnings too: Python prints a warning as its source path, line and code, two
+    lines that look like a traceback beside the one ``error:`` line of a bad scan.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_OneLine())
     handler.setLevel(logging.WARNING)
-    logger = logging.getLogger("bcedge")
+    warning_handler = logging.StreamHandler(sys.stderr)
+    warning_handler.setFormatter(_LibraryWarning())
+    logger, py_warnings = logging.getLogger("bcedge"), logging.getLogger("py.warnings")
     logger.addHandler(handler)
-    return handler
+    py_warnings.addHandler(warning_handler)
+    propagate, py_warnings.propagate = py_warnings.propagate, False
+    logging.captureWarnings(True)
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+        py_warnings.propagate = propagate
+        py_warnings.removeHandler(warning_handler)
+        logger.removeHandler(handler)
 
 
 def _error_line(source: str, exc: BaseException) -> str:
@@ -264,8 +303,7 @@ def infer_command(
     3: model or backend problem.
     """
     kinds = _parse_kinds(outputs)
-    handler = _log_to_stderr()
-    try:
+    with log_to_stderr():
         seg, results, failures = run_infer(
             scans,
             model=model,
@@ -279,8 +317,6 @@ def infer_command(
             progress=not as_json and len(scans) > 1,
             providers=[p.strip() for p in providers.split(",") if p.strip()] if providers else None,
         )
-    finally:
-        logging.getLogger("bcedge").removeHandler(handler)
     if as_json:
         sys.stdout.write(json.dumps(_document(seg, results, failures, out), indent=2) + "\n")
         sys.stdout.flush()
@@ -307,8 +343,7 @@ def demo_command(
 
     scan = example_scan()
     kinds = _parse_kinds(outputs)
-    handler = _log_to_stderr()
-    try:
+    with log_to_stderr():
         seg, results, failures = run_infer(
             [scan],
             model=demo_bundle_path(),
@@ -321,8 +356,6 @@ def demo_command(
             batch_size=1,
             progress=False,
         )
-    finally:
-        logging.getLogger("bcedge").removeHandler(handler)
     if failures:
         raise typer.Exit(failures[0].error.exit_code)
     result = results[0]
