@@ -418,7 +418,8 @@ def main() -> None:
             try:
                 row = score_run(run, args.cache, val_cache, tta, checkpoint, args.postprocess_grid, tuple(ensemble))
             except ConfigError as exc:  # e.g. a train+val refit: no validation figure to give
-                raise SystemExit(f"error: {exc}") from None
+                print(f"error: {exc}", file=sys.stderr)
+                raise SystemExit(2) from None
             rows.append(row)
             c, d = row["chosen"], row["at_0.5"]
             print(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -165,3 +166,19 @@ def test_an_ensemble_row_scores_the_mean_of_its_members_probabilities(tmp_path, 
         ablation_v2.score_run(a, tmp_path, {}, ensemble=((tmp_path / "b", "best"),))
     with pytest.raises(ConfigError, match="trained on the 'val' split"):
         ablation_v2.score_run(tmp_path / "b", tmp_path, {})
+
+
+def test_the_script_refuses_a_refit_with_one_line_and_exit_2(tmp_path) -> None:
+    """``ablation_v2.py REFIT`` (a run fitted on train+val): one error line, exit 2, nothing written."""
+    run = tmp_path / "refit"
+    run.mkdir()
+    config = {"data": ["x"], "split": "s.json", "preprocess": {"size": 32}, "size": 32, "model": "unet"}
+    (run / "config.json").write_text(json.dumps({**config, "fit_on": "train+val"}))
+    (run / "best.keras").write_bytes(b"never loaded")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation_v2.py"
+    out = tmp_path / "rows.json"
+    args = [sys.executable, str(script), str(run), "--cache", str(tmp_path), "--out", str(out)]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    assert "trained on the 'val' split" in lines[0] and not out.exists()

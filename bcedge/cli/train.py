@@ -96,8 +96,9 @@ def train_command(
             "--fit-on",
             help=(
                 "train (default), or train+val: the final refit of a recipe chosen on validation "
-                "(validation is then monitored but no longer a validation figure; the run keeps its "
-                "last epoch, and evaluate/ablation refuse to score it on val)."
+                "(validation is then monitored but is no validation figure, and best.keras is picked "
+                "on fitted images: take the last epoch with training.promote; evaluate and "
+                "ablation_v2 refuse to score the run on val)."
             ),
         ),
     ] = "train",
@@ -197,7 +198,6 @@ def train_command(
             raise ConfigError(f"{split}: the split has no {name!r} images; training needs train and val")
     if fit_on != "train":
         from training.data import concat_sets
-        from training.run import FIT_ON
 
         sets = {**sets, "train": concat_sets([sets[name] for name in FIT_ON[fit_on]])}
     run = TrainConfig(
