@@ -156,7 +156,8 @@ def write_node_config(
     )
 
 
-def _save(ds: pydicom.Dataset, path: Path) -> Path:
+def save_unvalidated(ds: pydicom.Dataset, path: Path) -> Path:
+    """Write ``ds`` as it is, invalid values included (pydicom's write validation off for the call)."""
     from pydicom import config
 
     saved = config.settings.writing_validation_mode
@@ -191,13 +192,13 @@ def make_round(folder: Path, originals: list[Path], good: int) -> dict[str, list
         edit(ds)
         if "SOPInstanceUID" in ds:
             ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        files["bad"].append(_save(ds, folder / f"bad {name}.dcm"))
+        files["bad"].append(save_unvalidated(ds, folder / f"bad {name}.dcm"))
     for i in range(good):
         ds = fresh(i)
         if i < len(SANITISE):
             for keyword, value in SANITISE[i][1].items():
                 setattr(ds, keyword, value)
-        files["good"].append(_save(ds, folder / f"good{i:02d}.dcm"))
+        files["good"].append(save_unvalidated(ds, folder / f"good{i:02d}.dcm"))
     return files
 
 

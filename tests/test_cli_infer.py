@@ -431,18 +431,17 @@ def test_threads_default_to_every_usable_cpu(
 def test_a_librarys_warning_is_one_line_beside_the_error(scans: dict[str, Path], tmp_path: Path) -> None:
     """pydicom's note on a malformed value ("Invalid value for VR UI") reaches stderr as one
     ``warning: pydicom: ...`` line, not Python's path + source line; the bad scan is one error line."""
-    import pydicom
-    from pydicom import config
+    import importlib.util
 
+    import pydicom
+
+    spec = importlib.util.spec_from_file_location("bench_serve_faults", ROOT / "benchmarks" / "bench_serve_faults.py")
+    assert spec and spec.loader
+    faults = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(faults)
     ds = pydicom.dcmread(scans["rmlo"])
     ds.SOPInstanceUID = "abc.def.ghi"
-    bad = tmp_path / "bad uid.dcm"
-    saved = config.settings.writing_validation_mode
-    config.settings.writing_validation_mode = config.IGNORE
-    try:
-        ds.save_as(bad, enforce_file_format=True)
-    finally:
-        config.settings.writing_validation_mode = saved
+    bad = faults.save_unvalidated(ds, tmp_path / "bad uid.dcm")
     args = [str(bad), str(scans["rmlo"]), "--model", str(REAL_BUNDLE), "--out", str(tmp_path / "o")]
     proc = subprocess.run(
         [sys.executable, "-m", "bcedge", "infer", *args, "--outputs", "json,seg"],
