@@ -92,8 +92,12 @@ def test_rows_build_through_the_table(monkeypatch: pytest.MonkeyPatch, tmp_path:
     context = BuildContext(model=None, size=8, out=tmp_path, work=tmp_path, log=lines.append)
 
     def fake_tflite(kind, context):
-        time.sleep(0.2)  # as if making the shared SavedModel took 0.2 s: not charged to this row
-        context.untimed_seconds += 0.2
+        # As if making the shared SavedModel took 0.2 s: not charged to this row. The time actually
+        # slept is what is declared untimed (a loaded machine oversleeps; 0.2 flat made the row's
+        # remaining time depend on the load).
+        t0 = time.perf_counter()
+        time.sleep(0.2)
+        context.untimed_seconds += time.perf_counter() - t0
         (context.out / kind.file).write_bytes(b"tflite")
         return kind.file, {"float_ops": []}
 
