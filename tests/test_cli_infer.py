@@ -455,3 +455,28 @@ def test_a_librarys_warning_is_one_line_beside_the_error(scans: dict[str, Path],
     assert not [line for line in lines if "valuerep.py" in line or "warn_and_log" in line], proc.stderr
     assert len(error_lines(proc.stderr)) == 1 and "SOPInstanceUID" in error_lines(proc.stderr)[0]
     assert (tmp_path / "o" / "rmlo.json").is_file()  # the good scan was still processed
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/v/lib/python3.11/site-packages/pydicom/valuerep.py", "warning: pydicom: Invalid value for VR DA: '0'."),
+        ("/usr/lib/python3/dist-packages/pydicom/valuerep.py", "warning: pydicom: Invalid value for VR DA: '0'."),
+        ("/home/me/tool.py", "warning: tool: Invalid value for VR DA: '0'."),
+    ],
+)
+def test_library_warning_line_names_the_package_without_path_or_link(path: str, expected: str) -> None:
+    import logging
+    import warnings
+
+    from bcedge.cli.infer import _LibraryWarning
+
+    text = warnings.formatwarning(
+        "Invalid value for VR DA: '0'. Please see <https://dicom.nema.org/x> for allowed values for each VR.",
+        UserWarning,
+        path,
+        440,
+        "    warn_and_log(msg)",
+    )
+    record = logging.LogRecord("py.warnings", logging.WARNING, path, 440, "%s", (text,), None)
+    assert _LibraryWarning().format(record) == expected

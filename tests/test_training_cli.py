@@ -11,9 +11,10 @@ import pytest
 pytest.importorskip("keras")
 
 from bcedge.cli import main
+from bcedge.errors import ConfigError
 from training.augment import AugmentConfig, augment
 from training.data import ArraySet, SegmentationData, concat_sets, epoch_order, load_arrays, save_arrays
-from training.run import fitted_splits
+from training.run import fitted_splits, refuse_scoring_on_fitted
 
 
 def _set(n: int = 10, size: int = 32) -> ArraySet:
@@ -88,6 +89,10 @@ def test_concat_sets_keeps_order_and_refuses_mixed_sizes() -> None:
 def test_fitted_splits_of_old_and_refit_runs() -> None:
     assert fitted_splits({}) == ("train",)  # runs made before --fit-on existed
     assert fitted_splits({"fit_on": "train+val"}) == ("train", "val")
+    refuse_scoring_on_fitted({}, "val", "run")  # an ordinary run: val is held out
+    refuse_scoring_on_fitted({"fit_on": "train+val"}, "train", "run")  # a training figure stays allowed
+    with pytest.raises(ConfigError, match="trained on the 'val' split"):
+        refuse_scoring_on_fitted({"fit_on": "train+val"}, "val", "run")
 
 
 @pytest.mark.slow
@@ -202,5 +207,7 @@ def test_refit_on_train_and_val_is_never_scored_on_val(tmp_path: Path, capsys: p
     assert len(err) == 1 and err[0].startswith("error:") and "trained on the 'val' split" in err[0]
     assert main(["evaluate", str(run), "--subset", "test", "--cache", cache, "--json", "-"]) == 0
     assert json.loads(capsys.readouterr().out)["subset"] == "test"
+    assert main(["evaluate", str(run), "--subset", "train", "--cache", cache, "--json", "-"]) == 0  # a training figure
+    assert json.loads(capsys.readouterr().out)["subset"] == "train"
     assert main([*args, "--epochs", "1", "--fit-on", "everything"]) == 2
     assert "--fit-on 'everything'" in capsys.readouterr().err

@@ -83,12 +83,14 @@ def fitted_splits(config: dict[str, Any]) -> tuple[str, ...]:
 
 
 def refuse_scoring_on_fitted(config: dict[str, Any], subset: str, what: str) -> None:
-    """Refuse to report a score on a split the run trained on (e.g. a train+val refit on val).
+    """Refuse to report a held-out score on a split the run trained on (a train+val refit on val).
+
+    The training split itself stays scorable (a training figure, as it always was).
 
     Raises:
-        ConfigError: ``subset`` is one of :func:`fitted_splits`.
+        ConfigError: ``subset`` is not ``train`` and is one of :func:`fitted_splits`.
     """
-    if subset in fitted_splits(config):
+    if subset != "train" and subset in fitted_splits(config):
         raise ConfigError(
             f"{what} was trained on the {subset!r} split (fit_on {config.get('fit_on')!r}): "
             f"a score there is not a validation or test figure"

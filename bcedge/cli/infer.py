@@ -71,7 +71,9 @@ class _LibraryWarning(logging.Formatter):
         if match is None:
             return f"warning: {first}"
         parts = Path(match["path"]).parts
-        package = parts[parts.index("site-packages") + 1] if "site-packages" in parts[:-1] else Path(match["path"]).stem
+        # The package's folder under site-packages (pip) or dist-packages (Debian's python3-*).
+        roots = [k for k, part in enumerate(parts[:-1]) if part in ("site-packages", "dist-packages")]
+        package = parts[roots[-1] + 1] if roots else Path(match["path"]).stem
         message = match["message"].split(" Please see <", 1)[0]
         return f"warning: {package.removesuffix('.py')}: {message}"
 
