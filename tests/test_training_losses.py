@@ -70,3 +70,25 @@ def test_unknown_loss_is_config_error() -> None:
 
     with pytest.raises(ConfigError, match="unknown loss"):
         losses.get_loss("l2")
+
+
+def test_lesion_dice_weighs_each_lesion_image_alike() -> None:
+    """A small lesion drawn as a blob 9x its area costs ~0.8 per image, however large the
+    batch's other lesion; the batch Dice dilutes it; a lesion-free image is left to BCE."""
+    y_true = np.zeros((3, 64, 64, 1), np.float32)
+    y_pred = np.zeros_like(y_true)
+    y_true[0, 4:60, 4:60] = 1  # large lesion, predicted exactly
+    y_pred[0, 4:60, 4:60] = 1
+    y_true[1, 30:34, 30:34] = 1  # small lesion (16 px) inside a 12x12 blob (144 px)
+    y_pred[1, 26:38, 26:38] = 1
+    y_pred[2, 0:8, 0:8] = 1  # no lesion, a false blob
+    per_image = np.asarray(losses.lesion_dice_loss(y_true, y_pred))
+    assert per_image[0] == pytest.approx(0.0, abs=1e-3)
+    assert per_image[1] == pytest.approx(1 - (2 * 16 + 1) / (16 + 144 + 1), abs=1e-5)  # 0.795
+    assert per_image[2] == 0.0  # BCE's job: per-image Dice would reward empty masks
+    pooled = float(np.asarray(losses.batch_dice_loss(y_true, y_pred))[0])
+    assert pooled < 0.05 < per_image[1]
+    clipped = np.clip(y_pred, 0.001, 0.999)
+    combined = np.asarray(losses.get_loss("bce-lesion-dice")(y_true, clipped))
+    parts = np.asarray(losses.bce(y_true, clipped)) + np.asarray(losses.lesion_dice_loss(y_true, clipped))
+    assert np.allclose(combined, parts, atol=1e-6)

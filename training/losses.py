@@ -51,6 +51,23 @@ def batch_dice_loss(y_true, y_pred, smooth: float = 1.0):
     return loss * ops.ones_like(ops.sum(y_pred, axis=_AXES))
 
 
+@keras.saving.register_keras_serializable(package="bcedge")
+def lesion_dice_loss(y_true, y_pred, smooth: float = 1.0):
+    """1 - per-image soft Dice on the images that hold a lesion, 0 on the others, shape (N,).
+
+    Why not the batch Dice: pooled over a batch, a large lesion's pixels outweigh a
+    small one's, and the shipped model (batch Dice) learnt one blob size for every
+    lesion: on the combined-v2 training DM views its predicted area hardly follows the
+    lesion's (log-log slope 0.22; 9x too large on lesions of ~1,000 pixels, too small on
+    ~40,000). Per image, every lesion's outline counts the same. Images without a lesion
+    are left to the BCE term: their per-image Dice, 1 / (sum(p) + 1), rewards an empty
+    mask everywhere (see :func:`batch_dice_loss`).
+    """
+    y_true = ops.cast(y_true, y_pred.dtype)
+    has_lesion = ops.cast(ops.sum(y_true, axis=_AXES) > 0, y_pred.dtype)
+    return has_lesion * (1.0 - soft_dice(y_true, y_pred, smooth))
+
+
 def bce(y_true, y_pred):
     """Per-image mean binary cross-entropy, shape (N,)."""
     y_true = ops.cast(y_true, y_pred.dtype)
@@ -110,6 +127,12 @@ def bce_tversky_fp(y_true, y_pred):
     return bce(y_true, y_pred) + batch_tversky_loss(y_true, y_pred, alpha=0.7, beta=0.3)
 
 
+@keras.saving.register_keras_serializable(package="bcedge")
+def bce_lesion_dice(y_true, y_pred):
+    """BCE + per-image Dice on lesion images (:func:`lesion_dice_loss`), shape (N,)."""
+    return bce(y_true, y_pred) + lesion_dice_loss(y_true, y_pred)
+
+
 LOSSES: dict[str, Callable] = {
     "dice": dice_loss,
     "batch-dice": batch_dice_loss,
@@ -117,6 +140,7 @@ LOSSES: dict[str, Callable] = {
     "focal-dice": focal_dice,
     "bce-tversky": bce_tversky,
     "bce-tversky-fp": bce_tversky_fp,
+    "bce-lesion-dice": bce_lesion_dice,
 }
 
 

@@ -56,8 +56,9 @@ def train_command(
         typer.Option(
             "--loss",
             help=(
-                "bce-dice (default), dice, batch-dice, focal-dice, bce-tversky (misses cost more) "
-                "or bce-tversky-fp (false positives cost more)."
+                "bce-dice (default), dice, batch-dice, focal-dice, bce-tversky (misses cost more), "
+                "bce-tversky-fp (false positives cost more) or bce-lesion-dice (Dice per lesion "
+                "image, so small lesions' outlines count as much as large ones')."
             ),
         ),
     ] = "bce-dice",
