@@ -47,16 +47,15 @@ import math
 import mmap
 import os
 import struct
-import tempfile
 import threading
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from bcedge.cstderr import c_stderr_to_debug_log
 from bcedge.errors import (
     BcedgeError,
     ConfigError,
@@ -1424,49 +1423,10 @@ def _quiet_opencv(cv2: Any) -> None:
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 
-#: Per thread: whether this thread may capture file descriptor 2 while it decodes (see
-#: :func:`capture_decoder_stderr_here`).
-_STDERR_CAPTURE = threading.local()
-
-
-def capture_decoder_stderr_here() -> None:
-    """Let the calling thread send decoder chatter to the debug log as the main thread does.
-
-    For a thread that reads scans on the main thread's behalf (the pipelined scan job's reader)
-    while the main thread cannot write to stderr at the same time: the descriptor is
-    process-wide, so the caller must keep its own stderr writes out of the reading windows.
-    """
-    _STDERR_CAPTURE.allowed = True
-
-
-@contextlib.contextmanager
-def _c_stderr_to_debug_log(p: Path) -> Iterator[None]:
-    """Send what C decoders write straight to file descriptor 2 (libpng's "libpng error: ...",
-    libjpeg's "Corrupt JPEG data: ...", a Rust decoder's panic message) to the debug log instead
-    of the user's terminal, so a corrupt file costs one ``error:`` line.
-
-    Only in the main thread, or a thread that :func:`capture_decoder_stderr_here` allowed: the
-    descriptor is process-wide, and a server's other threads must keep their stderr.
-    """
-    if threading.current_thread() is not threading.main_thread() and not getattr(_STDERR_CAPTURE, "allowed", False):
-        yield
-        return
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    with tempfile.TemporaryFile() as sink:
-        try:
-            os.dup2(sink.fileno(), 2)
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            said = sink.read(4096).decode("utf-8", "replace").strip()
-            if said:
-                _log.debug("%s: the image decoder said: %s", p, " | ".join(said.splitlines()))
+def _c_stderr_to_debug_log(p: Path) -> contextlib.AbstractContextManager[None]:
+    """What C decoders write to descriptor 2 goes to the debug log, so a corrupt file costs one
+    ``error:`` line (:func:`bcedge.cstderr.c_stderr_to_debug_log`)."""
+    return c_stderr_to_debug_log(f"{p}: the image decoder")
 
 
 def read_raster(path: str | os.PathLike[str]) -> Mammogram:

@@ -376,9 +376,9 @@ class _Pipeline:
 
     def _read(self) -> None:
         """Stage 1: read and preprocess each scan, in input order; a bad scan becomes its ScanFailure."""
-        from bcedge.dicom import capture_decoder_stderr_here
+        from bcedge.cstderr import allow_capture_here
 
-        capture_decoder_stderr_here()
+        allow_capture_here()  # decoder chatter to the debug log, as on the main thread
         try:
             for index, scan in enumerate(self.items):
                 self.slots.acquire()

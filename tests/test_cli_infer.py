@@ -480,3 +480,19 @@ def test_library_warning_line_names_the_package_without_path_or_link(path: str, 
     )
     record = logging.LogRecord("py.warnings", logging.WARNING, path, 440, "%s", (text,), None)
     assert _LibraryWarning().format(record) == expected
+
+
+def test_a_successful_infer_leaves_stderr_empty(scans: dict[str, Path], tmp_path: Path) -> None:
+    """LiteRT's C++ "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." (written to descriptor
+    2 while the interpreter allocates) goes to the debug log: a scan that succeeds prints nothing
+    on stderr."""
+    args = [str(scans["rmlo"]), "--model", str(REAL_BUNDLE), "--out", str(tmp_path / "o"), "--outputs", "json"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bcedge", "infer", *args, "--backend", "tflite"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr == "", proc.stderr[-2000:]
+    assert (tmp_path / "o" / "rmlo.json").is_file()

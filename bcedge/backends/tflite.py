@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from bcedge.backends.base import Backend
+from bcedge.cstderr import c_stderr_to_debug_log
 from bcedge.errors import ConfigError, InputError, MissingDependencyError
 
 #: Interpreter sources in the order ``runtime="auto"`` tries them: (runtime, pip distribution).
@@ -97,8 +98,11 @@ class TFLiteBackend(Backend):
         if not xnnpack:
             kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         try:
-            self._interp = interpreter_cls(**kwargs)
-            self._interp.allocate_tensors()
+            # LiteRT's C++ prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." on fd 2
+            # while it allocates; that line belongs in the debug log, not on every infer's terminal.
+            with c_stderr_to_debug_log(f"{self.path}: LiteRT"):
+                self._interp = interpreter_cls(**kwargs)
+                self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise InputError(f"{self.path} is not a TFLite model {used} can load: {first}") from exc
