@@ -62,6 +62,11 @@ def run(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str
     return rc, captured.out, captured.err
 
 
+def infer_in_subprocess(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m bcedge infer ARGS`` in a fresh process (what a user's terminal would show)."""
+    return subprocess.run([sys.executable, "-m", "bcedge", "infer", *args], capture_output=True, text=True, timeout=300)
+
+
 def error_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.startswith("error:")]
 
@@ -443,12 +448,7 @@ def test_a_librarys_warning_is_one_line_beside_the_error(scans: dict[str, Path],
     ds.SOPInstanceUID = "abc.def.ghi"
     bad = faults.save_unvalidated(ds, tmp_path / "bad uid.dcm")
     args = [str(bad), str(scans["rmlo"]), "--model", str(REAL_BUNDLE), "--out", str(tmp_path / "o")]
-    proc = subprocess.run(
-        [sys.executable, "-m", "bcedge", "infer", *args, "--outputs", "json,seg"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = infer_in_subprocess(*args, "--outputs", "json,seg")
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.splitlines()
     assert [line for line in lines if line.startswith("warning: pydicom: Invalid value for VR UI")], proc.stderr
@@ -487,12 +487,7 @@ def test_a_successful_infer_leaves_stderr_empty(scans: dict[str, Path], tmp_path
     2 while the interpreter allocates) goes to the debug log: a scan that succeeds prints nothing
     on stderr."""
     args = [str(scans["rmlo"]), "--model", str(REAL_BUNDLE), "--out", str(tmp_path / "o"), "--outputs", "json"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "bcedge", "infer", *args, "--backend", "tflite"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = infer_in_subprocess(*args, "--backend", "tflite")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stderr == "", proc.stderr[-2000:]
     assert (tmp_path / "o" / "rmlo.json").is_file()
