@@ -61,11 +61,13 @@ def agreement(records: list[dict], source: str = "cdd-cesm") -> dict:
     dice = np.array([r["dice"] for r in rows], dtype=np.float64)
     keep = pred_area > 0
     t, p = true_area[keep], pred_area[keep]
+    if t.size < 3:
+        raise ValueError(f"{t.size} {source} pixel-mask lesion images with a prediction: a fit needs 3 or more")
     slope, corr = _fit(t, p)
     rng = np.random.default_rng(BOOTSTRAP_SEED)
     boot = np.array([_fit(t[i], p[i]) for i in rng.integers(0, t.size, size=(BOOTSTRAP_RESAMPLES, t.size))])
     tail = (1.0 - CONFIDENCE) / 2.0 * 100.0
-    lo, hi = np.nanpercentile(boot, [tail, 100.0 - tail], axis=0) if t.size >= 3 else (np.full(2, np.nan),) * 2
+    lo, hi = np.nanpercentile(boot, [tail, 100.0 - tail], axis=0)
     small = true_area <= np.median(true_area)
     halves = {}
     for name, sel in (("smaller_half", small), ("larger_half", ~small)):
@@ -95,7 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     result = {"script": "benchmarks/area_agreement.py", "source": args.source, "set": args.set_name, "reports": {}}
     for path in args.reports:
-        a = agreement(image_records(json.loads(path.read_text()), args.set_name), args.source)
+        try:
+            a = agreement(image_records(json.loads(path.read_text()), args.set_name), args.source)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            print(f"error: {path}: {exc}", file=sys.stderr)
+            return 2
         result["reports"][str(path)] = a
         s, c, sm, lg = a["slope"], a["correlation"], a["smaller_half"], a["larger_half"]
         print(

@@ -60,3 +60,16 @@ def test_reads_both_report_layouts(tmp_path: Path) -> None:
     result = json.loads(out.read_text())["reports"]
     assert [r["slope"]["value"] for r in result.values()] == pytest.approx([1.0, 1.0])
     assert [r["smaller_half"]["pred_over_true_median"] for r in result.values()] == pytest.approx([2.0, 2.0])
+
+
+def test_too_few_images_or_a_bad_report_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ValueError, match="needs 3 or more"):
+        agreement([_record(1000, 2000, 1000), _record(3000, 0, 0)])
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    few = tmp_path / "few.json"
+    few.write_text(json.dumps({"images": [_record(1000, 2000, 1000)]}))
+    for path in (bad, few, tmp_path / "missing.json"):
+        assert main([str(path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {path}"), err
