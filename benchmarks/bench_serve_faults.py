@@ -156,19 +156,6 @@ def write_node_config(
     )
 
 
-def save_unvalidated(ds: pydicom.Dataset, path: Path) -> Path:
-    """Write ``ds`` as it is, invalid values included (pydicom's write validation off for the call)."""
-    from pydicom import config
-
-    saved = config.settings.writing_validation_mode
-    config.settings.writing_validation_mode = config.IGNORE
-    try:
-        ds.save_as(path, enforce_file_format=True)
-    finally:
-        config.settings.writing_validation_mode = saved
-    return path
-
-
 def make_round(folder: Path, originals: list[Path], good: int) -> dict[str, list[Path]]:
     """The files of one round, with fresh UIDs: {"bomb": [...], "bad": [...], "good": [...]}."""
     folder.mkdir(parents=True)
@@ -192,13 +179,13 @@ def make_round(folder: Path, originals: list[Path], good: int) -> dict[str, list
         edit(ds)
         if "SOPInstanceUID" in ds:
             ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        files["bad"].append(save_unvalidated(ds, folder / f"bad {name}.dcm"))
+        files["bad"].append(hostile.save_unvalidated(ds, folder / f"bad {name}.dcm"))
     for i in range(good):
         ds = fresh(i)
         if i < len(SANITISE):
             for keyword, value in SANITISE[i][1].items():
                 setattr(ds, keyword, value)
-        files["good"].append(save_unvalidated(ds, folder / f"good{i:02d}.dcm"))
+        files["good"].append(hostile.save_unvalidated(ds, folder / f"good{i:02d}.dcm"))
     return files
 
 

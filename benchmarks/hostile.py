@@ -73,6 +73,19 @@ def encode(ds, transfer_syntax: str | None = None, **save: object) -> bytes:  # 
     return buf.getvalue()
 
 
+def save_unvalidated(ds, path: Path) -> Path:  # ds: pydicom Dataset
+    """Write ``ds`` as it is, invalid values included (pydicom's write validation off for the call)."""
+    from pydicom import config
+
+    saved = config.settings.writing_validation_mode
+    config.settings.writing_validation_mode = config.IGNORE
+    try:
+        ds.save_as(path, enforce_file_format=True)
+    finally:
+        config.settings.writing_validation_mode = saved
+    return path
+
+
 def _jpeg_baseline_dicom(shape: tuple[int, int] = (48, 40)) -> bytes:
     """An 8-bit MG encapsulated as JPEG baseline (OpenCV encodes it; pydicom has no JPEG encoder)."""
     import cv2

@@ -130,7 +130,7 @@ def phantom_copy(path: Path, index: int, **tags: Any) -> Path:
     return path
 
 
-def _hostile() -> Any:
+def hostile_module() -> Any:
     """``benchmarks/hostile.py``: the hostile-input builders (one implementation for tests and fuzzing)."""
     folder = str(REPO / "benchmarks")
     if folder not in sys.path:
@@ -147,7 +147,7 @@ def jpegls_bomb(path: Path) -> Path:
     """
     from pydicom.uid import JPEGLSLossless
 
-    hostile = _hostile()
+    hostile = hostile_module()
     data = hostile.encode(hostile.mg_dataset(), JPEGLSLossless)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(hostile.patch_jpeg_frame(data, b"\xff\xf7", 65535, 65535))
@@ -162,7 +162,7 @@ def deflate_bomb(path: Path, inflated_mb: int = 1536) -> Path:
     import io
     import struct
 
-    hostile = _hostile()
+    hostile = hostile_module()
     raw = io.BytesIO()
     hostile.mg_dataset().save_as(raw, enforce_file_format=True)
     plain = raw.getvalue()

@@ -436,17 +436,12 @@ def test_threads_default_to_every_usable_cpu(
 def test_a_librarys_warning_is_one_line_beside_the_error(scans: dict[str, Path], tmp_path: Path) -> None:
     """pydicom's note on a malformed value ("Invalid value for VR UI") reaches stderr as one
     ``warning: pydicom: ...`` line, not Python's path + source line; the bad scan is one error line."""
-    import importlib.util
-
     import pydicom
+    from serve_support import hostile_module
 
-    spec = importlib.util.spec_from_file_location("bench_serve_faults", ROOT / "benchmarks" / "bench_serve_faults.py")
-    assert spec and spec.loader
-    faults = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(faults)
     ds = pydicom.dcmread(scans["rmlo"])
     ds.SOPInstanceUID = "abc.def.ghi"
-    bad = faults.save_unvalidated(ds, tmp_path / "bad uid.dcm")
+    bad = hostile_module().save_unvalidated(ds, tmp_path / "bad uid.dcm")
     args = [str(bad), str(scans["rmlo"]), "--model", str(REAL_BUNDLE), "--out", str(tmp_path / "o")]
     proc = infer_in_subprocess(*args, "--outputs", "json,seg")
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -491,3 +486,22 @@ def test_a_successful_infer_leaves_stderr_empty(scans: dict[str, Path], tmp_path
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stderr == "", proc.stderr[-2000:]
     assert (tmp_path / "o" / "rmlo.json").is_file()
+
+
+def test_debug_shows_the_debug_log_and_each_warning_once(scans: dict[str, Path], tmp_path: Path) -> None:
+    """``bcedge --debug infer``: bcedge's debug log reaches stderr (LiteRT's XNNPACK line, captured from
+    descriptor 2, among it), and a warning is printed once, not by both the debug and the warning handler."""
+    png = tmp_path / "scan.png"
+    cv2.imwrite(str(png), (make_phantom(3, scale=0.5).stored >> 4).astype(np.uint8))
+    args = [str(png), "--model", str(REAL_BUNDLE), "--out", str(tmp_path / "o"), "--outputs", "json,seg"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bcedge", "--debug", "infer", *args, "--backend", "tflite"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stderr.splitlines()
+    assert [line for line in lines if line.startswith("DEBUG: bcedge") and "XNNPACK" in line], proc.stderr
+    no_seg = [line for line in lines if "no DICOM SEG was written" in line]
+    assert len(no_seg) == 1 and no_seg[0].startswith("WARNING: bcedge"), proc.stderr

@@ -19,7 +19,6 @@ import pytest
 from serve_support import (
     FakeSeg,
     Storescp,
-    _hostile,
     acknowledged,
     config_text,
     deflate_bomb,
@@ -27,6 +26,7 @@ from serve_support import (
     echoscu,
     free_port,
     have_dcmtk,
+    hostile_module,
     rss_mb,
     storescu,
     wait_for,
@@ -129,7 +129,7 @@ def test_oversized_dataset_is_refused_with_a_reason(spaced_dir: Path, node: tupl
 def test_deflate_bomb_is_refused_without_inflating(spaced_dir: Path, node: tuple[Node, int, Storescp]) -> None:
     from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-    hostile = _hostile()
+    hostile = hostile_module()
     server, port, _pacs = node
     bomb = deflate_bomb(spaced_dir / "in" / "bomb_deflate.dcm", 1536)  # 1.5 GiB once inflated
     assert bomb.stat().st_size < 4 * 2**20

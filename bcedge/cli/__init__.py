@@ -8,7 +8,8 @@ functions (``tests/test_architecture.py`` holds that).
 
 Thin on purpose: every command calls a library function and prints its result.
 A :class:`~bcedge.errors.BcedgeError` becomes one line on stderr and exit code
-2; ``--debug`` shows the traceback instead. Heavy modules are imported inside
+2; ``--debug`` shows the traceback instead and turns on bcedge's debug log on stderr
+(:func:`debug_logging`: the decoders' and LiteRT's C-library messages among others). Heavy modules are imported inside
 the commands so ``bcedge --help`` stays fast and works without optional extras.
 """
 
@@ -156,6 +157,30 @@ def _invoke_like_typer(parsed: Any) -> object:
         return exc.exit_code
 
 
+#: Marks the stderr handler :func:`debug_logging` installs (the infer path then adds no second one).
+DEBUG_HANDLER = "_bcedge_debug"
+
+
+def debug_logging() -> None:
+    """``--debug``: every record of the ``bcedge`` loggers, DEBUG and up, one line each on stderr.
+
+    Why: what bcedge logs at DEBUG (C-library chatter the decoders and the TFLite backend capture from
+    fd 2, :mod:`bcedge.cstderr`; the backend choice) is otherwise only seen by a program that
+    configures logging itself. Installed once; bcedge's warnings then print through it
+    (``WARNING: bcedge...: ...``), once. Not for ``serve``, which logs through its own redacted configuration.
+    """
+    import logging
+
+    logger = logging.getLogger("bcedge")
+    if any(getattr(h, DEBUG_HANDLER, False) for h in logger.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(name)s: %(message)s"))
+    setattr(handler, DEBUG_HANDLER, True)
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+
+
 def _fail(message: str, code: int, as_json: bool) -> int:
     """Print one ``error:`` line on stderr (and, with ``--json``, one JSON document on stdout); return ``code``."""
     line = " ".join(message.split())  # one line, whatever the message held
@@ -180,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     as_json = "--json" in args
+    if debug and "serve" not in args:
+        # serve logs through its own [logging] configuration, redacted (bcedge.serve.redact).
+        debug_logging()
     try:
         rc = _run(args)
         if isinstance(rc, int) and rc:

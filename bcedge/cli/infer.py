@@ -89,9 +89,14 @@ def log_to_stderr() -> Iterator[None]:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_OneLine())
     handler.setLevel(logging.WARNING)
+    from bcedge.cli import DEBUG_HANDLER
+
+    logger = logging.getLogger("bcedge")
+    if any(getattr(h, DEBUG_HANDLER, False) for h in logger.handlers):
+        handler = logging.NullHandler()  # ``--debug`` already prints every bcedge record on stderr
     warning_handler = logging.StreamHandler(sys.stderr)
     warning_handler.setFormatter(_LibraryWarning())
-    logger, py_warnings = logging.getLogger("bcedge"), logging.getLogger("py.warnings")
+    py_warnings = logging.getLogger("py.warnings")
     logger.addHandler(handler)
     py_warnings.addHandler(warning_handler)
     propagate, py_warnings.propagate = py_warnings.propagate, False
