@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("keras")
 
 from bcedge.cli import main
-from training.data import LESION_CENTRED, ArraySet, SegmentationData, crop_patch
+from training.data import HARD_VALUE, LESION_CENTRED, ArraySet, SegmentationData, crop_patch, mine_hard_negatives
 
 
 def _image_with_lesion(size: int = 128) -> tuple[np.ndarray, np.ndarray]:
@@ -48,6 +48,69 @@ def test_crop_patch_is_identity_at_full_size() -> None:
     image, mask = _image_with_lesion(64)
     img, msk = crop_patch(image, mask, np.random.default_rng(0), 64)
     assert img is image and msk is mask
+
+
+def _normal_with_dense_spot(size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """A lesion-free image: breast on the left half, a bright 8x8 spot (what a model took for a mass)
+    at its top, and the spot's pixels marked as hard negatives."""
+    image = np.zeros((size, size, 1), np.float32)
+    image[:, : size // 2] = 0.5
+    image[4:12, 4:12] = 0.9
+    hard = np.zeros((size, size), bool)
+    hard[4:12, 4:12] = True
+    return image, hard
+
+
+def test_crop_patch_centres_the_asked_share_on_hard_negatives() -> None:
+    image, hard = _normal_with_dense_spot()
+    mask = np.where(hard, HARD_VALUE, 0).astype(np.float32)[..., None]
+    rng = np.random.default_rng(2)
+    spot = [bool((crop_patch(image, mask, rng, 32, hard_share=1.0)[0] == np.float32(0.9)).any()) for _ in range(200)]
+    assert all(spot)  # every patch not centred on a lesion is centred on the spot (jitter <= 8 px)
+    rng = np.random.default_rng(2)
+    plain = [bool((crop_patch(image, mask, rng, 32)[0] == np.float32(0.9)).any()) for _ in range(200)]
+    assert sum(plain) < 60  # without the share, the spot is one place of the breast among many
+
+
+def test_hard_negative_batches_hand_the_model_lesion_masks_only() -> None:
+    lesion_image, lesion_mask = _image_with_lesion()
+    normal_image, hard = _normal_with_dense_spot()
+    data = ArraySet(
+        np.stack([lesion_image, normal_image]),
+        np.stack([lesion_mask, np.zeros_like(lesion_mask)]),
+        ("lesion", "normal"),
+        ("pixel", "none"),
+        ("syn", "syn"),
+    )
+    maps = np.stack([np.zeros_like(hard), hard])
+    batches = SegmentationData(data, 2, seed=5, shuffle=True, patch=32, hard=maps, hard_share=1.0)
+    for i in range(len(batches)):
+        images, masks = batches[i]
+        assert set(np.unique(masks).tolist()) <= {0.0, 1.0}
+    # The normal image's patch is always on its spot; its mask stays empty (hard pixels are no lesion).
+    order = batches.order_at(0)
+    images, masks = batches[0]
+    k = int(np.flatnonzero(order[: len(images)] == 1)[0])
+    assert (images[k] == np.float32(0.9)).any() and masks[k].sum() == 0
+    with pytest.raises(ValueError, match="do not match"):
+        SegmentationData(data, 2, patch=32, hard=maps[:, :64], hard_share=0.5)
+
+
+def test_mine_hard_negatives_keeps_false_positives_inside_the_breast() -> None:
+    image, mask = _image_with_lesion()
+    prob = np.zeros((1, 128, 128, 1), np.float32)
+    prob[0, 96:112, 6:22] = 0.8  # covers the lesion (true positive) and its surround (false positive)
+    prob[0, 50:60, 100:110] = 0.9  # outside the breast (image 0 there): not a hard negative
+
+    class Fixed:
+        def predict(self, batch: np.ndarray, verbose: int = 0) -> np.ndarray:
+            return np.repeat(prob, len(batch), axis=0)
+
+    data = ArraySet(image[None], mask[None], ("a",), ("pixel",), ("syn",))
+    hard = mine_hard_negatives(Fixed(), data)
+    expected = (prob[0, ..., 0] >= 0.5) & (mask[..., 0] == 0) & (image[..., 0] > 0.05)
+    assert hard.shape == (1, 128, 128) and np.array_equal(hard[0], expected)
+    assert hard[0, 96:112, 6:22].sum() == 16 * 16 - 64 and not hard[0, 50:60, 100:110].any()
 
 
 def test_patch_batches_are_deterministic() -> None:
@@ -101,6 +164,19 @@ def test_patch_training_saves_a_fixed_size_model_and_fine_tunes(
     a, b = best.get_weights(), load_trained(tuned / "last.keras").get_weights()
     conv = [i for i, w in enumerate(a) if w.ndim == 4]
     assert conv and all(np.array_equal(a[i], b[i]) for i in conv)
+
+    # Hard negatives: the start model's false positives mined once, kept in the run folder for a resume.
+    hard_run = tmp_path / "hard"
+    hard_args = [*common, "--patch", "32", *init, "--hard-negatives", "0.5"]
+    assert main([*hard_args, "--out", str(hard_run), "--epochs", "1"]) == 0, capsys.readouterr().err
+    assert json.loads((hard_run / "config.json").read_text())["hard_negatives"] == 0.5
+    with np.load(hard_run / "hard_negatives.npz") as mined:
+        assert tuple(mined["shape"][1:]) == (64, 64) and len(mined["ids"]) == mined["shape"][0]
+    assert main([*hard_args, "--out", str(hard_run), "--epochs", "2"]) == 0, capsys.readouterr().err
+    assert json.loads((hard_run / "state.json").read_text())["epoch"] == 2
+    capsys.readouterr()
+    assert main([*common, "--out", str(tmp_path / "h"), "--hard-negatives", "0.5"]) == 2
+    assert "needs --init-weights" in capsys.readouterr().err
 
     capsys.readouterr()
     assert main([*common, "--out", str(tmp_path / "x"), "--patch", "48"]) == 2

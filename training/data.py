@@ -101,19 +101,30 @@ LESION_CENTRED = 0.7
 BREAST_LEVEL = 0.05
 
 
+#: Value marking a mined false-positive pixel in a mask while it is augmented and cropped
+#: (:class:`SegmentationData` with ``hard``); lesion pixels are 1. Nearest-neighbour warps and
+#: flips carry it; the mask handed to the model is ``== 1``.
+HARD_VALUE = 2
+
+
 def crop_patch(
-    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, patch: int
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, patch: int, hard_share: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """A ``patch`` x ``patch`` window of an (S, S, 1) image and its mask.
 
     The centre is a random lesion pixel for :data:`LESION_CENTRED` of lesion images, else a
     random breast pixel (the image centre when there is none), moved by up to a quarter
-    patch so a lesion is not always in the middle, then clamped inside the image.
+    patch so a lesion is not always in the middle, then clamped inside the image. With
+    ``hard_share`` > 0, that share of the patches not centred on a lesion is centred on a pixel
+    the mask marks :data:`HARD_VALUE` (a false positive of an earlier model) when it has one.
     """
     s = image.shape[0]
     if patch <= 0 or patch >= s:
         return image, mask
-    points = np.argwhere(mask[..., 0] > 0.5) if rng.random() < LESION_CENTRED else np.empty((0, 2))
+    points = np.argwhere(mask[..., 0] == 1) if rng.random() < LESION_CENTRED else np.empty((0, 2))
+    # The extra draw only when asked for, so runs without hard negatives keep their patches.
+    if points.size == 0 and hard_share > 0 and rng.random() < hard_share:
+        points = np.argwhere(mask[..., 0] == HARD_VALUE)
     if points.size == 0:
         points = np.argwhere(image[..., 0] > BREAST_LEVEL)
     cy, cx = points[rng.integers(len(points))] if len(points) else (s // 2, s // 2)
@@ -136,6 +147,8 @@ class SegmentationData(keras.utils.PyDataset):
         epoch: first epoch (set when resuming).
         negatives: normal images drawn per epoch (see :func:`epoch_order`).
         patch: crop each draw to ``patch`` x ``patch`` after augmentation (:func:`crop_patch`); 0: whole images.
+        hard: (N, S, S) bool false-positive pixels of an earlier model (:func:`mine_hard_negatives`), or None.
+        hard_share: share of the non-lesion-centred patches centred on one of them (needs ``patch``).
     """
 
     def __init__(
@@ -150,6 +163,8 @@ class SegmentationData(keras.utils.PyDataset):
         epoch: int = 0,
         negatives: int = 0,
         patch: int = 0,
+        hard: np.ndarray | None = None,
+        hard_share: float = 0.0,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -162,6 +177,10 @@ class SegmentationData(keras.utils.PyDataset):
         self.positive_fraction = positive_fraction
         self.negatives = negatives
         self.patch = patch
+        if hard is not None and hard.shape != data.masks.shape[:3]:
+            raise ValueError(f"hard-negative maps {hard.shape} do not match the masks {data.masks.shape[:3]}")
+        self.hard = hard if hard_share > 0 and patch else None
+        self.hard_share = hard_share
         self.shuffle = shuffle
         self.epoch = epoch
         self._order = self._make_order()
@@ -183,19 +202,45 @@ class SegmentationData(keras.utils.PyDataset):
         sel = self._order[index * self.batch_size : (index + 1) * self.batch_size]
         images = self.data.images[sel].astype(np.float32, copy=True)
         masks = self.data.masks[sel].astype(np.float32, copy=True)
+        if self.hard is not None:
+            masks[..., 0][self.hard[sel] & (masks[..., 0] == 0)] = HARD_VALUE
         rng = np.random.default_rng([self.seed, self.epoch, index])
         if self.augment_config is not None:
             for k in range(len(sel)):
                 images[k], masks[k] = augment(images[k], masks[k], rng, self.augment_config)
         if self.patch and self.patch < images.shape[1]:
-            pairs = [crop_patch(images[k], masks[k], rng, self.patch) for k in range(len(sel))]
+            share = self.hard_share if self.hard is not None else 0.0
+            pairs = [crop_patch(images[k], masks[k], rng, self.patch, share) for k in range(len(sel))]
             images = np.stack([p[0] for p in pairs])
             masks = np.stack([p[1] for p in pairs])
+        if self.hard is not None:
+            masks = (masks == 1).astype(np.float32)
         return images, masks
 
     def on_epoch_end(self) -> None:
         self.epoch += 1
         self._order = self._make_order()
+
+
+def mine_hard_negatives(model, data: ArraySet, threshold: float = 0.5, batch: int = 8) -> np.ndarray:
+    """Pixels ``model`` calls lesion (probability >= ``threshold``) where the mask has none, inside the breast.
+
+    Args:
+        model: a Keras segmentation model taking (B, S, S, 1) float32 in [0, 1].
+        data: the training arrays (unaugmented).
+
+    Returns:
+        (N, S, S) bool: the false-positive pixels of each image, the places a patch centred on
+        one (``SegmentationData(hard=...)``) teaches the model to leave alone: dense tissue it
+        called a mass, on normal images and beside the lesion on lesion images.
+    """
+    out = np.zeros(data.masks.shape[:3], bool)
+    for start in range(0, len(data), batch):
+        prob = np.asarray(model.predict(data.images[start : start + batch], verbose=0))[..., 0]
+        images = data.images[start : start + batch, ..., 0]
+        masks = data.masks[start : start + batch, ..., 0]
+        out[start : start + batch] = (prob >= threshold) & (masks == 0) & (images > BREAST_LEVEL)
+    return out
 
 
 def concat_sets(parts: list[ArraySet]) -> ArraySet:

@@ -29,6 +29,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from bcedge.bench.machine import keras_machine_info
 from bcedge.errors import ConfigError
 from bcedge.imageio import atomic_write, atomic_write_bytes
@@ -80,6 +82,9 @@ class TrainConfig:
     #: A trained model (same architecture) whose weights start this run, and the sha256 of that file.
     init_weights: str = ""
     init_weights_sha256: str = ""
+    #: Share of the patches not centred on a lesion that are centred on a false-positive pixel of the
+    #: ``init_weights`` model on the training images (hard negatives, mined once; training.data).
+    hard_negatives: float = 0.0
     augment: bool = True
     augment_preset: str = "basic"
     patience: int = 15
@@ -263,6 +268,8 @@ def train(
             model = _build(config, None if config.patch else config.size)
             if config.init_weights:
                 _load_init_weights(model, config.init_weights)
+            if config.hard_negatives > 0:
+                _save_hard_negatives(run_dir, model, train_set)
             compile_model(model, config)
     state["replicas"] = replicas
     if state["epoch"] >= config.epochs or state.get("stopped_early"):
@@ -275,6 +282,8 @@ def train(
         positive_fraction=config.positive_fraction,
         negatives=config.epoch_negatives,
         patch=config.patch,
+        hard=_load_hard_negatives(run_dir, train_set) if config.hard_negatives > 0 else None,
+        hard_share=config.hard_negatives,
         shuffle=True,
         epoch=state["epoch"],
         workers=config.workers,
@@ -302,6 +311,33 @@ def train(
         state["images_per_second"] = round(epochs_run * len(train_data.order_at(train_data_start)) / elapsed, 3)
     write_state(run_dir, state)
     return state
+
+
+#: The mined hard-negative maps of a run (kept so a resumed run uses the start model's, not the last one's).
+HARD_NEGATIVES = "hard_negatives.npz"
+
+
+def _save_hard_negatives(run_dir: Path, model, train_set) -> None:
+    """Mine the start model's false positives on the training images (:func:`training.data.mine_hard_negatives`)
+    and keep them in the run folder, with their ids and per-image pixel counts."""
+    from training.data import mine_hard_negatives
+
+    hard = mine_hard_negatives(model, train_set)
+    buf = io.BytesIO()
+    packed = np.packbits(hard, axis=-1)
+    np.savez_compressed(buf, hard=packed, shape=np.asarray(hard.shape), ids=np.asarray(train_set.ids))
+    atomic_write_bytes(run_dir / HARD_NEGATIVES, buf.getvalue())
+
+
+def _load_hard_negatives(run_dir: Path, train_set) -> np.ndarray:
+    """The (N, S, S) bool maps :func:`_save_hard_negatives` kept, checked against the training ids."""
+    with np.load(run_dir / HARD_NEGATIVES) as saved:
+        shape = tuple(int(v) for v in saved["shape"])
+        hard = np.unpackbits(saved["hard"], axis=-1, count=shape[-1]).astype(bool).reshape(shape)
+        ids = tuple(str(i) for i in saved["ids"])
+    if ids != tuple(train_set.ids):
+        raise ConfigError(f"{run_dir / HARD_NEGATIVES}: mined on other training images than this run's")
+    return hard
 
 
 def _build(config: TrainConfig, size: int | None, encoder_weights: bool = True):

@@ -140,6 +140,18 @@ def train_command(
             help="Start from a trained model of the same architecture (a run's best.keras): fine-tuning.",
         ),
     ] = None,
+    hard_negatives: Annotated[
+        float,
+        typer.Option(
+            "--hard-negatives",
+            min=0.0,
+            max=1.0,
+            help=(
+                "Share of the patches not centred on a lesion that are centred on a false positive of the "
+                "--init-weights model on the training images (mined once; needs --patch)."
+            ),
+        ),
+    ] = 0.0,
 ) -> None:
     """Train a model on a dataset split; checkpoints every epoch and resumes from --out."""
     _need_keras()
@@ -173,6 +185,10 @@ def train_command(
 
     if patch and (patch % 32 or patch > size):
         raise ConfigError(f"--patch {patch}: expected 0 or a multiple of 32 no larger than --size {size}")
+    if hard_negatives > 0 and (init_weights is None or not patch):
+        raise ConfigError(
+            "--hard-negatives needs --init-weights (the model whose false positives are mined) and --patch"
+        )
     init_sha256 = ""
     if init_weights is not None:
         from bcedge.bundle import sha256_file
@@ -226,6 +242,7 @@ def train_command(
         patch=patch,
         init_weights=str(init_weights or ""),
         init_weights_sha256=init_sha256,
+        hard_negatives=hard_negatives,
         seed=seed,
         mixed_precision=mixed_precision,
         time_budget_s=None if time_budget_min is None else time_budget_min * 60,
