@@ -10,6 +10,11 @@ Dice of each half. Intervals: percentile bootstrap over images (the seed and res
 :mod:`bcedge.evaluation`). Images with no predicted pixel are left out of the fit (their log
 area is undefined) and counted.
 
+The predicted area is the whole predicted mask of a view (``tp + fp``): the outline on the lesion
+and any false component elsewhere on the same view. ``benchmarks/outline_probe.py`` separates the
+two (session 13: on the shipped model's training views the outline alone has slope 0.36, the whole
+mask 0.22).
+
 Usage::
 
     python benchmarks/area_agreement.py REPORT.json [...] [--source cdd-cesm] [--set 'CDD-CESM DM'] [--out OUT.json]
