@@ -319,7 +319,7 @@ HARD_NEGATIVES = "hard_negatives.npz"
 
 def _save_hard_negatives(run_dir: Path, model, train_set) -> None:
     """Mine the start model's false positives on the training images (:func:`training.data.mine_hard_negatives`)
-    and keep them in the run folder, with their ids and per-image pixel counts."""
+    and keep them in the run folder (bit-packed, with the shape and the training ids they belong to)."""
     from training.data import mine_hard_negatives
 
     hard = mine_hard_negatives(model, train_set)

@@ -205,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     as_json = "--json" in args
-    if debug and "serve" not in args:
+    command = next((a for a in args if not a.startswith("-")), None)  # the root's only options are flags
+    if debug and command != "serve":
         # serve logs through its own [logging] configuration, redacted (bcedge.serve.redact).
         debug_logging()
     try:
