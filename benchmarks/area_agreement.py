@@ -49,7 +49,7 @@ def image_records(report: dict, set_name: str | None = None) -> list[dict]:
     ]
 
 
-def _fit(true_area: np.ndarray, pred_area: np.ndarray) -> tuple[float, float]:
+def log_area_fit(true_area: np.ndarray, pred_area: np.ndarray) -> tuple[float, float]:
     """(slope, correlation) of log predicted against log true area; (n,) float arrays, > 0."""
     x, y = np.log(true_area), np.log(pred_area)
     if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
@@ -68,9 +68,9 @@ def agreement(records: list[dict], source: str = "cdd-cesm") -> dict:
     t, p = true_area[keep], pred_area[keep]
     if t.size < 3:
         raise ValueError(f"{t.size} {source} pixel-mask lesion images with a prediction: a fit needs 3 or more")
-    slope, corr = _fit(t, p)
+    slope, corr = log_area_fit(t, p)
     rng = np.random.default_rng(BOOTSTRAP_SEED)
-    boot = np.array([_fit(t[i], p[i]) for i in rng.integers(0, t.size, size=(BOOTSTRAP_RESAMPLES, t.size))])
+    boot = np.array([log_area_fit(t[i], p[i]) for i in rng.integers(0, t.size, size=(BOOTSTRAP_RESAMPLES, t.size))])
     tail = (1.0 - CONFIDENCE) / 2.0 * 100.0
     lo, hi = np.nanpercentile(boot, [tail, 100.0 - tail], axis=0)
     small = true_area <= np.median(true_area)

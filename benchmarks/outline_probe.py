@@ -37,18 +37,22 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from area_agreement import log_area_fit  # noqa: E402
+
 from bcedge.bench.data import BenchData  # noqa: E402
-from bcedge.evaluation import bootstrap_interval  # noqa: E402
-from bcedge.metrics import dice  # noqa: E402
+from bcedge.errors import BcedgeError  # noqa: E402
+from bcedge.evaluation import bootstrap_interval, label_components, score_image  # noqa: E402
+from bcedge.imageio import atomic_write_bytes  # noqa: E402
 from bcedge.pipeline import Segmenter  # noqa: E402
 
 Rule = Callable[[dict], np.ndarray]
 
 
 def components(mask: np.ndarray) -> list[np.ndarray]:
-    """The 8-connected components of a (H, W) {0, 1} mask, as (H, W) bool arrays."""
-    n, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
-    return [labels == i for i in range(1, n)]
+    """The 8-connected components of a (H, W) {0, 1} mask (:func:`bcedge.evaluation.label_components`),
+    as (H, W) bool arrays."""
+    n, labels = label_components(mask)
+    return [labels == i for i in range(1, n + 1)]
 
 
 def keep_top(k: int) -> Rule:
@@ -106,20 +110,23 @@ def estimate(values: list[float]) -> dict:
     return {"mean": round(float(np.mean(values)), 4), "ci95": [round(v, 4) for v in low_high] if low_high else None}
 
 
-def found_rate(truth: list[np.ndarray], preds: list[np.ndarray]) -> float:
-    """Lesions (8-connected truth components) overlapped by a predicted pixel / lesions."""
-    lesions = [(les, p) for t, p in zip(truth, preds, strict=True) for les in components(t)]
-    return round(sum(bool((les & p).any()) for les, p in lesions) / max(len(lesions), 1), 3)
+def scored(views: list[dict], preds: list[np.ndarray]) -> tuple[dict, float]:
+    """Mean Dice with its interval, and lesions found / lesions, of ``preds`` against the views' truth,
+    scored as ``bcedge evaluate`` scores (:func:`bcedge.evaluation.score_image`)."""
+    scores = [score_image(p, v["truth"]) for v, p in zip(views, preds, strict=True)]
+    found = sum(s.found for s in scores) / max(sum(s.lesions for s in scores), 1)
+    return estimate([s.dice for s in scores]), round(found, 3)
 
 
 def area_figures(true_area: np.ndarray, pred_area: np.ndarray) -> dict:
-    """Slope of log predicted on log true area (views with a prediction) and size-half median ratios."""
+    """Slope of log predicted on log true area (views with a prediction; ``area_agreement.log_area_fit``)
+    and size-half median ratios."""
     ok = pred_area > 0
-    slope = float(np.polyfit(np.log(true_area[ok]), np.log(pred_area[ok]), 1)[0]) if ok.sum() >= 3 else None
+    slope = log_area_fit(true_area[ok], pred_area[ok])[0]
     small = true_area <= np.median(true_area)
     ratio = pred_area / true_area
     return {
-        "slope": None if slope is None else round(slope, 3),
+        "slope": None if np.isnan(slope) else round(slope, 3),
         "median_ratio_smaller_half": round(float(np.median(ratio[small & ok])), 2),
         "median_ratio_larger_half": round(float(np.median(ratio[~small & ok])), 2),
         "views_without_prediction": int((~ok).sum()),
@@ -141,6 +148,53 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --root or BCEDGE_DATA is needed", file=sys.stderr)
         return 2
 
+    try:
+        views, threshold = collect(args)
+    except (BcedgeError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not views:
+        print(f"error: no pixel-mask lesion views in {args.data} [{args.subset}]", file=sys.stderr)
+        return 2
+
+    truth = [v["truth"] for v in views]
+    matched = [
+        np.logical_or.reduce([c for c in v["components"] if (c & v["truth"]).any()] or [np.zeros_like(v["pred"])])
+        for v in views
+    ]
+    true_area = np.array([t.sum() for t in truth], dtype=np.float64)
+    false_components = [score_image(v["pred"], v["truth"]).false_components for v in views]
+    as_predicted, found = scored(views, [v["pred"] for v in views])
+    doc = {
+        "script": "benchmarks/outline_probe.py",
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "model": os.path.relpath(args.model.resolve(), REPO),
+        "artifact": args.artifact,
+        "threshold": threshold,
+        "data": {"dataset": args.data, "split": Path(args.split).name, "subset": args.subset, "options": args.option},
+        "n_views": len(views),
+        "area": {
+            "matched_components": area_figures(true_area, np.array([m.sum() for m in matched], dtype=np.float64)),
+            "whole_prediction": area_figures(true_area, np.array([v["pred"].sum() for v in views], dtype=np.float64)),
+        },
+        "false_components_per_view": round(float(np.mean(false_components)), 2),
+        "false_component_area_share": round(
+            1 - sum(float(m.sum()) for m in matched) / max(sum(float(v["pred"].sum()) for v in views), 1.0), 3
+        ),
+        "dice": {"as_predicted": as_predicted, "oracle_without_false_components": scored(views, matched)[0]},
+        "found": {"as_predicted": found},
+    }
+    for name, rule in RULES.items():
+        doc["dice"][name], doc["found"][name] = scored(views, [rule(v) for v in views])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(args.out, (json.dumps(doc, indent=1) + "\n").encode())
+    print(json.dumps({k: doc[k] for k in ("n_views", "area", "false_components_per_view", "dice", "found")}, indent=1))
+    return 0
+
+
+def collect(args: argparse.Namespace) -> tuple[list[dict], float]:
+    """Each pixel-mask lesion view of the subset through the bundle: truth, prediction, its components,
+    the probability map on the original grid and the image as uint8; and the threshold used."""
     data = BenchData.from_command_line(args.data, args.root, args.split, args.subset, args.option)
     views: list[dict] = []
     with Segmenter(args.model, "tflite", artifact=args.artifact) as seg:
@@ -164,45 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                 }
             )
             print(item.id, file=sys.stderr)
-        threshold = seg.threshold
-
-    truth = [v["truth"] for v in views]
-    matched = [
-        np.logical_or.reduce([c for c in v["components"] if (c & v["truth"]).any()] or [np.zeros_like(v["pred"])])
-        for v in views
-    ]
-    true_area = np.array([t.sum() for t in truth], dtype=np.float64)
-    false_components = [sum(not (c & v["truth"]).any() for c in v["components"]) for v in views]
-    doc = {
-        "script": "benchmarks/outline_probe.py",
-        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "model": os.path.relpath(args.model.resolve(), REPO),
-        "artifact": args.artifact,
-        "threshold": threshold,
-        "data": {"dataset": args.data, "split": Path(args.split).name, "subset": args.subset, "options": args.option},
-        "n_views": len(views),
-        "area": {
-            "matched_components": area_figures(true_area, np.array([m.sum() for m in matched], dtype=np.float64)),
-            "whole_prediction": area_figures(true_area, np.array([v["pred"].sum() for v in views], dtype=np.float64)),
-        },
-        "false_components_per_view": round(float(np.mean(false_components)), 2),
-        "false_component_area_share": round(
-            1 - sum(float(m.sum()) for m in matched) / max(sum(float(v["pred"].sum()) for v in views), 1.0), 3
-        ),
-        "dice": {
-            "as_predicted": estimate([dice(v["pred"], t) for v, t in zip(views, truth, strict=True)]),
-            "oracle_without_false_components": estimate([dice(m, t) for m, t in zip(matched, truth, strict=True)]),
-        },
-        "found": {"as_predicted": found_rate(truth, [v["pred"] for v in views])},
-    }
-    for name, rule in RULES.items():
-        preds = [rule(v) for v in views]
-        doc["dice"][name] = estimate([dice(p, t) for p, t in zip(preds, truth, strict=True)])
-        doc["found"][name] = found_rate(truth, preds)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=1) + "\n")
-    print(json.dumps({k: doc[k] for k in ("n_views", "area", "false_components_per_view", "dice", "found")}, indent=1))
-    return 0
+        return views, seg.threshold
 
 
 if __name__ == "__main__":

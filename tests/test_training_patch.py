@@ -184,3 +184,29 @@ def test_patch_training_saves_a_fixed_size_model_and_fine_tunes(
     narrower = [*common[:-4], "--base-filters", "4", "--cache", str(tmp_path / "cache")]
     assert main([*narrower, "--out", str(tmp_path / "y"), *init]) == 2
     assert "other layers" in capsys.readouterr().err
+
+
+def test_hard_negative_maps_are_checked_before_they_are_unpacked(tmp_path: Path) -> None:
+    """The run folder's maps load back; a recorded shape that is not the training masks', other ids or a
+    file that is not an npz are one ConfigError, never an allocation of the declared size."""
+    from bcedge.errors import ConfigError
+    from training.train import HARD_NEGATIVES, _load_hard_negatives
+
+    data = ArraySet(np.zeros((2, 16, 16, 1), np.float32), np.zeros((2, 16, 16, 1), np.uint8), ("a", "b"),
+                    ("pixel",) * 2, ("syn",) * 2)  # fmt: skip
+    hard = np.zeros((2, 16, 16), bool)
+    hard[0, 3, 4] = True
+    path = tmp_path / HARD_NEGATIVES
+
+    def save(shape: tuple[int, ...], ids: tuple[str, ...] = ("a", "b")) -> None:
+        np.savez_compressed(path, hard=np.packbits(hard, axis=-1), shape=np.asarray(shape), ids=np.asarray(ids))
+
+    save(hard.shape)
+    assert np.array_equal(_load_hard_negatives(tmp_path, data), hard)
+    for shape, ids in (((2, 10**6, 10**6), ("a", "b")), (hard.shape, ("a", "c"))):
+        save(shape, ids)
+        with pytest.raises(ConfigError, match="other training images"):
+            _load_hard_negatives(tmp_path, data)
+    path.write_bytes(b"not an npz")
+    with pytest.raises(ConfigError, match="unreadable"):
+        _load_hard_negatives(tmp_path, data)

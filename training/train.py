@@ -25,6 +25,7 @@ import io
 import math
 import os
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -330,14 +331,28 @@ def _save_hard_negatives(run_dir: Path, model, train_set) -> None:
 
 
 def _load_hard_negatives(run_dir: Path, train_set) -> np.ndarray:
-    """The (N, S, S) bool maps :func:`_save_hard_negatives` kept, checked against the training ids."""
-    with np.load(run_dir / HARD_NEGATIVES) as saved:
-        shape = tuple(int(v) for v in saved["shape"])
-        hard = np.unpackbits(saved["hard"], axis=-1, count=shape[-1]).astype(bool).reshape(shape)
-        ids = tuple(str(i) for i in saved["ids"])
-    if ids != tuple(train_set.ids):
-        raise ConfigError(f"{run_dir / HARD_NEGATIVES}: mined on other training images than this run's")
-    return hard
+    """The (N, S, S) bool maps :func:`_save_hard_negatives` kept, checked against the training images.
+
+    Raises:
+        ConfigError: the file is missing or unreadable, or holds maps of other images or another size
+            (its recorded shape is checked against the training masks before anything is unpacked).
+    """
+    path = run_dir / HARD_NEGATIVES
+    expected = tuple(int(v) for v in train_set.masks.shape[:3])
+    try:
+        with np.load(path) as saved:
+            shape = tuple(int(v) for v in saved["shape"])
+            ids = tuple(str(i) for i in saved["ids"])
+            if shape != expected or ids != tuple(train_set.ids):
+                raise ConfigError(f"{path}: mined on other training images than this run's")
+            packed = saved["hard"]
+            if packed.shape != (*shape[:2], (shape[2] + 7) // 8):
+                raise ConfigError(f"{path}: holds {packed.shape} packed maps; expected {shape} unpacked")
+            return np.unpackbits(packed, axis=-1, count=shape[2]).astype(bool)
+    except ConfigError:
+        raise
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise ConfigError(f"{path}: unreadable hard-negative maps ({type(exc).__name__}: {exc})") from exc
 
 
 def _build(config: TrainConfig, size: int | None, encoder_weights: bool = True):

@@ -81,6 +81,12 @@ def _register_subapps() -> None:
     app._bcedge_registered = True  # type: ignore[attr-defined]
 
 
+def _command(args: list[str]) -> str | None:
+    """The command ``args`` name (``infer``, ``serve``...): the first argument that is not an option
+    (the root's only options are flags); None for ``bcedge [--debug]`` alone."""
+    return next((a for a in args if not a.startswith("-")), None)
+
+
 def _app_for(args: list[str]) -> typer.Typer:
     """The app to run ``args`` with: the full ``bcedge`` app, or, for ``infer``/``demo``, one with only those.
 
@@ -90,7 +96,7 @@ def _app_for(args: list[str]) -> typer.Typer:
     machine, busy). ``bcedge infer ...`` parses, helps and fails exactly as before: same
     callback, same settings, same command functions.
     """
-    command = next((a for a in args if not a.startswith("-")), None)  # the root's only options are flags
+    command = _command(args)
     if command not in _LIGHT_COMMANDS:
         _register_subapps()
         return app
@@ -205,8 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     as_json = "--json" in args
-    command = next((a for a in args if not a.startswith("-")), None)  # the root's only options are flags
-    if debug and command != "serve":
+    if debug and _command(args) != "serve":
         # serve logs through its own [logging] configuration, redacted (bcedge.serve.redact).
         debug_logging()
     try:
