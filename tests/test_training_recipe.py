@@ -24,9 +24,35 @@ def test_strong_preset_keeps_range_background_and_never_mirrors() -> None:
         # No left-right mirror: the tissue (and the lesion) stay on the left half.
         assert out[:, :28].mean() > out[:, 36:].mean()
         assert out_mask[:, 40:].sum() == 0
-    assert AugmentConfig.preset("none") is None and set(PRESETS) == {"basic", "strong", "none"}
+    assert AugmentConfig.preset("none") is None and set(PRESETS) == {"basic", "strong", "strong-zoom", "none"}
     with pytest.raises(ConfigError):
         AugmentConfig.preset("wild")
+
+
+def test_strong_zoom_shrinks_lesions_about_the_chest_wall() -> None:
+    """strong-zoom: strong's intensity changes, scale down to 0.5, the chest-wall edge fixed."""
+    from dataclasses import replace
+
+    zoom = AugmentConfig.preset("strong-zoom")
+    strong = AugmentConfig.preset("strong")
+    assert zoom is not None and strong is not None
+    assert zoom.scale == (0.5, 1.25) and zoom.anchor == "chest-wall" and strong.anchor == "centre"
+    assert replace(zoom, scale=strong.scale, anchor="centre") == strong
+    image = np.zeros((128, 128, 1), np.float32)
+    image[:, :80] = 0.5  # a breast filling the height, chest wall on the left edge
+    mask = np.zeros((128, 128, 1), np.uint8)
+    mask[54:74, 30:50] = 1  # 400 px
+    half = replace(
+        zoom, rotate_deg=0.0, scale=(0.5, 0.5), probability=1.0, vflip=0.0, noise_std=(0.0, 0.0), blur_sigma=(0.0, 0.0)
+    )
+    out, out_mask = augment(image, mask, np.random.default_rng(0), half)
+    assert out_mask.sum() == 100  # a quarter of the area: half the diameter
+    rows, cols = np.nonzero(out[..., 0] > 0)
+    assert cols.min() == 0 and 38 <= cols.max() <= 41  # still on the chest-wall edge, half as wide
+    assert 30 <= rows.min() <= 33 and 94 <= rows.max() <= 97  # centred on the edge's middle
+    centred = replace(half, anchor="centre")
+    out_c, _ = augment(image, mask, np.random.default_rng(0), centred)
+    assert np.nonzero(out_c[..., 0] > 0)[1].min() >= 30  # about the centre it leaves the edge
 
 
 def test_epoch_negatives_draws_a_fresh_subset_and_keeps_every_positive() -> None:

@@ -104,7 +104,10 @@ def train_command(
         ),
     ] = "train",
     augment: Annotated[
-        str, typer.Option("--augment", help="Augmentation preset: basic, strong or none (training/augment.py).")
+        str,
+        typer.Option(
+            "--augment", help="Augmentation preset: basic, strong, strong-zoom or none (training/augment.py)."
+        ),
     ] = "basic",
     positive_fraction: Annotated[
         float,
