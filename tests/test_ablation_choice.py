@@ -182,3 +182,25 @@ def test_the_script_refuses_a_refit_with_one_line_and_exit_2(tmp_path) -> None:
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
     assert "trained on the 'val' split" in lines[0] and not out.exists()
+
+
+def test_zoom_tta_averages_with_a_pass_on_the_enlarged_image(monkeypatch) -> None:
+    """``--tta zoom1.5``: the mean of the model-grid pass and a pass at 1.5x, brought back to the grid."""
+    import ablation_v2
+
+    import training.evaluate
+
+    seen: list[tuple[int, ...]] = []
+
+    def fake_predict(model, images, batch):  # the identity, doubled on the enlarged grid
+        seen.append(images.shape)
+        return images * (2.0 if images.shape[1] == 48 else 1.0)
+
+    monkeypatch.setattr(training.evaluate, "predict", fake_predict)
+    images = np.full((2, 32, 32, 1), 0.3, np.float32)
+    out = ablation_v2.tta_predict(None, images, "zoom1.5")
+    assert seen == [(2, 32, 32, 1), (2, 48, 48, 1)]
+    assert out.shape == images.shape and np.allclose(out, 0.45)  # (0.3 + 0.6) / 2
+    seen.clear()
+    assert np.allclose(ablation_v2.tta_predict(None, images, "none"), 0.3) and seen == [(2, 32, 32, 1)]
+    assert set(ablation_v2.TTA_MODES) == {"none", "vflip", "zoom1.5", "zoom2"}
