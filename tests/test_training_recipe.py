@@ -53,6 +53,8 @@ def test_strong_zoom_shrinks_lesions_about_the_chest_wall() -> None:
     centred = replace(half, anchor="centre")
     out_c, _ = augment(image, mask, np.random.default_rng(0), centred)
     assert np.nonzero(out_c[..., 0] > 0)[1].min() >= 30  # about the centre it leaves the edge
+    with pytest.raises(ValueError, match="anchor"):
+        replace(zoom, anchor="nipple")
 
 
 def test_epoch_negatives_draws_a_fresh_subset_and_keeps_every_positive() -> None:

@@ -1,7 +1,8 @@
 """Training-time augmentation with NumPy and OpenCV (no framework needed).
 
 Geometric changes are small rotations and isotropic scaling about the image
-centre, and (``strong``) an upside-down flip; never a left-right flip, because
+centre (or, ``strong-zoom``, the middle of the chest-wall edge), and (``strong``)
+an upside-down flip; never a left-right flip, because
 preprocessing puts every breast's chest wall on the canonical side and a mirror
 would teach the model an orientation it never sees at inference. Intensity
 changes are a gamma curve and a contrast/brightness jitter, and (``strong``)
@@ -46,6 +47,10 @@ class AugmentConfig:
     #: Fixed point of rotation and scaling: ``centre`` of the image, or ``chest-wall``, the
     #: middle of the left edge (the canonical chest-wall side), which stays where it is.
     anchor: str = "centre"
+
+    def __post_init__(self) -> None:
+        if self.anchor not in ("centre", "chest-wall"):
+            raise ValueError(f"anchor is {self.anchor!r}; expected 'centre' or 'chest-wall'")
 
     @classmethod
     def off(cls) -> AugmentConfig:
