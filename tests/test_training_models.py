@@ -78,6 +78,32 @@ def test_width_shrinks_the_encoder_unets() -> None:
         models.build_model("unet-vgg19", 64, width=0.0)
 
 
+def test_freeze_encoder_trains_the_decoder_only() -> None:
+    """--freeze-encoder: a training step moves decoder weights and leaves every encoder weight as it was."""
+    frozen = models.build_model("unet-mobilenetv2", 64, decoder_width=0.25, freeze_encoder=True)
+    free = models.build_model("unet-mobilenetv2", 64, decoder_width=0.25)
+    # The same weights in the same order, so --init-weights loads either way.
+    assert [w.shape for w in frozen.get_weights()] == [w.shape for w in free.get_weights()]
+    owners = {w.path.split("/")[0] for w in frozen.trainable_weights}
+    assert owners and all(o.startswith("decoder_") or o == "mask" for o in owners)
+    assert len(free.trainable_weights) > len(frozen.trainable_weights)
+    before = {w.path: np.array(w) for w in frozen.weights}
+    frozen.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy")
+    rng = np.random.default_rng(0)
+    x = rng.random((2, 64, 64, 1), dtype=np.float32)
+    y = (rng.random((2, 64, 64, 1)) > 0.5).astype(np.float32)
+    frozen.fit(x, y, epochs=1, verbose=0)
+    moved = {w.path for w in frozen.weights if not np.array_equal(np.array(w), before[w.path])}
+    trainable = {w.path for w in frozen.trainable_weights}
+    assert moved & trainable and moved <= trainable | {
+        w.path
+        for w in frozen.weights
+        if w.path.split("/")[0].startswith("decoder_")  # decoder BN statistics
+    }
+    with pytest.raises(ConfigError, match="no encoder"):
+        models.build_model("unet", 64, freeze_encoder=True)
+
+
 def test_bad_options_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown model"):
         models.build_model("resnet", 64)

@@ -336,6 +336,7 @@ def build_model(
     upsampling: Upsampling = "nearest",
     width: float = 1.0,
     decoder_width: float | None = None,
+    freeze_encoder: bool = False,
 ):
     """Build one of :data:`MODEL_NAMES` for a (input_size, input_size, 1) input in [0, 1].
 
@@ -353,6 +354,8 @@ def build_model(
             (None/0: ``width``). At 256 px the full decoder costs ~8.5 GFLOPs per image against
             ~0.4 for the MobileNetV2 encoder (its first stage convolves 1,856 channels at 1/16
             scale); 0.5 cuts the model to ~3 GFLOPs while keeping the ImageNet encoder whole.
+        freeze_encoder: encoder UNets only: the encoder's weights are not trained (only the decoder
+            learns), a regulariser for fine-tuning on a few hundred images.
     """
     if decoder_width is not None and decoder_width != 0 and not 0.05 <= decoder_width <= 1.0:
         raise ConfigError(f"decoder width must be in [0.05, 1.0], got {decoder_width}")
@@ -364,12 +367,20 @@ def build_model(
         check_encoder_weights(name, encoder_weights)
         if width != 1.0:
             raise ConfigError("--width applies to the encoder UNets; the plain UNet takes --base-filters")
+        if freeze_encoder:
+            raise ConfigError("--freeze-encoder applies to the encoder UNets; the plain UNet has no encoder")
         return build_unet(input_size, base_filters=base_filters, batch_norm=batch_norm, upsampling=upsampling)
     if name.startswith("unet-") and name[5:] in ENCODERS:
         scale = decoder_width or width
         decoder = tuple(max(4, round(f * scale)) for f in DECODER_FILTERS)
         return build_encoder_unet(
-            name[5:], input_size, encoder_weights, decoder_filters=decoder, upsampling=upsampling, alpha=width
+            name[5:],
+            input_size,
+            encoder_weights,
+            decoder_filters=decoder,
+            upsampling=upsampling,
+            freeze_encoder=freeze_encoder,
+            alpha=width,
         )
     raise ConfigError(f"unknown model {name!r}; expected one of {', '.join(MODEL_NAMES)}")
 

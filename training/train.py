@@ -86,6 +86,8 @@ class TrainConfig:
     #: Share of the patches not centred on a lesion that are centred on a false-positive pixel of the
     #: ``init_weights`` model on the training images (hard negatives, mined once; training.data).
     hard_negatives: float = 0.0
+    #: Train the decoder only; the encoder keeps the weights it starts with (ImageNet or ``init_weights``).
+    freeze_encoder: bool = False
     augment: bool = True
     augment_preset: str = "basic"
     patience: int = 15
@@ -367,6 +369,7 @@ def _build(config: TrainConfig, size: int | None, encoder_weights: bool = True):
         upsampling=config.upsampling,  # type: ignore[arg-type]
         width=config.width,
         decoder_width=config.decoder_width or None,
+        freeze_encoder=config.freeze_encoder,
     )
 
 

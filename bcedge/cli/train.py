@@ -155,6 +155,13 @@ def train_command(
             ),
         ),
     ] = 0.0,
+    freeze_encoder: Annotated[
+        bool,
+        typer.Option(
+            "--freeze-encoder",
+            help="Train the decoder only; the encoder keeps its starting weights (encoder UNets).",
+        ),
+    ] = False,
 ) -> None:
     """Train a model on a dataset split; checkpoints every epoch and resumes from --out."""
     _need_keras()
@@ -188,6 +195,8 @@ def train_command(
 
     if patch and (patch % 32 or patch > size):
         raise ConfigError(f"--patch {patch}: expected 0 or a multiple of 32 no larger than --size {size}")
+    if freeze_encoder and model == "unet":
+        raise ConfigError("--freeze-encoder applies to the encoder UNets; the plain UNet has no encoder")
     if hard_negatives > 0 and (init_weights is None or not patch):
         raise ConfigError(
             "--hard-negatives needs --init-weights (the model whose false positives are mined) and --patch"
@@ -246,6 +255,7 @@ def train_command(
         init_weights=str(init_weights or ""),
         init_weights_sha256=init_sha256,
         hard_negatives=hard_negatives,
+        freeze_encoder=freeze_encoder,
         seed=seed,
         mixed_precision=mixed_precision,
         time_budget_s=None if time_budget_min is None else time_budget_min * 60,
