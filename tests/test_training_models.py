@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +103,12 @@ def test_freeze_encoder_trains_the_decoder_only() -> None:
     }
     with pytest.raises(ConfigError, match="no encoder"):
         models.build_model("unet", 64, freeze_encoder=True)
+    # The run's config (bcedge train --freeze-encoder) reaches the model it builds.
+    from training.train import TrainConfig, _build
+
+    config = TrainConfig(model="unet-mobilenetv2", data=("x",), root="r", split="s", decoder_width=0.25)
+    assert len(_build(replace(config, freeze_encoder=True), 64).trainable_weights) == len(frozen.trainable_weights)
+    assert len(_build(config, 64).trainable_weights) == len(free.trainable_weights)
 
 
 def test_bad_options_are_config_errors(tmp_path: Path) -> None:

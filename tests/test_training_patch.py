@@ -177,6 +177,8 @@ def test_patch_training_saves_a_fixed_size_model_and_fine_tunes(
     capsys.readouterr()
     assert main([*common, "--out", str(tmp_path / "h"), "--hard-negatives", "0.5"]) == 2
     assert "needs --init-weights" in capsys.readouterr().err
+    assert main([*common, "--out", str(tmp_path / "f"), "--freeze-encoder"]) == 2  # common trains a plain UNet
+    assert "no encoder" in capsys.readouterr().err and not (tmp_path / "f").exists()
 
     capsys.readouterr()
     assert main([*common, "--out", str(tmp_path / "x"), "--patch", "48"]) == 2
