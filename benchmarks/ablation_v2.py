@@ -269,6 +269,7 @@ def score_run(
             "encoder_weights",
             "decoder_width",
             "augment_preset",
+            "freeze_encoder",
             "loss",
             "positive_fraction",
             "epoch_negatives",
