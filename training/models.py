@@ -326,6 +326,16 @@ def build_encoder_unet(
     return keras.Model(inputs, outputs, name=f"unet-{backbone}")
 
 
+def check_freeze_encoder(name: str, freeze_encoder: bool) -> None:
+    """Refuse ``--freeze-encoder`` for a model without an encoder (the plain UNet).
+
+    Raises:
+        ConfigError: one line.
+    """
+    if freeze_encoder and name == "unet":
+        raise ConfigError("--freeze-encoder applies to the encoder UNets; the plain UNet has no encoder")
+
+
 def build_model(
     name: str,
     input_size: int | None = 256,
@@ -367,8 +377,7 @@ def build_model(
         check_encoder_weights(name, encoder_weights)
         if width != 1.0:
             raise ConfigError("--width applies to the encoder UNets; the plain UNet takes --base-filters")
-        if freeze_encoder:
-            raise ConfigError("--freeze-encoder applies to the encoder UNets; the plain UNet has no encoder")
+        check_freeze_encoder(name, freeze_encoder)
         return build_unet(input_size, base_filters=base_filters, batch_norm=batch_norm, upsampling=upsampling)
     if name.startswith("unet-") and name[5:] in ENCODERS:
         scale = decoder_width or width

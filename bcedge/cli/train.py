@@ -167,7 +167,7 @@ def train_command(
     _need_keras()
     from bcedge.preprocess import PreprocessConfig
     from training.losses import LOSSES
-    from training.models import MODEL_NAMES, check_encoder_weights
+    from training.models import MODEL_NAMES, check_encoder_weights, check_freeze_encoder
     from training.train import TrainConfig, backend_name, train
 
     # Check the options before minutes of preprocessing.
@@ -195,8 +195,7 @@ def train_command(
 
     if patch and (patch % 32 or patch > size):
         raise ConfigError(f"--patch {patch}: expected 0 or a multiple of 32 no larger than --size {size}")
-    if freeze_encoder and model == "unet":
-        raise ConfigError("--freeze-encoder applies to the encoder UNets; the plain UNet has no encoder")
+    check_freeze_encoder(model, freeze_encoder)  # before the run folder is made
     if hard_negatives > 0 and (init_weights is None or not patch):
         raise ConfigError(
             "--hard-negatives needs --init-weights (the model whose false positives are mined) and --patch"
