@@ -16,7 +16,7 @@ noise, vertical flip), ``strong-zoom`` (``strong`` with scale 0.5-1.25 about the
 middle of the chest-wall edge) and ``none``.
 
 Why ``strong-zoom``: the CDD-CESM lesions the model learns from are large (median
-equivalent diameter ~70 px of the 512 px grid, ~14 % under 20 px) while an 8 mm
+equivalent diameter ~70 px of the 512 px grid, ~14 % under 20 px; benchmarks/lesion_sizes.py) while an 8 mm
 screening mass is ~14 px there, and the shipped model draws nearly one blob size
 whatever the lesion's (outline log-log slope 0.36 on its training views). Zooming
 out shows it smaller lesions; the anchor keeps the chest wall on its edge, where
