@@ -48,8 +48,12 @@ def window(ds: pydicom.Dataset) -> np.ndarray:
 
 
 def load(model: Path, threads: int) -> Interpreter:
-    """The LiteRT interpreter, tensors allocated."""
+    """The LiteRT interpreter, tensors allocated (an any-width model at its square, as a script would)."""
     interpreter = Interpreter(model_path=str(model), num_threads=threads)
+    inp = interpreter.get_input_details()[0]
+    signature = [int(v) for v in inp["shape_signature"]]
+    if signature[2] == -1:
+        interpreter.resize_tensor_input(inp["index"], [1, signature[1], signature[1], signature[3]])
     interpreter.allocate_tensors()
     return interpreter
 

@@ -47,6 +47,8 @@ class BuildContext:
             (:func:`export.tflite.debug_ranking`), stay in float; 0: a pure integer model.
         opset: ONNX opset.
         onnx_dynamic_batch: the ONNX artifact takes any batch size.
+        tflite_any_width: the TFLite artifacts take (1, S, W, 1) for any width W (the runtime runs
+            only the columns that hold the breast: :mod:`bcedge.backends.tflite`).
         cache: the export cache folder (TensorRT calibration and timing caches live in ``cache/tensorrt``).
         log: receives one line per step.
         built: ``{kind name: path}`` of every artifact written so far in this export.
@@ -63,6 +65,7 @@ class BuildContext:
     int8_float_layers: int = 0
     opset: int = 17
     onnx_dynamic_batch: bool = False
+    tflite_any_width: bool = True
     cache: Path = Path(".bcedge-cache")
     log: Log = print
     built: dict[str, Path] = field(default_factory=dict)
@@ -79,7 +82,9 @@ class BuildContext:
             from export.tflite import export_saved_model
 
             t0 = time.perf_counter()
-            self._saved_model = export_saved_model(self.model, self.work / "saved_model", self.size)
+            self._saved_model = export_saved_model(
+                self.model, self.work / "saved_model", self.size, any_width=self.tflite_any_width
+            )
             seconds = time.perf_counter() - t0
             self.untimed_seconds += seconds
             self.log(f"SavedModel written in {seconds:.1f} s")

@@ -146,6 +146,7 @@ class ExportOptions:
     threads: int | None = 1
     opset: int = 17
     onnx_dynamic_batch: bool = False
+    tflite_any_width: bool = True
     overwrite: bool = False
     reader_options: dict | None = None
     arrays: Path | None = None
@@ -402,6 +403,7 @@ def build_bundle(opts: ExportOptions, log: Log = print, progress=None) -> Export
             int8_float_layers=opts.int8_float_layers,
             opset=opts.opset,
             onnx_dynamic_batch=opts.onnx_dynamic_batch,
+            tflite_any_width=opts.tflite_any_width,
             cache=Path(opts.cache),
             log=log,
         )

@@ -56,21 +56,74 @@ def _tf():
     return tf
 
 
-def export_saved_model(model, path: str | os.PathLike[str], size: int) -> Path:
-    """Write ``model`` as a TensorFlow SavedModel with one static-shape serving signature.
+#: Width granularity of an any-width model: MobileNetV2 and the UNets downsample 5 times, so a
+#: width that is a multiple of 32 keeps every stride-2 layer on the square model's sampling grid.
+WIDTH_STEP = 32
+
+
+def any_width_model(model):
+    """``model`` with every nearest-neighbour ``UpSampling2D`` replaced by an equivalent resize.
+
+    Why: Keras' nearest ``UpSampling2D`` repeats rows and columns with ``tf.repeat``, whose
+    reshape loses the channel count when the width is unknown, and the TFLite converter then
+    cannot lower the next convolution (``tf.Conv2D ... neither a custom op nor a flex op``).
+    ``tf.image.resize(..., method="nearest")`` to twice the size picks the same pixels
+    (``floor(i / 2)``) and keeps the channels static. Weights are shared with ``model``; the
+    caller checks the outputs agree (:func:`export_saved_model` does).
+    """
+    import keras
+
+    tf = _tf()
+
+    class NearestUpsample(keras.layers.Layer):
+        """2x nearest-neighbour upsampling of (N, H, W, C) by ``tf.image.resize``."""
+
+        def call(self, x):
+            return tf.image.resize(x, tf.shape(x)[1:3] * 2, method="nearest")
+
+        def compute_output_shape(self, shape):
+            return (shape[0], *(None if d is None else 2 * d for d in shape[1:3]), shape[3])
+
+    def clone(layer):
+        if isinstance(layer, keras.layers.UpSampling2D) and layer.get_config().get("interpolation") == "nearest":
+            return NearestUpsample(name=layer.name)
+        return layer.__class__.from_config(layer.get_config())
+
+    # A nested encoder sub-model (no upsampling inside) is rebuilt whole from its config by clone().
+    out = keras.models.clone_model(model, clone_function=clone)
+    out.set_weights(model.get_weights())
+    return out
+
+
+def export_saved_model(model, path: str | os.PathLike[str], size: int, *, any_width: bool = False) -> Path:
+    """Write ``model`` as a TensorFlow SavedModel with one serving signature.
 
     Args:
         model: a Keras 3 model taking (N, size, size, 1) float32 in [0, 1].
         path: the SavedModel folder to create.
         size: input side in pixels.
+        any_width: the signature takes (1, size, W, 1) for any W (the runtime runs only the
+            columns that hold the breast, a multiple of :data:`WIDTH_STEP`; see
+            :mod:`bcedge.backends.tflite`); False: (1, size, size, 1).
 
     Returns:
         The SavedModel folder. Its ``serving_default`` signature takes ``image``
-        (1, size, size, 1) float32 and returns the model's output.
+        (1, size, size or any, 1) float32 and returns the model's output.
+
+    Raises:
+        ConfigError: ``any_width`` and the rebuilt model does not reproduce ``model`` on a
+            square input (max |difference| over 1e-5).
     """
     tf = _tf()
     path = Path(path)
-    spec = tf.TensorSpec((1, size, size, 1), tf.float32, name="image")
+    if any_width:
+        rebuilt = any_width_model(model)
+        probe = np.random.default_rng(0).random((1, size, size, 1), dtype=np.float32)
+        diff = float(np.max(np.abs(np.asarray(rebuilt(probe)) - np.asarray(model(probe)))))
+        if not diff <= 1e-5:
+            raise ConfigError(f"the any-width copy of the model differs from it by {diff:.3g}; export it fixed-width")
+        model = rebuilt
+    spec = tf.TensorSpec((1, size, None if any_width else size, 1), tf.float32, name="image")
     model.export(str(path), format="tf_saved_model", verbose=False, input_signature=[spec])
     return path
 
@@ -268,14 +321,15 @@ def float_ops(content: bytes, *, include_boundary: bool = False) -> list[str]:
 
 
 def io_details(content: bytes) -> dict:
-    """Input/output name, shape, dtype and quantisation of a TFLite model (for the manifest)."""
+    """Input/output name, shape (-1: open), dtype and quantisation of a TFLite model (for the manifest)."""
     interp = _interpreter(content)
 
     def describe(d: dict) -> dict:
         scale, zero = d.get("quantization", (0.0, 0))
         return {
             "name": d["name"],
-            "shape": [int(v) for v in d["shape"]],
+            # -1 where the model leaves a dimension open (an any-width model's width).
+            "shape": [int(v) for v in d.get("shape_signature", d["shape"])],
             "dtype": np.dtype(d["dtype"]).name,
             "scale": float(scale),
             "zero_point": int(zero),

@@ -28,11 +28,17 @@ updates moving statistics only for trainable BN layers in training mode).
 The kernels do not depend on the input size, so any input size works (the encoder inside
 ``training.models.build_encoder_unet`` included); a model with the 1000-class top also gets
 the ``predictions`` Dense layer (TFLite FULLY_CONNECTED, per-tensor scale).
+
+:func:`read_float_kernels` and :func:`load_float_tflite` do the same for a bundle's FP32/FP16
+artifact (float kernels, batch norm folded), matching convolutions to any Keras model's layers
+(nested models included) by name: ``training/rebuild_from_bundle.py`` rebuilds a trained model
+whose checkpoint is lost from them.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -223,4 +229,275 @@ def load_mobilenetv2_tflite(model, path: str | os.PathLike[str], freeze_batch_no
         bn.set_weights([identity[w.name] for w in bn.weights])
         if freeze_batch_norm:
             bn.trainable = False
+    return len(plan)
+
+
+# --------------------------------------------------------------------------- float (FP32/FP16) files
+#
+# A bundle's FP32/FP16 TFLite artifact holds the trained network with each batch norm folded into
+# the convolution before it, in float: enough to rebuild the Keras model when its checkpoint is
+# lost (training/rebuild_from_bundle.py). FP16 files store every kernel and bias as a float16
+# constant that a DEQUANTIZE op widens to float32 at load; FP32 files feed float32 constants
+# straight to the convolution. The folded network is the same function as the trained one, so
+# loading it into the Keras architecture (each BN set to identity plus the folded shift) gives a
+# model whose outputs match the artifact's; the separate BN statistics are not recoverable.
+
+#: Convolution ops a float file is read for, and the Keras layer class each maps onto.
+FLOAT_KERNEL_OPS = {op: KERNEL_OPS[op] for op in ("CONV_2D", "DEPTHWISE_CONV_2D")}
+
+
+def _float_constant(interpreter, tensors: dict, producers: dict, index: int, path: Path, what: str):
+    """The float32 value and stored name of the constant feeding input ``index`` of a conv op.
+
+    Follows one DEQUANTIZE (FP16 files: float16 constant -> float32). ``producers`` maps an output
+    tensor index to the op that writes it (``_get_ops_details`` rows).
+
+    Returns:
+        ``(values float32 ndarray, name of the stored tensor)``.
+
+    Raises:
+        ConfigError: the input is computed (not a constant), or stored as int8/int32 (a quantised model).
+    """
+    op = producers.get(index)
+    if op is not None:
+        if op["op_name"] != "DEQUANTIZE":
+            raise ConfigError(f"{path}: {what} is computed by a {op['op_name']} op, not a stored constant")
+        index = int(op["inputs"][0])
+        if index in producers:
+            raise ConfigError(f"{path}: {what} is dequantised from a computed tensor, not a stored constant")
+    detail = tensors[index]
+    dtype = np.dtype(detail["dtype"])
+    if dtype in (np.int8, np.uint8, np.int32, np.int16):
+        # Dynamic-range and full-integer files keep quantised kernels: those are not the float weights.
+        raise ConfigError(f"{path}: {what} {detail['name']!r} is stored as {dtype.name}: not a float (FP32/FP16) model")
+    if dtype not in (np.float16, np.float32):
+        raise ConfigError(f"{path}: {what} {detail['name']!r} is {dtype.name}; expected float32 or float16")
+    try:
+        values = interpreter.get_tensor(index)
+    except ValueError as exc:  # LiteRT: a tensor without a buffer (a runtime input or intermediate)
+        raise ConfigError(f"{path}: {what} {detail['name']!r} is not a stored constant") from exc
+    return np.asarray(values, dtype=np.float32), str(detail["name"])
+
+
+def read_float_kernels(path: str | os.PathLike[str]) -> list[FoldedKernel]:
+    """Every CONV_2D / DEPTHWISE_CONV_2D kernel of an FP32 or FP16 TFLite file, in graph order.
+
+    Returns:
+        One :class:`FoldedKernel` per convolution: ``kernel`` float32 in the Keras layout (Conv2D
+        (kh, kw, in, out), DepthwiseConv2D (kh, kw, C, 1)), ``bias`` float32 (out,) (zeros when
+        the op has none), ``kernel_name``/``bias_name`` the stored constants' names (for FP16,
+        the float16 constants behind the DEQUANTIZE ops), ``step`` zeros (not quantised).
+
+    Raises:
+        ConfigError: not a readable TFLite file, a kernel that is not a stored float constant
+            (int8 kernels: a dynamic-range or full-integer model), or a file without convolutions.
+    """
+    path = Path(path)
+    interpreter = _interpreter(path)
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    # _get_ops_details is LiteRT's only per-op listing (see read_folded_kernels).
+    ops = interpreter._get_ops_details()
+    producers = {int(o): op for op in ops for o in op["outputs"] if int(o) >= 0}
+    kernels: list[FoldedKernel] = []
+    for op in ops:
+        name = op["op_name"]
+        if name not in FLOAT_KERNEL_OPS:
+            continue
+        inputs = [int(i) for i in op["inputs"]]
+        if len(inputs) < 2 or inputs[1] < 0:
+            raise ConfigError(f"{path}: {name} op {op['index']} has no kernel input")
+        kernel, kernel_name = _float_constant(interpreter, tensors, producers, inputs[1], path, f"{name} kernel")
+        if kernel.ndim != 4:
+            raise ConfigError(f"{path}: {name} kernel {kernel_name!r} has shape {kernel.shape}; expected 4-D")
+        out_channels = kernel.shape[-1] if name == "DEPTHWISE_CONV_2D" else kernel.shape[0]
+        if len(inputs) > 2 and inputs[2] >= 0:
+            bias, bias_name = _float_constant(interpreter, tensors, producers, inputs[2], path, f"{name} bias")
+            bias = bias.reshape(-1)
+        else:  # an op without the optional bias input adds nothing
+            bias, bias_name = np.zeros(out_channels, np.float32), ""
+        if bias.shape != (out_channels,):
+            raise ConfigError(f"{path}: bias {bias_name!r} has {bias.size} values for {out_channels} channels")
+        kernels.append(
+            FoldedKernel(
+                op=name,
+                kernel=_to_keras_layout(name, kernel),
+                bias=bias,
+                kernel_name=kernel_name,
+                bias_name=bias_name,
+                step=np.zeros(out_channels, np.float32),
+            )
+        )
+    if not kernels:
+        raise ConfigError(f"{path}: no CONV_2D or DEPTHWISE_CONV_2D op; not a convolutional model")
+    return kernels
+
+
+def _layer_name_pattern(name: str) -> re.Pattern[str]:
+    """Matches the Keras layer ``name`` as one scope of a TFLite tensor name.
+
+    A scope is ``name/`` or ``name_<digits>/`` (Keras 3's export suffixes scopes, e.g. ``Conv1_1/``),
+    preceded by the start, ``/`` or ``;`` (fused tensors join several names with ``;``). So
+    ``block_1_expand`` does not match ``block_11_expand_1/`` and ``Conv1`` does not match ``Conv_1_1/``.
+    """
+    return re.compile(r"(?:^|[/;])" + re.escape(name) + r"(?:_\d+)?/")
+
+
+def _kernel_layers(model) -> list[tuple[object, list, int]]:
+    """Every layer of ``model`` and its nested models as ``(layer, its model's layers, position)``.
+
+    Nested models are walked recursively (the encoder UNets hold the encoder as a sub-model); the
+    sibling list is what :func:`_following_batch_norm` searches. Each layer appears once.
+    """
+    import keras
+
+    found: list[tuple[object, list, int]] = []
+    seen: set[int] = set()
+
+    def walk(container) -> None:
+        siblings = list(container.layers)
+        for position, layer in enumerate(siblings):
+            if id(layer) in seen:
+                continue
+            seen.add(id(layer))
+            found.append((layer, siblings, position))
+            if isinstance(layer, keras.Model):
+                walk(layer)
+
+    walk(model)
+    return found
+
+
+def _identity_bn_weights(bn, bias: np.ndarray) -> list[np.ndarray]:
+    """The weights that make ``bn`` (inference mode) the per-channel shift ``x + bias``.
+
+    Gamma 1, beta = bias, moving mean 0, moving variance 1 - epsilon (so sqrt(var + eps) = 1).
+
+    Raises:
+        ConfigError: ``bn`` lacks one of the four weights (``center``/``scale`` off) or has another size.
+    """
+    ones = np.ones_like(bias)
+    identity = {"gamma": ones, "beta": bias, "moving_mean": np.zeros_like(bias), "moving_variance": ones - bn.epsilon}
+    names = [w.name for w in bn.weights]
+    if sorted(names) != sorted(identity):
+        raise ConfigError(f"BatchNormalization {bn.name!r} has weights {names}; expected {sorted(identity)}")
+    for w in bn.weights:
+        if tuple(w.shape) != bias.shape:
+            raise ConfigError(
+                f"BatchNormalization {bn.name!r} has {tuple(w.shape)} {w.name}; the file's bias {bias.shape}"
+            )
+    return [identity[name] for name in names]
+
+
+def load_float_tflite(model, path: str | os.PathLike[str]) -> int:
+    """Set a Keras model to the weights of an FP32/FP16 TFLite file exported from its architecture.
+
+    Each Keras ``Conv2D``/``DepthwiseConv2D`` (nested models included) takes the one TFLite kernel
+    whose tensor name holds its layer name as a scope (:func:`_layer_name_pattern`): matched by
+    name, not graph position. A conv with its own bias gets ``[kernel, bias]`` (a BatchNormalization
+    after it, if any, becomes identity); a conv without bias gets the kernel and the BatchNormalization
+    that consumes its output becomes identity plus the folded bias (:func:`_identity_bn_weights`);
+    ``trainable`` is left as it is.
+
+    Args:
+        model: the Keras model, built (e.g. ``training.models.build_model(..., encoder_weights=None)``)
+            with the architecture, widths and upsampling the file was exported from; any input size.
+        path: the FP32 or FP16 ``.tflite`` (:func:`read_float_kernels`).
+
+    Returns:
+        The number of convolutions loaded (each file kernel exactly once).
+
+    Raises:
+        ConfigError: a Keras conv matched by no or several kernels, a kernel matched by no or several
+            convs, a shape mismatch, a folded bias with no bias or BatchNormalization to go to, or a
+            layer with weights the file cannot set. Everything is checked first: on error the model
+            is untouched.
+    """
+    import keras
+
+    path = Path(path)
+    kernels = read_float_kernels(path)
+    entries = _kernel_layers(model)
+    convs = [
+        (layer, siblings, pos) for layer, siblings, pos in entries if type(layer).__name__ in FLOAT_KERNEL_OPS.values()
+    ]
+    patterns = {id(layer): _layer_name_pattern(layer.name) for layer, _, _ in convs}
+    claimed: dict[int, list[str]] = {i: [] for i in range(len(kernels))}
+    plan: list[tuple[object, list[np.ndarray], object | None, list[np.ndarray] | None]] = []
+    covered: set[int] = set()
+    for layer, siblings, position in convs:
+        pattern = patterns[id(layer)]
+        hits = [i for i, k in enumerate(kernels) if pattern.search(k.kernel_name)]
+        if len(hits) != 1:
+            names = ", ".join(repr(kernels[i].kernel_name) for i in hits[:3])
+            raise ConfigError(
+                f"{path}: Keras layer {layer.name!r} matches {len(hits)} kernels of the file"
+                + (f" ({names})" if hits else "; the file is not of this architecture")
+            )
+        folded = kernels[hits[0]]
+        claimed[hits[0]].append(layer.name)
+        expected_op = {v: k for k, v in FLOAT_KERNEL_OPS.items()}[type(layer).__name__]
+        if folded.op != expected_op:
+            raise ConfigError(
+                f"{path}: {folded.op} {folded.kernel_name!r} lands on {type(layer).__name__} {layer.name!r}"
+            )
+        weights = layer.get_weights()
+        if tuple(weights[0].shape) != folded.kernel.shape:
+            raise ConfigError(
+                f"{path}: {layer.name!r} kernel is {tuple(weights[0].shape)}, the file's is {folded.kernel.shape}"
+                " (another width or architecture)"
+            )
+        covered.add(id(layer))
+        if len(weights) == 2:
+            if tuple(weights[1].shape) != folded.bias.shape:
+                raise ConfigError(
+                    f"{path}: {layer.name!r} bias is {tuple(weights[1].shape)}, the file's {folded.bias.shape}"
+                )
+            # A BN after a conv that has its own bias: the converter folded both; the bias carries it all.
+            try:
+                bn = _following_batch_norm(layer, siblings, position)
+            except ConfigError:
+                bn = None
+            bn_weights = None if bn is None else _identity_bn_weights(bn, np.zeros_like(folded.bias))
+            plan.append((layer, [folded.kernel, folded.bias], bn, bn_weights))
+        elif len(weights) == 1:
+            try:
+                bn = _following_batch_norm(layer, siblings, position)
+            except ConfigError:
+                if np.any(folded.bias):
+                    raise ConfigError(
+                        f"{path}: {layer.name!r} has no bias and no BatchNormalization after it, but the file's "
+                        f"convolution adds a bias ({folded.bias_name!r})"
+                    ) from None
+                bn = None
+            bn_weights = None if bn is None else _identity_bn_weights(bn, folded.bias)
+            plan.append((layer, [folded.kernel], bn, bn_weights))
+        else:
+            raise ConfigError(f"Keras layer {layer.name!r} has {len(weights)} weight arrays; expected kernel [+ bias]")
+        if bn is not None:
+            covered.add(id(bn))
+    unused = [kernels[i].kernel_name for i, layers in claimed.items() if not layers]
+    if unused:
+        raise ConfigError(
+            f"{path}: {len(unused)} kernels match no Keras conv of {model.name!r} (e.g. {unused[0]!r}); "
+            "the file is not of this architecture"
+        )
+    shared = {kernels[i].kernel_name: layers for i, layers in claimed.items() if len(layers) > 1}
+    if shared:
+        name, layers = next(iter(shared.items()))
+        raise ConfigError(f"{path}: kernel {name!r} matches several Keras layers ({', '.join(layers)})")
+    # Every layer with weights must be set from the file, or the rebuilt model would mix in its init.
+    leftover = [
+        layer.name
+        for layer, _, _ in entries
+        if id(layer) not in covered and not isinstance(layer, keras.Model) and layer.weights
+    ]
+    if leftover:
+        raise ConfigError(
+            f"{path}: Keras layers {', '.join(leftover[:3])} of {model.name!r} have weights the file's "
+            "convolutions do not set (transposed convolution, dense or a free batch norm)"
+        )
+    for layer, weights, bn, bn_weights in plan:
+        layer.set_weights(weights)
+        if bn is not None:
+            bn.set_weights(bn_weights)
     return len(plan)

@@ -11,6 +11,15 @@ Quantisation lives here: when the model's input tensor is int8/uint8/int16 the
 float image is quantised with that tensor's (scale, zero point), rounded and
 clipped to the integer range; an integer output is dequantised the same way, so
 callers always trade float32 in [0, 1] for float32 probabilities.
+
+Any-width models (``bcedge export`` writes them by default: input signature (1, S, -1, 1)) run
+only the block of columns that holds the image: the preprocessed square is zero outside the
+breast, and a craniocaudal view's breast fills about half of it, so the model does half the work.
+The block is a multiple of :data:`WIDTH_STEP` columns starting on a multiple of it (every
+stride-2 layer keeps the square's sampling grid), at least :data:`MIN_WIDTH` wide; the
+probabilities outside it are 0 (the input there is 0: padding or removed background). Inside,
+they differ from the square's only through the convolutions' view of the cut-off zeros: on the
+65 validation images of the mass model the masks agreed at Dice >= 0.997 (mean 0.9998).
 """
 
 from __future__ import annotations
@@ -31,6 +40,11 @@ RUNTIMES: tuple[tuple[str, str], ...] = (
     ("tensorflow", "tensorflow"),
 )
 _INTEGER_TYPES = (np.int8, np.uint8, np.int16)
+#: Column granularity of an any-width model's input: MobileNetV2 and the UNets downsample 5 times.
+WIDTH_STEP = 32
+#: Narrowest block run. The narrowest breast of the validation images took 154 columns and
+#: agreed with the square (Dice 0.997); narrower blocks are not measured, so they are not run.
+MIN_WIDTH = 128
 _FLOAT_TYPES = (np.float32,)
 
 
@@ -102,6 +116,7 @@ class TFLiteBackend(Backend):
             # while it allocates; that line belongs in the debug log, not on every infer's terminal.
             with c_stderr_to_debug_log(f"{self.path}: LiteRT"):
                 self._interp = interpreter_cls(**kwargs)
+                square_any_width(self._interp)
                 self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -120,10 +135,12 @@ class TFLiteBackend(Backend):
             if det["dtype"] in _INTEGER_TYPES and det["quantization"][0] == 0.0:
                 raise InputError(f"{self.path} {role} tensor is {np.dtype(det['dtype'])} without quantisation scale")
         shape = [int(v) for v in self._in["shape"]]
-        signature = [int(v) for v in self._in.get("shape_signature", self._in["shape"])]
-        if len(shape) != 4 or any(v < 1 for v in signature[1:]):
+        signature = _signature(self._in)
+        self._any_width = _any_width(signature)
+        if len(shape) != 4 or signature[1] < 1 or signature[3] < 1 or (signature[2] < 1 and not self._any_width):
             raise InputError(f"{self.path} input has shape {signature}; expected (N, S, S, 1) with fixed S")
         self._dynamic = signature[0] < 1
+        self._width = shape[2]
         self._batch = shape[0]
         self.details.update(
             runtime=used,
@@ -134,21 +151,76 @@ class TFLiteBackend(Backend):
             input_quantization=_qparams(self._in),
             output_quantization=_qparams(self._out),
             batch="dynamic" if self._dynamic else shape[0],
+            input_width=f"any (multiple of {WIDTH_STEP}, the breast's columns)" if self._any_width else shape[2],
         )
         return None if self._dynamic else shape[0], shape[1], shape[2], shape[3]
 
+    def _resize(self, shape: list[int]) -> None:
+        self._interp.resize_tensor_input(self._in["index"], shape)
+        self._interp.allocate_tensors()
+
     def _predict(self, batch: np.ndarray) -> np.ndarray:
-        n = batch.shape[0]
-        if self._dynamic and n != self._batch:
-            self._interp.resize_tensor_input(self._in["index"], [n, *batch.shape[1:]])
-            self._interp.allocate_tensors()
-            self._batch = n
-        self._interp.set_tensor(self._in["index"], quantize(batch, self._in))
+        n, size = batch.shape[0], batch.shape[2]
+        c0, c1 = column_block(batch) if self._any_width else (0, size)
+        if (self._dynamic and n != self._batch) or c1 - c0 != self._width:
+            # Resizing re-plans the arena (a few ms; the next call repacks): only when the shape changes.
+            self._resize([n, batch.shape[1], c1 - c0, 1])
+            self._batch, self._width = n, c1 - c0
+        part = batch if (c0, c1) == (0, size) else np.ascontiguousarray(batch[:, :, c0:c1])
+        self._interp.set_tensor(self._in["index"], quantize(part, self._in))
         self._interp.invoke()
-        return dequantize(self._interp.get_tensor(self._out["index"]), self._out)
+        out = dequantize(self._interp.get_tensor(self._out["index"]), self._out)
+        if (c0, c1) == (0, size):
+            return out
+        full = np.zeros((n, batch.shape[1], size, out.shape[-1]), np.float32)
+        full[:, :, c0:c1] = out
+        return full
 
     def _close(self) -> None:
         self._interp = None
+
+
+def column_block(batch: np.ndarray) -> tuple[int, int]:
+    """The columns ``[c0, c1)`` an any-width model runs for ``batch``: the nonzero columns of every
+    image, widened to multiples of :data:`WIDTH_STEP` (both ends) and to at least :data:`MIN_WIDTH`.
+
+    Args:
+        batch: (N, S, S, 1) float32 preprocessed images (0 outside the breast), S a multiple of
+            :data:`WIDTH_STEP`.
+
+    Returns:
+        ``(c0, c1)``, ``0 <= c0 < c1 <= S``; ``(0, S)`` when every pixel is 0 or S is not a multiple.
+    """
+    size = batch.shape[2]
+    cols = np.flatnonzero(batch.any(axis=(0, 1, 3)))
+    if cols.size == 0 or size % WIDTH_STEP:
+        return 0, size
+    c0 = int(cols[0]) // WIDTH_STEP * WIDTH_STEP
+    c1 = -(-(int(cols[-1]) + 1) // WIDTH_STEP) * WIDTH_STEP
+    if c1 - c0 < MIN_WIDTH:  # widen to the right, then to the left at the edge
+        c1 = min(size, c0 + MIN_WIDTH)
+        c0 = max(0, c1 - MIN_WIDTH)
+    return c0, c1
+
+
+def _signature(detail: dict[str, Any]) -> list[int]:
+    """An input's shape with -1 for each dimension the model leaves open."""
+    return [int(v) for v in detail.get("shape_signature", detail["shape"])]
+
+
+def _any_width(signature: list[int]) -> bool:
+    """(N, S, -1, 1): any width, the square's side S fixed (see the module docstring)."""
+    return len(signature) == 4 and signature[2] == -1 and signature[1] >= 1
+
+
+def square_any_width(interpreter: Any) -> bool:
+    """Resize an any-width model's input to the square (N, S, S, 1) before the first allocation (its
+    width is 1 until then); other models are left as they are. Returns whether it was any-width."""
+    details = interpreter.get_input_details()
+    if len(details) == 1 and _any_width(signature := _signature(details[0])):
+        interpreter.resize_tensor_input(details[0]["index"], [max(1, signature[0]), signature[1], signature[1], 1])
+        return True
+    return False
 
 
 def _qparams(detail: dict[str, Any]) -> list[float] | None:

@@ -72,15 +72,17 @@ def tflite_op_macs(op: str, inputs: Sequence[Sequence[int] | None], outputs: Seq
 
 
 def count_tflite(path: str | os.PathLike[str]) -> FlopCount:
-    """Count a ``.tflite`` model's MACs from its graph (LiteRT's op list and tensor shapes; nothing is run).
+    """Count a ``.tflite`` model's MACs from its graph (LiteRT's op list and tensor shapes).
 
-    Shapes are the model's static shapes (batch 1 for bcedge exports; a dynamic batch counts as 1).
+    Shapes are the model's static shapes (batch 1 for bcedge exports; a dynamic batch counts as 1);
+    an any-width model counts at its square (the most it runs; :mod:`bcedge.backends.tflite`), and
+    is run once on zeros for that: its upsampling computes the decoder's shapes at run time.
 
     Raises:
         MissingDependencyError: no TFLite interpreter installed.
         InputError: the file is not a TFLite model.
     """
-    from bcedge.backends.tflite import load_interpreter_class
+    from bcedge.backends.tflite import load_interpreter_class, square_any_width
 
     _, interpreter_cls, resolver = load_interpreter_class("auto")
     try:
@@ -88,6 +90,9 @@ def count_tflite(path: str | os.PathLike[str]) -> FlopCount:
         interp = interpreter_cls(
             model_path=str(path), experimental_op_resolver_type=resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         )
+        if square_any_width(interp):
+            interp.allocate_tensors()
+            interp.invoke()  # zeros: the shapes, not the values, are wanted
         ops = interp._get_ops_details()
         shapes = {int(t["index"]): [max(1, int(v)) for v in t["shape"]] for t in interp.get_tensor_details()}
     except (ValueError, RuntimeError) as exc:

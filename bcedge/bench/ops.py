@@ -16,7 +16,7 @@ import numpy as np
 
 from bcedge.bench.flops import tflite_op_macs
 from bcedge.bench.timing import time_calls
-from bcedge.errors import InputError, MissingDependencyError
+from bcedge.errors import ConfigError, InputError, MissingDependencyError
 
 
 @dataclass
@@ -84,6 +84,13 @@ def profile_tflite_ops(
     except Exception as exc:  # flatbuffers raises struct/index errors on garbage
         raise InputError(f"{path}: not a TFLite flatbuffer ({type(exc).__name__})") from exc
     graph = model.subgraphs[0]
+    for t in graph.inputs:
+        signature = graph.tensors[t].shapeSignature
+        if signature is not None and any(int(v) < 0 for v in list(signature)[1:]):
+            # Each one-op model would run at the placeholder width 1 and time nothing real.
+            raise ConfigError(
+                f"{path}: takes any input width; per-op profiling needs a fixed-width export (--tflite-fixed-width)"
+            )
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     type_names = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
 

@@ -99,6 +99,14 @@ def export_command(
     onnx_dynamic_batch: Annotated[
         bool, typer.Option("--onnx-dynamic-batch", help="Symbolic ONNX batch dimension (default: static 1).")
     ] = False,
+    tflite_any_width: Annotated[
+        bool,
+        typer.Option(
+            "--tflite-any-width/--tflite-fixed-width",
+            help="TFLite artifacts take any input width, so the runtime runs only the columns that hold the "
+            "breast (default), or the fixed square.",
+        ),
+    ] = True,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a bundle already in --out.")] = False,
     keras: Annotated[
         bool,
@@ -142,6 +150,7 @@ def export_command(
         threads=threads,
         opset=opset,
         onnx_dynamic_batch=onnx_dynamic_batch,
+        tflite_any_width=tflite_any_width,
         overwrite=overwrite,
         reader_options=parse_options(option),
         arrays=arrays,
