@@ -143,3 +143,28 @@ def test_flops_count_the_square_and_op_profiling_refuses_any_width(artifacts: di
     pytest.importorskip("flatbuffers")
     with pytest.raises(ConfigError, match="any input width"):
         profile_tflite_ops(artifacts["fp32"], threads=1, runs=1, warmup=0)
+
+
+def test_a_runtime_that_cannot_resize_falls_back_to_the_square(
+    artifacts: dict[str, Path], images: np.ndarray, caplog: pytest.LogCaptureFixture
+) -> None:
+    fixed = TFLiteBackend(artifacts["fixed"], threads=1)
+    wide = TFLiteBackend(artifacts["fp32"], threads=1)
+    real_resize = wide._interp.resize_tensor_input
+    calls: list[list[int]] = []
+
+    def refuse_narrow(index: int, shape: list[int]) -> None:
+        calls.append(list(shape))
+        if shape[2] != SIZE:
+            raise RuntimeError("delegate failed to prepare")
+        real_resize(index, shape)
+
+    wide._interp.resize_tensor_input = refuse_narrow
+    x = images[:1].copy()
+    x[:, :, 150:] = 0
+    with caplog.at_level("WARNING"):
+        got = wide.predict(x)
+    np.testing.assert_allclose(got, fixed.predict(x), atol=1e-5)  # the square, as a fixed-width model
+    assert "cannot change the input width" in caplog.text and wide.details["input_width"].startswith(str(SIZE))
+    wide.predict(x)
+    assert calls == [[1, SIZE, 160, 1], [1, SIZE, SIZE, 1]]  # no further attempts

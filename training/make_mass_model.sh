@@ -55,3 +55,11 @@ PYTHON="${PYTHON:-python}"
 # as 12-bit stored values lesion-image Dice moved by -0.0013 (within 0.005;
 # benchmarks/results/preprocess_v2_12bit_proxy.json), for ~30 ms less CPU per full-field scan.
 "$PYTHON" benchmarks/preprocess_v2_gate.py --bundle "$BUNDLE" --set-version 2
+# Session 15: the shipped artifacts were re-exported any-width (the export's default since then; the
+# runtime runs only the breast's columns) from the Keras model rebuilt out of the first export's FP16
+# artifact (the run folder was lost; the rebuilt model reproduces it within 1.4e-5):
+#   python -m training.rebuild_from_bundle bcedge/mass_model /work/runs/P512L-rebuilt --artifact model_fp16.tflite
+#   bcedge export /work/runs/P512L-rebuilt --out /work/bundles/AW --formats tflite-dynamic,tflite-fp16 --no-keras \
+#       --overwrite --tolerance dynamic=0.005 --threshold 0.65 --cache /work/cache --root /work/shared/data
+#   (then its four files copied into bcedge/mass_model; benchmarks/results/export_s15_anywidth.json)
+# A run of this script exports any-width directly from the trained run.

@@ -25,6 +25,7 @@ they differ from the square's only through the convolutions' view of the cut-off
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 from typing import Any
 
 import numpy as np
@@ -164,7 +165,21 @@ class TFLiteBackend(Backend):
         c0, c1 = column_block(batch) if self._any_width else (0, size)
         if (self._dynamic and n != self._batch) or c1 - c0 != self._width:
             # Resizing re-plans the arena (a few ms; the next call repacks): only when the shape changes.
-            self._resize([n, batch.shape[1], c1 - c0, 1])
+            try:
+                self._resize([n, batch.shape[1], c1 - c0, 1])
+            except (RuntimeError, ValueError) as exc:
+                if not self._any_width or (c0, c1) == (0, size):
+                    raise
+                # A runtime whose delegate cannot re-plan an open width (not seen with LiteRT 2.3;
+                # older tflite-runtime builds are not verified): run the square from now on.
+                logging.getLogger(__name__).warning(
+                    "%s: this runtime cannot change the input width (%s); running the whole square",
+                    self.path,
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                )
+                self._any_width, (c0, c1) = False, (0, size)
+                self._resize([n, batch.shape[1], size, 1])
+                self.details["input_width"] = f"{size} (any-width model; this runtime could not resize it)"
             self._batch, self._width = n, c1 - c0
         part = batch if (c0, c1) == (0, size) else np.ascontiguousarray(batch[:, :, c0:c1])
         self._interp.set_tensor(self._in["index"], quantize(part, self._in))
