@@ -33,6 +33,10 @@ the ``predictions`` Dense layer (TFLite FULLY_CONNECTED, per-tensor scale).
 artifact (float kernels, batch norm folded), matching convolutions to any Keras model's layers
 (nested models included) by name: ``training/rebuild_from_bundle.py`` rebuilds a trained model
 whose checkpoint is lost from them.
+
+Why one module: both readers undo the same conversion (TFLite's folded batch norm, its kernel
+layouts, its op listing) into the same Keras layers with the same identity-BN trick; they differ
+only in how a kernel is stored (int8 with scales, or float16/float32 behind a DEQUANTIZE).
 """
 
 from __future__ import annotations
