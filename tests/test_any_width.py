@@ -168,3 +168,16 @@ def test_a_runtime_that_cannot_resize_falls_back_to_the_square(
     assert "cannot change the input width" in caplog.text and wide.details["input_width"].startswith(str(SIZE))
     wide.predict(x)
     assert calls == [[1, SIZE, 160, 1], [1, SIZE, SIZE, 1]]  # no further attempts
+
+
+def test_columns_square_runs_an_any_width_model_as_the_square(artifacts: dict[str, Path], images: np.ndarray) -> None:
+    from bcedge.errors import ConfigError
+
+    fixed = TFLiteBackend(artifacts["fixed"], threads=1)
+    square = TFLiteBackend(artifacts["fp32"], threads=1, columns="square")
+    assert square.details["input_width"].startswith(f"{SIZE} (any-width")
+    x = images[:1].copy()
+    x[:, :, 150:] = 0
+    np.testing.assert_allclose(square.predict(x), fixed.predict(x), atol=1e-5)
+    with pytest.raises(ConfigError, match="columns"):
+        TFLiteBackend(artifacts["fp32"], threads=1, columns="left")

@@ -18,8 +18,10 @@ breast, and a craniocaudal view's breast fills about half of it, so the model do
 The block is a multiple of :data:`WIDTH_STEP` columns starting on a multiple of it (every
 stride-2 layer keeps the square's sampling grid), at least :data:`MIN_WIDTH` wide; the
 probabilities outside it are 0 (the input there is 0: padding or removed background). Inside,
-they differ from the square's only through the convolutions' view of the cut-off zeros: on the
-65 validation images of the mass model the masks agreed at Dice >= 0.997 (mean 0.9998).
+they differ from the square's only through the convolutions' view of the cut-off zeros (and, for
+dynamic-range INT8, the activation ranges it quantises with): on the 65 validation images of the
+mass model the masks agreed with the square's at Dice >= 0.9915 (mean 0.9994) in FP16 and >= 0.93
+(mean 0.9976) in dynamic INT8 (``benchmarks/bench_any_width.py``).
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ RUNTIMES: tuple[tuple[str, str], ...] = (
 _INTEGER_TYPES = (np.int8, np.uint8, np.int16)
 #: Column granularity of an any-width model's input: MobileNetV2 and the UNets downsample 5 times.
 WIDTH_STEP = 32
-#: Narrowest block run. The narrowest breast of the validation images took 154 columns and
-#: agreed with the square (Dice 0.997); narrower blocks are not measured, so they are not run.
+#: Narrowest block run. The narrowest breast of the mass model's validation images took a
+#: 160-column block; narrower blocks are not measured, so they are not run.
 MIN_WIDTH = 128
 _FLOAT_TYPES = (np.float32,)
 
@@ -98,15 +100,21 @@ class TFLiteBackend(Backend):
     Options:
         runtime: ``auto`` (default), ``ai_edge_litert``, ``tflite_runtime`` or ``tensorflow``.
         xnnpack: True (default) keeps LiteRT's default XNNPACK delegate; False runs builtin kernels.
+        columns: ``breast`` (default): an any-width model runs only the image's column block;
+            ``square``: it runs the whole square, as a fixed-width model (for comparisons).
 
     A model with a dynamic batch dimension is resized to each batch; a model with a
     fixed batch (usually 1) gets its batch split by :meth:`Backend.predict`.
     """
 
     name = "tflite"
-    options = ("runtime", "xnnpack")
+    options = ("runtime", "xnnpack", "columns")
 
-    def _open(self, runtime: str = "auto", xnnpack: bool = True) -> tuple[int | None, int, int, int]:
+    def _open(
+        self, runtime: str = "auto", xnnpack: bool = True, columns: str = "breast"
+    ) -> tuple[int | None, int, int, int]:
+        if columns not in ("breast", "square"):
+            raise ConfigError(f"columns is {columns!r}; expected breast or square")
         used, interpreter_cls, resolver = load_interpreter_class(runtime)
         source = {"model_content": self.content} if self.content is not None else {"model_path": str(self.path)}
         kwargs: dict[str, Any] = {**source, "num_threads": self.threads}
@@ -137,8 +145,8 @@ class TFLiteBackend(Backend):
                 raise InputError(f"{self.path} {role} tensor is {np.dtype(det['dtype'])} without quantisation scale")
         shape = [int(v) for v in self._in["shape"]]
         signature = _signature(self._in)
-        self._any_width = _any_width(signature)
-        if len(shape) != 4 or signature[1] < 1 or signature[3] < 1 or (signature[2] < 1 and not self._any_width):
+        self._any_width = _any_width(signature) and columns == "breast"
+        if len(shape) != 4 or signature[1] < 1 or signature[3] < 1 or (signature[2] < 1 and not _any_width(signature)):
             raise InputError(f"{self.path} input has shape {signature}; expected (N, S, S, 1) with fixed S")
         self._dynamic = signature[0] < 1
         self._width = shape[2]
@@ -152,7 +160,9 @@ class TFLiteBackend(Backend):
             input_quantization=_qparams(self._in),
             output_quantization=_qparams(self._out),
             batch="dynamic" if self._dynamic else shape[0],
-            input_width=f"any (multiple of {WIDTH_STEP}, the breast's columns)" if self._any_width else shape[2],
+            input_width=f"any (multiple of {WIDTH_STEP}, the breast's columns)"
+            if self._any_width
+            else (f"{shape[2]} (any-width model run square)" if _any_width(signature) else shape[2]),
         )
         return None if self._dynamic else shape[0], shape[1], shape[2], shape[3]
 
