@@ -10,7 +10,9 @@ goes through :func:`ranking_for`, the ranking it hands to :func:`bcedge.formats.
    (:mod:`bcedge.acceptance`): an artifact that disagrees with the reference is **refused**
    (one ``warning:`` line naming the artifact, the machine and the disagreement) and one that
    fails to load or run is skipped; the same calls are timed, plus a few more, within a budget
-   (:data:`DEFAULT_BUDGET_S` seconds for all candidates together);
+   (:data:`DEFAULT_BUDGET_S` seconds for all candidates together); then the candidates accepted
+   in this run are timed again side by side, interleaved (:data:`INTERLEAVED_ROUNDS`), and those
+   medians replace the one-after-the-other ones;
 3. the fastest accepted artifact (median milliseconds per image at the thread count in use) runs.
 
 ``--backend NAME`` skips the timing: the first artifact of that backend (static order) that
@@ -64,6 +66,7 @@ from bcedge.formats import KINDS, PRECISION_SPECS, Ranking, RefusedError, prefer
 
 if TYPE_CHECKING:
     from bcedge.acceptance import AcceptanceData
+    from bcedge.backends.base import Backend
     from bcedge.bundle import ArtifactRecord, Bundle
 
 MODE_ENV = "BCEDGE_CHOICE"
@@ -76,6 +79,12 @@ MIN_RUNS = 5
 #: ... and more, up to :data:`MAX_RUNS`, until this many seconds of calls were timed.
 MIN_TIMED_S = 0.3
 MAX_RUNS = 30
+#: Rounds of the interleaved timing of the candidates accepted in one measuring run: every
+#: candidate runs every timing input once per round, the order reversed every other round, and
+#: its time is the median over these calls. Why: timed one after the other, a transient load or
+#: the first candidate's cold start was enough to mis-rank the mass model's FP16 and dynamic INT8
+#: (session 15: one first use measured 146 vs 123 ms and cached the INT8; interleaved, 94 vs 129).
+INTERLEAVED_ROUNDS = 2
 #: Layout of the cache files (2: timings carry whether the machine was busy; version-1 files,
 #: whose timings may have been taken on a busy machine, are measured again).
 CACHE_VERSION = 2
@@ -424,8 +433,12 @@ def _measure(
     threads: int | None,
     timed: bool,
     deadline: float,
+    keep: dict[str, Backend] | None = None,
 ) -> dict[str, Any]:
     """Open ``record`` here, run the acceptance inputs (timed), and with ``timed`` a few more calls.
+
+    ``keep``: an accepted exported artifact's open backend is left in it (``{file: backend}``) for
+    :func:`_interleave` instead of being closed.
 
     Returns:
         The cache entry: ``status`` (accepted | refused | failed), ``acceptance`` (verdict dict or
@@ -461,26 +474,76 @@ def _measure(
                 backend.predict(images[:1])
                 times.append(time.perf_counter() - t0)
     except Exception as exc:  # any failure to run is this artifact's, reported, and the next one is tried
-        return {**entry, "status": "failed", "reason": f"failed to run: {type(exc).__name__}: {first_line(exc)}"}
-    finally:
         backend.close()
+        return {**entry, "status": "failed", "reason": f"failed to run: {type(exc).__name__}: {first_line(exc)}"}
     status = "accepted"
     if data is not None:
         kind = next((k for k in KINDS.values() if k.format == record.format and k.precision == record.precision), None)
         tolerance = kind.output_tolerance if kind else PRECISION_SPECS[record.precision].output_tolerance
         baseline = baseline_of(bundle.manifest.acceptance, record.file, record.sha256)
-        verdict = compare(
-            np.concatenate(outputs), data, threshold=bundle.threshold, output_tolerance=tolerance, baseline=baseline
-        )
+        try:
+            verdict = compare(
+                np.concatenate(outputs), data, threshold=bundle.threshold, output_tolerance=tolerance, baseline=baseline
+            )
+        except BaseException:
+            backend.close()
+            raise
         entry["acceptance"] = verdict.to_dict()
         if not verdict.passed:
             status, entry["reason"] = "refused", verdict.disagreement()
     entry["status"] = status
+    if keep is not None and status == "accepted" and record.backend != REFERENCE_BACKEND:
+        keep[record.file] = backend
+    else:
+        backend.close()
     # The acceptance calls are timed too: a lone candidate needs no further runs to report its speed.
     entry["ms"] = 1000.0 * float(sorted(times)[len(times) // 2])
     entry["runs"] = len(times)
     entry["busy"] = _others_share(machine0, own0, wall0) > BUSY_SHARE
     return entry
+
+
+def _interleave(
+    kept: dict[str, Backend],
+    entries: dict[str, dict[str, Any]],
+    data: AcceptanceData | None,
+    bundle: Bundle,
+    *,
+    threads: int | None,
+    deadline: float,
+) -> None:
+    """Time the candidates accepted in this run side by side; their ``ms`` become those medians.
+
+    ``kept``: the open backends :func:`_measure` left (exported artifacts accepted now; the Keras
+    reference is not among them); nothing happens with fewer than two. :data:`INTERLEAVED_ROUNDS`
+    rounds over the timing inputs (the acceptance images, else the probe image), at least one, the
+    rest while within ``deadline``. A failure here keeps the one-after-the-other timings.
+    """
+    if len(kept) < 2:
+        return
+    tkey = _threads_key(threads)
+    images = data.images if data is not None else _probe_images(bundle.input_size)
+    times: dict[str, list[float]] = {file: [] for file in kept}
+    machine0, own0, wall0 = _machine_cpu_s(), time.process_time(), time.perf_counter()
+    try:
+        for k in range(INTERLEAVED_ROUNDS):
+            if k and time.monotonic() > deadline:
+                break
+            for file in list(kept) if k % 2 == 0 else list(reversed(kept)):
+                for i in range(len(images)):
+                    t0 = time.perf_counter()
+                    kept[file].predict(images[i : i + 1])
+                    times[file].append(time.perf_counter() - t0)
+    except Exception:  # any failure here leaves the one-after-the-other timings as they are
+        return
+    busy = _others_share(machine0, own0, wall0) > BUSY_SHARE
+    for file, calls in times.items():
+        if not calls:
+            continue
+        entry = entries[file]
+        entry["ms"][tkey] = 1000.0 * float(sorted(calls)[len(calls) // 2])
+        entry["runs"][tkey] = len(calls)
+        entry["busy"][tkey] = bool(entry["busy"].get(tkey)) or busy
 
 
 def _machine_cpu_s() -> float | None:
@@ -608,41 +671,51 @@ def _evaluate(
         entries = cache.load() or entries  # another process may have measured while this one waited
         deadline = time.monotonic() + budget
         fresh: set[str] = set()
-        for record in order:
-            entry = entries.get(record.file)
-            if _complete(entry, record, tkey, timed):
-                if not timed and entry["status"] == "accepted":
+        kept: dict[str, Backend] = {}  # accepted candidates left open for the interleaved timing
+        try:
+            for record in order:
+                entry = entries.get(record.file)
+                if _complete(entry, record, tkey, timed):
+                    if not timed and entry["status"] == "accepted":
+                        break
+                    continue
+                accepted_any = any(
+                    entries.get(r.file, {}).get("status") == "accepted"
+                    and _complete(entries.get(r.file), r, tkey, timed)
+                    for r in order
+                )
+                if timed and accepted_any and (time.monotonic() > deadline or record.backend == REFERENCE_BACKEND):
+                    # Over budget: left for the next run. The Keras reference (desktop; importing its framework
+                    # alone takes seconds) is timed only when no exported artifact was accepted.
+                    continue
+                if has_data and data is None:
+                    data = _acceptance_data(bundle)  # read (and hash-checked) only when something runs
+                new = _measure(
+                    bundle, record, data, threads=threads, timed=timed, deadline=deadline, keep=kept if timed else None
+                )
+                # Timings at other thread counts stay when the verdict did not change.
+                same = bool(entry) and entry.get("sha256") == record.sha256 and entry.get("status") == new["status"]
+                old = {k: dict(entry.get(k) or {}) if same and isinstance(entry.get(k), dict) else {} for k in _TIMED}
+                if "ms" in new:
+                    ms, runs, busy = new.pop("ms"), new.pop("runs"), new.pop("busy")
+                    if tkey in old["ms"] and old["busy"].get(tkey):
+                        # Re-timing a busy measurement: a quiet one replaces it, else the lower (load only slows).
+                        old["tries"][tkey] = old["tries"].get(tkey, 1) + 1
+                        if busy and old["ms"][tkey] < ms:
+                            ms, runs = old["ms"][tkey], old["runs"].get(tkey, runs)
+                    else:
+                        old["tries"][tkey] = 1
+                    old["ms"][tkey], old["runs"][tkey], old["busy"][tkey] = ms, runs, busy
+                new.update(old)
+                entries[record.file] = new
+                fresh.add(record.file)
+                if not timed and new["status"] == "accepted":
                     break
-                continue
-            accepted_any = any(
-                entries.get(r.file, {}).get("status") == "accepted" and _complete(entries.get(r.file), r, tkey, timed)
-                for r in order
-            )
-            if timed and accepted_any and (time.monotonic() > deadline or record.backend == REFERENCE_BACKEND):
-                # Over budget: left for the next run. The Keras reference (desktop; importing its framework
-                # alone takes seconds) is timed only when no exported artifact was accepted.
-                continue
-            if has_data and data is None:
-                data = _acceptance_data(bundle)  # read (and hash-checked) only when something runs
-            new = _measure(bundle, record, data, threads=threads, timed=timed, deadline=deadline)
-            # Timings at other thread counts stay when the verdict did not change.
-            same = bool(entry) and entry.get("sha256") == record.sha256 and entry.get("status") == new["status"]
-            old = {k: dict(entry.get(k) or {}) if same and isinstance(entry.get(k), dict) else {} for k in _TIMED}
-            if "ms" in new:
-                ms, runs, busy = new.pop("ms"), new.pop("runs"), new.pop("busy")
-                if tkey in old["ms"] and old["busy"].get(tkey):
-                    # Re-timing a busy measurement: a quiet one replaces it, else the lower (load only slows).
-                    old["tries"][tkey] = old["tries"].get(tkey, 1) + 1
-                    if busy and old["ms"][tkey] < ms:
-                        ms, runs = old["ms"][tkey], old["runs"].get(tkey, runs)
-                else:
-                    old["tries"][tkey] = 1
-                old["ms"][tkey], old["runs"][tkey], old["busy"][tkey] = ms, runs, busy
-            new.update(old)
-            entries[record.file] = new
-            fresh.add(record.file)
-            if not timed and new["status"] == "accepted":
-                break
+            if timed:
+                _interleave(kept, entries, data, bundle, threads=threads, deadline=deadline)
+        finally:
+            for backend in kept.values():
+                backend.close()
         cache.save(entries)
     report.seconds = time.monotonic() - start
     report.warnings += [n for n in cache.notes if n not in report.warnings]

@@ -47,22 +47,29 @@ class FakeBackend(Backend):
 
     ``right`` returns the input itself as the probability map (the reference model below),
     ``wrong`` its negative (the masks disagree everywhere), ``crash`` raises on every call.
+    Optional ``cold_s`` / ``cold_delay_ms``: calls within ``cold_s`` seconds of the artifact's first
+    call in the process take ``cold_delay_ms`` instead (a cold start, per file across openings).
     """
 
     name = "fake"
     opened: ClassVar[list[str]] = []
+    first_call: ClassVar[dict[str, float]] = {}
 
     def _open(self) -> tuple[int | None, int, int, int]:
         spec = json.loads((self.content or self.path.read_bytes()).decode())
         self.delay = float(spec["delay_ms"]) / 1000.0
         self.mode = spec["mode"]
+        self.cold_s = float(spec.get("cold_s", 0.0))
+        self.cold_delay = float(spec.get("cold_delay_ms", 0.0)) / 1000.0
         FakeBackend.opened.append(self.path.name)
         return None, SIZE, SIZE, 1
 
     def _predict(self, batch: np.ndarray) -> np.ndarray:
         if self.mode == "crash":
             raise RuntimeError("simulated kernel fault\nsecond line")
-        time.sleep(self.delay * batch.shape[0])
+        first = FakeBackend.first_call.setdefault(self.path.name, time.monotonic())
+        cold = time.monotonic() - first < self.cold_s
+        time.sleep((self.cold_delay if cold else self.delay) * batch.shape[0])
         return batch.copy() if self.mode == "right" else 1.0 - batch
 
 
@@ -88,6 +95,7 @@ def fake_registered(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # busy rule has its own test, which sets the share itself).
     monkeypatch.setattr(choice_mod, "_others_share", lambda *a: 0.0)
     FakeBackend.opened = []
+    FakeBackend.first_call = {}
 
 
 def _inputs(n: int = 4) -> np.ndarray:
@@ -98,14 +106,19 @@ def _inputs(n: int = 4) -> np.ndarray:
 
 
 def make_bundle(
-    folder: Path, artifacts: list[tuple[str, float, str]], *, acceptance: bool = True, backend: str = "fake"
+    folder: Path,
+    artifacts: list[tuple[str, float, str]],
+    *,
+    acceptance: bool = True,
+    backend: str = "fake",
+    extra: dict[str, dict] | None = None,
 ) -> Path:
     """A bundle of fake artifacts ``(file, delay_ms, mode)`` in manifest order, with acceptance data
     from the right model (the identity) unless ``acceptance`` is False."""
     folder.mkdir(parents=True)
     records = []
     for file, delay, mode in artifacts:
-        (folder / file).write_text(json.dumps({"delay_ms": delay, "mode": mode}))
+        (folder / file).write_text(json.dumps({"delay_ms": delay, "mode": mode, **(extra or {}).get(file, {})}))
         records.append(
             ArtifactRecord.from_file(folder, file, format="tflite", precision="fp32", backend=backend, gate="passed")
         )
@@ -120,6 +133,28 @@ def make_bundle(
 
 
 THREE = [("wrong.bin", 0.0, "wrong"), ("slow.bin", 25.0, "right"), ("fast.bin", 1.0, "right")]
+
+
+@pytest.mark.parametrize("rounds", [choice_mod.INTERLEAVED_ROUNDS, 0])
+def test_interleaved_timing_undoes_a_cold_start_mis_ranking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rounds: int
+) -> None:
+    # a.bin is timed first, in its first 0.35 s (cold: 40 ms a call, its one-after-the-other timing
+    # stops after ~0.3 s of calls); warm it takes 2 ms against b.bin's steady 15 ms, and b.bin's own
+    # timing (~0.3 s) outlasts a.bin's cold start. Timed side by side afterwards, a.bin is the faster.
+    monkeypatch.setattr(choice_mod, "INTERLEAVED_ROUNDS", rounds)
+    cold = {"a.bin": {"cold_s": 0.35, "cold_delay_ms": 40.0}}
+    bundle = make_bundle(tmp_path / "b", [("a.bin", 2.0, "right"), ("b.bin", 15.0, "right")], extra=cold)
+    with Segmenter(bundle, "auto", threads=1) as seg:
+        by_file = {c["file"]: c for c in seg.model_info["choice"]["candidates"]}
+        chosen = seg.artifact.file
+    if rounds:
+        assert chosen == "a.bin" and by_file["a.bin"]["ms"] < by_file["b.bin"]["ms"]
+        assert by_file["a.bin"]["runs"] == by_file["b.bin"]["runs"] == rounds * len(_inputs())
+        # Measured once: each candidate opened once for the measuring (kept open), once more to run.
+        assert sorted(FakeBackend.opened) == ["a.bin", "a.bin", "b.bin"]
+    else:  # the one-after-the-other timing alone, as before: the cold start decides
+        assert chosen == "b.bin" and by_file["a.bin"]["ms"] > 35.0
 
 
 def test_auto_picks_the_fastest_right_artifact_and_refuses_the_wrong_one(tmp_path: Path) -> None:
