@@ -56,11 +56,6 @@ def _tf():
     return tf
 
 
-#: Width granularity of an any-width model: MobileNetV2 and the UNets downsample 5 times, so a
-#: width that is a multiple of 32 keeps every stride-2 layer on the square model's sampling grid.
-WIDTH_STEP = 32
-
-
 def any_width_model(model):
     """``model`` with every nearest-neighbour ``UpSampling2D`` replaced by an equivalent resize.
 
@@ -103,8 +98,8 @@ def export_saved_model(model, path: str | os.PathLike[str], size: int, *, any_wi
         path: the SavedModel folder to create.
         size: input side in pixels.
         any_width: the signature takes (1, size, W, 1) for any W (the runtime runs only the
-            columns that hold the breast, a multiple of :data:`WIDTH_STEP`; see
-            :mod:`bcedge.backends.tflite`); False: (1, size, size, 1).
+            columns that hold the breast, a multiple of ``bcedge.backends.tflite.WIDTH_STEP``;
+            see :mod:`bcedge.backends.tflite`); False: (1, size, size, 1).
 
     Returns:
         The SavedModel folder. Its ``serving_default`` signature takes ``image``

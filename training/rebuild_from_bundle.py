@@ -52,21 +52,18 @@ FLOAT_PRECISIONS = ("fp32", "fp16")
 
 
 def tflite_predict(path: Path, images: np.ndarray) -> np.ndarray:
-    """Run a TFLite model on (N, S, S, 1) float32 images one at a time; (N, S, S, 1) float32 out."""
-    from training.imagenet_tflite import _interpreter
+    """Run a TFLite model on (N, S, S, 1) float32 images in [0, 1]; (N, S, S, 1) float32 out.
 
-    interpreter = _interpreter(path)
-    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
-    shape = (1, *images.shape[1:])
-    if tuple(inp["shape"]) != shape:  # e.g. an any-width signature: fix it to the square input
-        interpreter.resize_tensor_input(inp["index"], list(shape))
-    interpreter.allocate_tensors()
-    results = []
-    for image in images:
-        interpreter.set_tensor(inp["index"], image[None].astype(np.float32))
-        interpreter.invoke()
-        results.append(np.asarray(interpreter.get_tensor(out["index"]), np.float32).reshape(shape))
-    return np.concatenate(results, axis=0)
+    Through bcedge's own TFLite backend, on the whole square (``columns="square"``: an any-width
+    file is compared as the square the Keras model computes, not the runtime's column block).
+    """
+    from bcedge.backends.tflite import TFLiteBackend
+
+    backend = TFLiteBackend(path, threads=1, columns="square")
+    try:
+        return backend.predict(np.asarray(images, np.float32))
+    finally:
+        backend.close()
 
 
 def _artifact_record(bundle, file: str):

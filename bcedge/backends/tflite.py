@@ -43,12 +43,13 @@ RUNTIMES: tuple[tuple[str, str], ...] = (
     ("tensorflow", "tensorflow"),
 )
 _INTEGER_TYPES = (np.int8, np.uint8, np.int16)
-#: Column granularity of an any-width model's input: MobileNetV2 and the UNets downsample 5 times.
+_FLOAT_TYPES = (np.float32,)
+#: Column granularity of an any-width model's input: MobileNetV2 and the UNets downsample 5 times,
+#: so blocks that are multiples of 32 keep every stride-2 layer on the square's sampling grid.
 WIDTH_STEP = 32
 #: Narrowest block run. The narrowest breast of the mass model's validation images took a
 #: 160-column block; narrower blocks are not measured, so they are not run.
 MIN_WIDTH = 128
-_FLOAT_TYPES = (np.float32,)
 
 
 def _import_runtime(runtime: str) -> tuple[Any, Any]:
