@@ -79,11 +79,12 @@ MIN_RUNS = 5
 #: ... and more, up to :data:`MAX_RUNS`, until this many seconds of calls were timed.
 MIN_TIMED_S = 0.3
 MAX_RUNS = 30
-#: Rounds of the interleaved timing of the candidates accepted in one measuring run: every
-#: candidate runs every timing input once per round, the order reversed every other round, and
-#: its time is the median over these calls. Why: timed one after the other, a transient load or
-#: the first candidate's cold start was enough to mis-rank the mass model's FP16 and dynamic INT8
-#: (session 15: one first use measured 146 vs 123 ms and cached the INT8; interleaved, 94 vs 129).
+#: Rounds (at least; more while the budget lasts) of the interleaved timing of the candidates
+#: accepted in one measuring run: every candidate runs every timing input once per round, the
+#: order reversed every other round, and its time is the median over these calls. Why: timed one
+#: after the other, a transient load or the first candidate's cold start was enough to mis-rank the
+#: mass model's FP16 and dynamic INT8 (session 15: one first use measured 146 vs 123 ms and cached
+#: the INT8; benchmarks/bench_any_width.py's interleaved timing: 94 vs 129).
 INTERLEAVED_ROUNDS = 2
 #: Layout of the cache files (2: timings carry whether the machine was busy; version-1 files,
 #: whose timings may have been taken on a busy machine, are measured again).
@@ -515,9 +516,10 @@ def _interleave(
     """Time the candidates accepted in this run side by side; their ``ms`` become those medians.
 
     ``kept``: the open backends :func:`_measure` left (exported artifacts accepted now; the Keras
-    reference is not among them); nothing happens with fewer than two. :data:`INTERLEAVED_ROUNDS`
-    rounds over the timing inputs (the acceptance images, else the probe image), at least one, the
-    rest while within ``deadline``. A failure here keeps the one-after-the-other timings.
+    reference is not among them); nothing happens with fewer than two. Rounds over the timing
+    inputs (the acceptance images, else the probe image): :data:`INTERLEAVED_ROUNDS` at least, more
+    while within ``deadline`` (a larger budget buys a longer side-by-side timing) and under
+    :data:`MAX_RUNS` calls per candidate. A failure here keeps the one-after-the-other timings.
     """
     if len(kept) < 2:
         return
@@ -526,14 +528,16 @@ def _interleave(
     times: dict[str, list[float]] = {file: [] for file in kept}
     machine0, own0, wall0 = _machine_cpu_s(), time.process_time(), time.perf_counter()
     try:
-        for k in range(INTERLEAVED_ROUNDS):
-            if k and time.monotonic() > deadline:
-                break
+        k = 0
+        while k < INTERLEAVED_ROUNDS or (
+            time.monotonic() < deadline and len(next(iter(times.values()))) + len(images) <= MAX_RUNS
+        ):
             for file in list(kept) if k % 2 == 0 else list(reversed(kept)):
                 for i in range(len(images)):
                     t0 = time.perf_counter()
                     kept[file].predict(images[i : i + 1])
                     times[file].append(time.perf_counter() - t0)
+            k += 1
     except Exception:  # any failure here leaves the one-after-the-other timings as they are
         return
     busy = _others_share(machine0, own0, wall0) > BUSY_SHARE

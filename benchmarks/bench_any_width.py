@@ -42,12 +42,6 @@ from bcedge.imageio import atomic_write_bytes  # noqa: E402
 from bcedge.preprocess import preprocess  # noqa: E402
 
 
-def mask_dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two boolean masks; 1.0 when both are empty."""
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
-
-
 def tensors(data: BenchData, config: Any) -> list[tuple[str, str, np.ndarray]]:
     """(image id, source, (1, S, S, 1) float32 tensor) for every image of ``data``."""
     out = []
@@ -58,18 +52,20 @@ def tensors(data: BenchData, config: Any) -> list[tuple[str, str, np.ndarray]]:
 
 
 def agreement(bundle: Any, record: Any, images: list[tuple[str, str, np.ndarray]]) -> dict[str, Any]:
-    """Masks and probabilities of the breast block against the square, one thread."""
+    """Masks and probabilities of the breast block against the square, one thread (Dice by
+    :mod:`bcedge.metrics`, the square's mask as the target)."""
+    from bcedge.metrics import Counts, counts, scores
+
     breast = bundle.open(record, threads=1, columns="breast")
     square = bundle.open(record, threads=1, columns="square")
     try:
-        dices, inside, pooled = [], [], [0, 0]
+        dices, inside, pooled = [], [], Counts(0, 0, 0)
         for _, _, x in images:
             c0, c1 = column_block(x)
             p, q = breast.predict(x)[0, :, :, 0], square.predict(x)[0, :, :, 0]
-            a, b = p >= bundle.threshold, q >= bundle.threshold
-            dices.append(mask_dice(a, b))
-            pooled[0] += 2 * int((a & b).sum())
-            pooled[1] += int(a.sum()) + int(b.sum())
+            c = counts(p, q >= bundle.threshold, bundle.threshold)
+            dices.append(scores(c)["dice"])
+            pooled = pooled + c
             inside.append(float(np.abs(p - q)[:, c0:c1].max()))
     finally:
         breast.close()
@@ -77,7 +73,7 @@ def agreement(bundle: Any, record: Any, images: list[tuple[str, str, np.ndarray]
     return {
         "mask_dice_min": round(min(dices), 4),
         "mask_dice_mean": round(float(np.mean(dices)), 5),
-        "mask_dice_pooled": round(pooled[0] / pooled[1], 5) if pooled[1] else 1.0,
+        "mask_dice_pooled": round(scores(pooled)["dice"], 5),
         "images_below_0.98": sum(d < 0.98 for d in dices),
         "max_abs_probability_difference_in_block": round(max(inside), 4),
     }

@@ -6,7 +6,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -20,17 +19,6 @@ from bcedge.bundle import load_bundle
 from bcedge.phantom import generate
 
 DEMO = Path(__file__).resolve().parents[1] / "bcedge" / "demo_model"
-
-
-def test_mask_dice() -> None:
-    a = np.zeros((4, 4), bool)
-    assert bench_any_width.mask_dice(a, a) == 1.0
-    b = a.copy()
-    b[0, :2] = True
-    assert bench_any_width.mask_dice(a, b) == 0.0
-    c = b.copy()
-    c[1, :2] = True
-    assert bench_any_width.mask_dice(b, c) == pytest.approx(2 * 2 / 6)
 
 
 def test_agreement_and_speed_on_a_fixed_width_bundle(tmp_path: Path) -> None:

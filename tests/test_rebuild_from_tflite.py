@@ -252,3 +252,19 @@ def test_rebuild_refuses_a_model_that_disagrees_and_writes_nothing(
     assert not (tmp_path / "run").exists()
     with pytest.raises(ConfigError, match="lists no artifact"):
         rebuild_mod.rebuild(bundle, tmp_path / "run", "model_fp32.tflite", log=lambda _: None)
+
+
+def test_main_turns_errors_into_one_line_and_an_exit_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert rebuild_mod.main([str(tmp_path / "no bundle"), str(tmp_path / "run")]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(rebuild_mod, "rebuild", disk_full)
+    assert rebuild_mod.main([str(tmp_path / "b"), str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {tmp_path / 'run'}: cannot write the run folder (No space left on device)"]

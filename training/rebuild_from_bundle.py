@@ -260,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     except BcedgeError as exc:  # a wrong bundle, artifact or folder: one line and its exit code, as bcedge's CLI
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # the run folder cannot be written (disk full, permissions): bcedge's exit 2
+        print(f"error: {args.out_dir}: cannot write the run folder ({exc.strerror or exc})", file=sys.stderr)
+        return 2
     return 0
 
 
