@@ -24,7 +24,13 @@ def test_strong_preset_keeps_range_background_and_never_mirrors() -> None:
         # No left-right mirror: the tissue (and the lesion) stay on the left half.
         assert out[:, :28].mean() > out[:, 36:].mean()
         assert out_mask[:, 40:].sum() == 0
-    assert AugmentConfig.preset("none") is None and set(PRESETS) == {"basic", "strong", "strong-zoom", "none"}
+    assert AugmentConfig.preset("none") is None and set(PRESETS) == {
+        "basic",
+        "strong",
+        "strong-zoom",
+        "strong-aspect",
+        "none",
+    }
     with pytest.raises(ConfigError):
         AugmentConfig.preset("wild")
 
@@ -55,6 +61,41 @@ def test_strong_zoom_shrinks_lesions_about_the_chest_wall() -> None:
     assert np.nonzero(out_c[..., 0] > 0)[1].min() >= 30  # about the centre it leaves the edge
     with pytest.raises(ValueError, match="anchor"):
         replace(zoom, anchor="nipple")
+
+
+def test_strong_aspect_narrows_the_breast_about_the_chest_wall_and_keeps_strongs_draws() -> None:
+    """strong-aspect: columns scaled by 1/a (a in 0.9-1.6) after strong's affine, column 0 fixed;
+    presets without an aspect range draw exactly what they drew before (runs stay reproducible)."""
+    from dataclasses import replace
+
+    aspect = AugmentConfig.preset("strong-aspect")
+    strong = AugmentConfig.preset("strong")
+    assert aspect is not None and strong is not None
+    assert aspect.aspect == (0.9, 1.6) and replace(aspect, aspect=(1.0, 1.0)) == strong
+    image = np.zeros((128, 128, 1), np.float32)
+    image[:, :80] = 0.5  # a breast filling the height, chest wall on the left edge
+    mask = np.zeros((128, 128, 1), np.uint8)
+    mask[54:74, 30:50] = 1  # 400 px
+    plain = replace(
+        aspect,
+        rotate_deg=0.0,
+        scale=(1.0, 1.0),
+        probability=1.0,
+        vflip=0.0,
+        noise_std=(0.0, 0.0),
+        blur_sigma=(0.0, 0.0),
+    )
+    out, out_mask = augment(image, mask, np.random.default_rng(0), replace(plain, aspect=(2.0, 2.0)))
+    rows, cols = np.nonzero(out[..., 0] > 0)
+    assert cols.min() == 0 and 38 <= cols.max() <= 41  # half as wide, still on the chest-wall edge
+    assert rows.min() == 0 and rows.max() == 127  # the height is kept
+    lesion_rows, lesion_cols = np.nonzero(out_mask[..., 0])
+    assert out_mask.sum() == 200 and (lesion_rows.min(), lesion_rows.max()) == (54, 73)
+    assert (lesion_cols.min(), lesion_cols.max()) == (15, 24)
+    # With the range at (1, 1) nothing extra is drawn: strong's random stream is unchanged.
+    a = augment(image, mask, np.random.default_rng(3), strong)
+    b = augment(image, mask, np.random.default_rng(3), replace(aspect, aspect=(1.0, 1.0)))
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 
 def test_epoch_negatives_draws_a_fresh_subset_and_keeps_every_positive() -> None:

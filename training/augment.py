@@ -13,7 +13,8 @@ affine map (linear for the image, nearest for the mask).
 Presets (:data:`PRESETS`): ``basic`` (sessions 1-2), ``strong`` (issue #12's
 recipe candidate: wider gamma/contrast, rotation 15 deg, scale 0.85-1.2, blur,
 noise, vertical flip), ``strong-zoom`` (``strong`` with scale 0.5-1.25 about the
-middle of the chest-wall edge) and ``none``.
+middle of the chest-wall edge), ``strong-aspect`` (``strong`` with the breast's
+width scaled by 1/a, a in 0.9-1.6, about the chest-wall edge) and ``none``.
 
 Why ``strong-zoom``: the CDD-CESM lesions the model learns from are large (median
 equivalent diameter ~70 px of the 512 px grid, ~14 % under 20 px; benchmarks/lesion_sizes.py) while an 8 mm
@@ -21,6 +22,14 @@ screening mass is ~14 px there, and the shipped model draws nearly one blob size
 whatever the lesion's (outline log-log slope 0.36 on its training views). Zooming
 out shows it smaller lesions; the anchor keeps the chest wall on its edge, where
 preprocessing always puts it, so only the breast's extent changes, not its side.
+
+Why ``strong-aspect``: the CDD-CESM files were resized to 512x512 by their source, whatever the
+detector's aspect (full-field images are taller than wide, e.g. 2944x1920), so their anatomy is
+squashed top to bottom; a full-field scan read at its own aspect reaches the model taller, which
+preprocessing (the long side fitted to the grid) turns into a narrower breast. On validation views
+re-encoded at full-field aspects the shipped model's Dice moved by up to -0.46 on one view
+(``benchmarks/aspect_proxy.py``). Narrowing the breast about the chest wall by a random factor
+shows the model both.
 """
 
 from __future__ import annotations
@@ -47,6 +56,9 @@ class AugmentConfig:
     #: Fixed point of rotation and scaling: ``centre`` of the image, or ``chest-wall``, the
     #: middle of the left edge (the canonical chest-wall side), which stays where it is.
     anchor: str = "centre"
+    #: Range of ``a``: the image's columns are scaled by ``1 / a`` about the chest-wall edge (column 0)
+    #: after the rotation and scaling; (1, 1) draws nothing (the random stream of older presets is kept).
+    aspect: tuple[float, float] = (1.0, 1.0)
 
     def __post_init__(self) -> None:
         if self.anchor not in ("centre", "chest-wall"):
@@ -86,9 +98,11 @@ def augment(
     size = image.shape[0]
     angle = rng.uniform(-config.rotate_deg, config.rotate_deg)
     scale = rng.uniform(*config.scale)
-    if angle != 0.0 or scale != 1.0:
+    squeeze = 1.0 / rng.uniform(*config.aspect) if config.aspect != (1.0, 1.0) else 1.0
+    if angle != 0.0 or scale != 1.0 or squeeze != 1.0:
         x0 = 0.0 if config.anchor == "chest-wall" else (size - 1) / 2.0
         matrix = cv2.getRotationMatrix2D((x0, (size - 1) / 2.0), angle, scale)
+        matrix[0] *= squeeze  # x' = squeeze * x: column 0, the chest wall, stays on its edge
         img2 = cv2.warpAffine(image[..., 0], matrix, (size, size), flags=cv2.INTER_LINEAR, borderValue=0.0)
         msk2 = cv2.warpAffine(
             np.ascontiguousarray(mask[..., 0]), matrix, (size, size), flags=cv2.INTER_NEAREST, borderValue=0
@@ -129,3 +143,4 @@ PRESETS: dict[str, AugmentConfig | None] = {
     "none": None,
 }
 PRESETS["strong-zoom"] = replace(PRESETS["strong"], scale=(0.5, 1.25), anchor="chest-wall")
+PRESETS["strong-aspect"] = replace(PRESETS["strong"], aspect=(0.9, 1.6))
