@@ -752,6 +752,13 @@ def _follow_chest_wall(mask: np.ndarray, solid: np.ndarray, width: int) -> np.nd
     band = np.zeros_like(mask)
     band[:, cols] = solid[:, cols]
     count, labels = cv2.connectedComponents(band | mask, connectivity=8)
+    # The breast is normally one piece (a filled outer contour), so one label holds it: keep that
+    # label's pixels, a compare instead of two gathers (~1 ms of ~17 on a full-field scan). When the
+    # check finds breast pixels outside it (a breast in pieces), every piece's label is gathered.
+    row = int(np.argmax(mask[:, xs[0]]))
+    out = (labels == labels[row, xs[0]]).view(np.uint8)
+    if not np.any(mask > out):
+        return out
     keep = np.zeros(count, np.uint8)
     keep[labels[mask > 0]] = 1  # the labels the breast belongs to (never 0, the background)
     return keep[labels]

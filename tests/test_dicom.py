@@ -28,6 +28,7 @@ from bcedge.dicom import (
     read_mammogram,
     read_raster,
     robust_window,
+    value_range,
     window_linear,
     window_linear_exact,
     window_sigmoid,
@@ -378,6 +379,17 @@ def test_native_fast_path_equals_pydicom_pixel_array(spaced_dir: Path, bits: int
     decoded = pydicom.dcmread(path).pixel_array
     mammo = read_dicom(path, voi="window")
     np.testing.assert_allclose(mammo.pixels, window_linear(decoded.astype(float), 0, 2**bits), atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16, np.int32, np.uint32, np.int64])
+def test_value_range_is_min_and_max_in_one_pass(dtype: type) -> None:
+    rng = np.random.default_rng(1)
+    info = np.iinfo(dtype)
+    values = rng.integers(max(info.min, -(2**20)), min(info.max, 2**20), (37, 53), endpoint=True).astype(dtype)
+    values[3, 4], values[30, 50] = info.min, info.max  # the extremes of the type itself
+    for arr in (values, values[:, ::2], values.T):  # contiguous (OpenCV) and strided (NumPy)
+        lo, hi = value_range(arr)
+        assert (lo, hi) == (int(arr.min()), int(arr.max())) and isinstance(lo, int) and isinstance(hi, int)
 
 
 def test_signed_values_without_sign_extension(spaced_dir: Path) -> None:

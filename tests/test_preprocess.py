@@ -694,3 +694,27 @@ def test_mini_mias_film_border_strip_is_cropped_away(refnum: str) -> None:
     _, geometry = preprocess(mammo, PreprocessConfig())
     _top, left, _bottom, right = geometry.crop
     assert not np.any((strip_cols >= left) & (strip_cols < right))
+
+
+@pytest.mark.parametrize("pieces", [1, 2])
+def test_follow_chest_wall_keeps_the_band_pieces_touching_every_piece_of_the_breast(pieces: int) -> None:
+    from bcedge.preprocess import _follow_chest_wall, chest_wall_side
+
+    mask = np.zeros((60, 80), np.uint8)
+    for r in range(10, 40):
+        mask[r, : 25 - abs(r - 25)] = 1  # a breast widest at the chest wall (the left edge)
+    if pieces == 2:
+        mask[50:54, 0:5] = 1  # a second piece (the one-label shortcut must not drop its strip)
+    assert chest_wall_side(mask)[0] == "L"
+    solid = mask.copy()
+    solid[40:44, 0:3] = 1  # a strip along the chest wall, touching the breast
+    solid[54:57, 0:3] = 1  # another, touching the second piece only when it exists
+    solid[58:60, 0:3] = 1  # in the band but touching nothing: never added
+    solid[5:8, 60:70] = 1  # foreground far from the chest wall: never added
+    out = _follow_chest_wall(mask, solid, width=4)
+    assert out.dtype == np.uint8 and set(np.unique(out)) <= {0, 1}
+    expected = mask.copy()
+    expected[40:44, 0:3] = 1
+    if pieces == 2:
+        expected[54:57, 0:3] = 1
+    np.testing.assert_array_equal(out, expected)
