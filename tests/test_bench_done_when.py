@@ -51,3 +51,28 @@ def test_verdicts(doc: dict[str, Any], expected: list[bool | None]) -> None:
 def test_a_busy_section_is_flagged_on_its_verdicts() -> None:
     verdicts = done_when.verdicts(_doc(0.3, 1.0, 1.0, 0.95, 0.8, busy=True))
     assert [k for k, v in verdicts.items() if v["busy"]] == ["warm_end_to_end", "non_model_vs_floor"]
+
+
+def test_the_real_content_scan_is_the_validation_view_at_full_field_size(bcedge_data: Path, tmp_path: Path) -> None:
+    import cv2
+
+    from bcedge.dicom import read_mammogram
+    from bcedge.preprocess import preprocess
+
+    path = done_when.make_real_content_scan(tmp_path, bcedge_data)
+    assert path is not None
+    mammo = read_mammogram(path)
+    assert (mammo.meta.rows, mammo.meta.columns) == done_when.SIZE
+    assert mammo.meta.bits_stored == 12 and mammo.meta.laterality == "L"
+    assert mammo.meta.pixel_spacing_mm == (0.1, 0.1)
+    source = cv2.imread(str(bcedge_data / done_when.REAL_CONTENT_VIEW), cv2.IMREAD_GRAYSCALE)
+    # Right side up (the flipped_ copy is upside down), upscaled, 8 bits * 16 + 8.
+    small = cv2.resize(mammo.stored.values, source.shape[::-1], interpolation=cv2.INTER_AREA)
+    assert np.abs((small.astype(np.float64) - 8) / 16 - source[::-1]).mean() < 2.0
+    # The pipeline reads it as it reads the JPEG: no side disagreement, the breast found.
+    _, geometry = preprocess(mammo)
+    assert geometry.breast_found and geometry.image_side == geometry.chest_wall_side
+
+
+def test_no_real_content_scan_without_the_data(tmp_path: Path) -> None:
+    assert done_when.make_real_content_scan(tmp_path, tmp_path / "missing") is None
