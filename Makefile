@@ -15,11 +15,11 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.runtime: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q -e '.[dicom,tflite,seg]'
+	$(BIN)/pip install -q -e '.[dicom,fast,tflite,seg]'
 	@touch $@
 
 $(VENV)/.dev: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q -e '.[dicom,seg,tflite,onnx,train,serve,plot,batch,dev]'
+	$(BIN)/pip install -q -e '.[dicom,fast,seg,tflite,onnx,train,serve,plot,batch,dev]'
 	@touch $@ $(VENV)/.runtime
 
 demo: $(VENV)/.runtime

@@ -166,6 +166,37 @@ def test_mask_png_round_trip(shape: tuple[int, int], spaced_dir: Path) -> None:
     assert pos == len(data)
 
 
+@pytest.mark.parametrize("deflate", ["isal", "zlib"])
+def test_mask_png_decodes_to_the_mask_with_either_deflate(deflate: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ISA-L's deflate (the ``fast`` extra) and the standard library's write the same pixels."""
+    import builtins
+    import sys
+
+    if deflate == "isal":
+        pytest.importorskip("isal")
+    else:
+        real_import = builtins.__import__
+
+        def no_isal(name: str, *args: object, **kwargs: object) -> object:
+            if name == "isal" or name.startswith("isal."):
+                raise ImportError("isal hidden by the test")
+            return real_import(name, *args, **kwargs)
+
+        monkeypatch.delitem(sys.modules, "isal", raising=False)
+        monkeypatch.delitem(sys.modules, "isal.isal_zlib", raising=False)
+        monkeypatch.setattr(builtins, "__import__", no_isal)
+    rng = np.random.default_rng(11)
+    mask = np.zeros((301, 203), np.uint8)
+    mask[40:120, 17:150] = 1
+    mask[200:260] = rng.integers(0, 2, (60, 203), dtype=np.uint8)  # noise: runs of every length
+    data = outputs.encode_mask_png(mask)
+    idat = data[data.index(b"IDAT") + 4 : data.index(b"IEND") - 8]
+    raw = zlib.decompress(idat)  # a zlib stream any PNG reader inflates
+    assert len(raw) == 301 * (1 + 26)
+    back = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(back, mask * 255)
+
+
 def test_mask_png_nonzero_is_lesion_and_pillow_reads_it(spaced_dir: Path) -> None:
     mask = np.zeros((20, 30), np.uint8)
     mask[3:9, 4:17] = 7  # any nonzero value is lesion

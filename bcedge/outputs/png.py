@@ -1,10 +1,14 @@
 """The mask PNG: a small encoder for 1-bit greyscale PNGs.
 
 Speed (the issue #6 budget for everything that is not the model is a few ms): one bit per
-pixel, filter type 0, zlib level 1 with the run-length strategy. A 3328x2560 mask takes ~2 ms,
-against ~11 ms for OpenCV's 8-bit PNG and ~6 ms for OpenCV's bilevel one. It is a standard PNG
-(IHDR/IDAT/IEND, greyscale, bit depth 1): every viewer shows it black and white; OpenCV reads
-it back as 0/255 uint8, Pillow as mode ``"1"``.
+pixel, filter type 0, deflate level 1. A 3328x2560 mask takes ~2 ms with the standard library's
+zlib (run-length strategy), against ~11 ms for OpenCV's 8-bit PNG and ~6 ms for OpenCV's
+bilevel one. With `python-isal <https://github.com/pycompression/python-isal>`_ installed (the
+``fast`` extra; Intel's ISA-L deflate, x86-64 and aarch64) the deflate is 5-20x faster: on a
+2944x1920 mask 0.06-0.25 ms against 1.1-5.2 ms for zlib (empty, one 300x300 region, the
+phantom's 1.5 Mpx; 2-core AMD EPYC, AVX2, measured while a training job ran), same-size files
+(0.7-21 KB). It is a standard PNG (IHDR/IDAT/IEND, greyscale, bit depth 1): every viewer shows
+it black and white; OpenCV reads it back as 0/255 uint8, Pillow as mode ``"1"``.
 """
 
 from __future__ import annotations
@@ -29,6 +33,14 @@ def _png_chunk(tag: bytes, data: bytes) -> bytes:
 
 
 def _deflate(data: Any, level: int) -> bytes:
+    """A zlib stream of ``data``: ISA-L's deflate when installed and ``level`` is one of its (0-3)."""
+    if level <= 3:
+        try:
+            from isal import isal_zlib
+        except ImportError:
+            pass
+        else:
+            return isal_zlib.compress(data, level)
     # Z_RLE: a mask is long runs of zero bytes; as fast as the default strategy, files ~2.5x smaller.
     compressor = zlib.compressobj(level, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
     return compressor.compress(data) + compressor.flush()

@@ -12,7 +12,7 @@
 # from Debian (qemu-user-static, debootstrap, binfmt-support; mmdebstrap for --unpacked),
 # registers qemu-aarch64 with binfmt_misc when it is not, builds the root filesystem (with dcmtk and
 # dicom3tools for the DICOM tests), then installs the bcedge wheel built from the working
-# tree with the device extras [dicom,tflite,seg,serve] and [onnx] into /opt/venv.
+# tree with the device extras [dicom,fast,tflite,seg,serve] and [onnx] into /opt/venv.
 # Wheels only (--only-binary=:all:): a dependency with no aarch64 wheel fails by name
 # (wheel_check.py then lists which).
 #
@@ -183,7 +183,7 @@ step_end
 mount_all "$root" "$repo" "$base/pip"
 trap 'unmount_all "$root"' EXIT
 site="$root/opt/venv/lib/python$py/site-packages"
-extras="dicom,tflite,seg,serve,onnx"
+extras="dicom,fast,tflite,seg,serve,onnx"
 stamp="$(cat "$repo/pyproject.toml" <(echo "$extras $pip_mode") | sha256sum | cut -c1-16)"
 
 step_start venv

@@ -40,7 +40,7 @@ TARGETS = (
     ("jetpack5-python310", "3.10", 31, "JetPack 5 with a Python 3.10 installed beside the system's (glibc 2.31)"),
 )
 #: Extras a device installs (train and plot stay on the workstation).
-DEVICE_EXTRAS = ("dicom", "tflite", "onnx", "seg", "serve", "tensorrt")
+DEVICE_EXTRAS = ("dicom", "fast", "tflite", "onnx", "seg", "serve", "tensorrt")
 #: What JetPack 5 would need instead of the pinned runtime (bcedge itself needs Python >= 3.10).
 JETPACK5_ALTERNATIVES = ("tflite-runtime", "numpy<2")
 
