@@ -9,10 +9,12 @@ import cv2
 import numpy as np
 import pytest
 
+import bcedge.postprocess as postprocess_module
 from bcedge.errors import ConfigError, InputError
 from bcedge.postprocess import (
     DEFAULT_MIN_AREA_MODEL_PX,
     _axis_weights,
+    _unreachable,
     cell_labels,
     default_min_area_model_px,
     interpolate_box,
@@ -49,6 +51,19 @@ def reference(prob: np.ndarray, geometry: Geometry, threshold: float, min_px: fl
     Returns:
         (mask (H, W) uint8, the full-resolution interpolated probability).
     """
+    fine, full = fine_labels(prob, geometry, threshold)
+    areas = np.bincount(fine.ravel())
+    keep = (areas >= min_px) & (areas > 0)
+    keep[0] = False
+    return keep[fine].astype(np.uint8), full
+
+
+def fine_labels(prob: np.ndarray, geometry: Geometry, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """The model-grid component each full-resolution foreground pixel interpolates from, the slow way.
+
+    Returns:
+        ((H, W) int64 labels, 0 = background, before the minimum area; the full-resolution probability).
+    """
     full = geometry.to_original(prob, interpolation="linear")
     ct, cl, ch, cw = geometry.content
     top, left, bottom, right = geometry.crop
@@ -56,17 +71,14 @@ def reference(prob: np.ndarray, geometry: Geometry, threshold: float, min_px: fl
     if geometry.flipped:
         content = content[:, ::-1]
     fg_model = (content >= np.float32(threshold)).astype(np.uint8)
-    n, labels = cv2.connectedComponents(fg_model, connectivity=8)
+    _, labels = cv2.connectedComponents(fg_model, connectivity=8)
     cells = cell_labels(labels)
     y0, _, _ = _axis_weights(bottom - top, ch, 0, bottom - top)
     x0, _, _ = _axis_weights(right - left, cw, 0, right - left)
     fine = np.zeros(full.shape, np.int64)
     fine[top:bottom, left:right] = cells[y0][:, x0]
     fine[full < np.float32(threshold)] = 0
-    areas = np.bincount(fine.ravel(), minlength=n)
-    keep = (areas >= min_px) & (areas > 0)
-    keep[0] = False
-    return keep[fine].astype(np.uint8), full
+    return fine, full
 
 
 def test_interpolate_box_equals_cv2_resize() -> None:
@@ -128,6 +140,99 @@ def test_large_regions_take_the_whole_crop_path() -> None:
     expected, full = reference(prob, geometry, 0.3, 0)
     assert len(findings) == 1
     assert not ((mask != expected) & (np.abs(full - 0.3) > 1e-5)).any()
+
+
+@pytest.mark.parametrize("strip_px", [None, 4096])  # one strip per box / many strips
+@pytest.mark.parametrize(("original", "reach"), [(640, 40), (640, 20), (2000, 20)])  # whole crop, box by box
+def test_overlapping_components_keep_their_own_peak_and_mean(
+    monkeypatch: pytest.MonkeyPatch, original: int, reach: int, strip_px: int | None
+) -> None:
+    """Brighter pixels of other components inside a component's box count for neither its peak nor its mean.
+
+    An L-shaped 0.7 plateau whose box holds a separate 0.95 blob (kept; its box lies inside the L's, so its own
+    labels are gathered over its whole box) and a 0.99 speck (dropped by the minimum area; for the L, both are
+    overlaps resolved part by part). A component's pixels mixed up with another's would move its peak to 0.95
+    or 0.99 and its mean far off.
+    """
+    if strip_px is not None:
+        monkeypatch.setattr(postprocess_module, "_STRIP_PX", strip_px)
+    geometry = Geometry((original, original), (0, 0, original, original), False, (0, 0, S, S), S)
+    prob = np.zeros((S, S), np.float32)
+    prob[8 : 8 + reach, 8:11] = 0.7
+    prob[5 + reach : 8 + reach, 8 : 8 + reach] = 0.7
+    prob[12:16, 16:20] = 0.95
+    prob[20, 24] = 0.99
+    min_px = 5 * (original / S) ** 2  # 5 model pixels: the speck (~1) is dropped, the blob (~20) kept
+    mask, findings = postprocess(prob, geometry, threshold=0.5, min_area_px=min_px)
+    fine, full = fine_labels(prob, geometry, 0.5)
+    expected, kept = [], []
+    for k in range(1, int(fine.max()) + 1):
+        rows, cols = np.nonzero(fine == k)
+        if rows.size >= min_px:
+            kept.append(k)
+            values = full[rows, cols].astype(np.float64)
+            bbox = (int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1)
+            expected.append((float(values.max()), rows.size, bbox, float(values.mean())))
+    expected.sort(key=lambda e: -e[0])
+    assert [round(e[0], 2) for e in expected] == [0.95, 0.7]
+    assert np.array_equal(mask, np.isin(fine, kept))
+    assert len(findings) == 2
+    for f, (peak, area, bbox, mean) in zip(findings, expected, strict=True):
+        assert (f.area_px, f.bbox_px) == (area, bbox)
+        assert f.max_probability == pytest.approx(peak, abs=1e-6)
+        assert f.mean_probability == pytest.approx(mean, abs=1e-6)
+
+
+@pytest.mark.parametrize("side", [30, 8])  # whole-crop resize, box by box
+def test_pixels_exactly_at_the_threshold_are_foreground(side: int) -> None:
+    """At scale 1 interpolation is the identity, so pixels sit exactly on the threshold: they are foreground and
+    count in the mean; the float32 just below is not (thresholding keeps values above that neighbour)."""
+    t32 = np.float32(0.6)
+    geometry = Geometry((S, S), (0, 0, S, S), False, (0, 0, S, S), S)
+    prob = np.full((S, S), np.nextafter(t32, np.float32(0.0)), np.float32)
+    prob[10 : 10 + side, 10 : 10 + side] = t32
+    prob[12, 12:15] = 0.9
+    mask, (finding,) = postprocess(prob, geometry, threshold=float(t32), min_area_px=0)
+    block = prob[10 : 10 + side, 10 : 10 + side].astype(np.float64)
+    assert mask.sum() == finding.area_px == side * side
+    assert finding.bbox_px == (10, 10, 10 + side, 10 + side)
+    assert finding.max_probability == pytest.approx(0.9, abs=1e-7)
+    assert finding.mean_probability == pytest.approx(block.mean(), abs=1e-12)
+
+
+def test_cell_labels_16_and_32_bit_agree() -> None:
+    """16-bit labels take an OpenCV dilation, 32-bit ones NumPy: the same maxima, edges replicated."""
+    rng = np.random.default_rng(7)
+    for shape in [(1, 1), (1, 9), (9, 1), (37, 23)]:
+        labels = rng.integers(0, 6, shape).astype(np.int32)
+        assert np.array_equal(cell_labels(labels.astype(np.uint16)), cell_labels(labels))
+
+
+@pytest.mark.parametrize("exact_limit", [0, 32, 10_000])  # always one count over the grid / default / never
+@pytest.mark.parametrize("seed", range(6))
+def test_unreachable_equals_the_weighted_count(monkeypatch: pytest.MonkeyPatch, exact_limit: int, seed: int) -> None:
+    """Settling components by model-grid bounds and counting the rest gives the weighted count's verdicts."""
+    monkeypatch.setattr(postprocess_module, "_MAX_EXACT_REACH", exact_limit)
+    rng = np.random.default_rng(200 + seed)
+    if seed % 2:
+        geometry = random_geometry(rng)  # model grid upscaled: every cell holds original pixels
+    else:  # a small raster: the model grid is downscaled, some cells hold none
+        h, w = int(rng.integers(20, 60)), int(rng.integers(20, 60))
+        ch, cw = min(S, round(h * S / max(h, w))), min(S, round(w * S / max(h, w)))
+        geometry = Geometry((h, w), (0, 0, h, w), False, (0, 0, ch, cw), S)
+    _, _, ch, cw = geometry.content
+    top, left, bottom, right = geometry.crop
+    prob = blobs(rng, sigma=0.8) if seed < 3 else rng.random((S, S)).astype(np.float32)
+    fg = (prob[:ch, :cw] >= 0.6).astype(np.uint8)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8, ltype=cv2.CV_16U)
+    cells = cell_labels(labels)
+    per_row = np.bincount(_axis_weights(bottom - top, ch, 0, bottom - top)[0], minlength=ch)
+    per_col = np.bincount(_axis_weights(right - left, cw, 0, right - left)[0], minlength=cw)
+    reach = np.bincount(cells.ravel().astype(np.intp), weights=np.outer(per_row, per_col).ravel(), minlength=len(stats))
+    for min_px in [0.0, 1.0, *np.quantile(reach[1:], [0.2, 0.5, 0.8]).tolist(), float(reach.max()) + 1]:
+        expected = (reach < min_px) | (reach == 0)
+        expected[0] = True
+        assert np.array_equal(_unreachable(cells, stats, per_row, per_col, min_px), expected)
 
 
 def test_findings_of_a_known_disc_in_mm() -> None:

@@ -1,7 +1,7 @@
 """bcedge.postprocess on the shipped mass model's real outputs: every finding equals the full-resolution definition.
 
-The fast path (components on the model grid, boxes interpolated or one whole-crop resize thresholded in
-place, overlaps resolved by model cell) must give what ``bcedge evaluate`` would get from the slow
+The fast path (components on the model grid, boxes interpolated or one whole-crop resize, thresholded and
+summed in strips, overlaps resolved by model cell) must give what ``bcedge evaluate`` would get from the slow
 definition: the same mask and, component by component, the same area, box, centroid and probabilities.
 Run on real scans (``BCEDGE_DATA``) and on a full-field phantom scan (the speed benchmark's kind of
 scan: a whole-crop resize with overlapping boxes and dropped components).
