@@ -30,8 +30,8 @@ size (:func:`make_real_content_scan`: a real low-energy CDD-CESM mammogram with 
 its 512x512 image to 2944x1920 and stored as 12 bits). On the phantom the shipped real-data model marks
 a ~6000 mm² region (it has never seen such images), and postprocessing's cost grows with what is
 marked; the real-content row shows what the model marks on a real breast. Its texture is the
-source's, upscaled: real in content, not in detail. Also the 16-scan pipeline on the Segmenter's one interpreter and the model alone at one
-thread (what a second core could hide the other stages behind).
+source's, upscaled: real in content, not in detail. Also the 16-scan pipeline on the Segmenter's one
+interpreter and the model alone at one thread (what a second core could hide the other stages behind).
 
 Every timed row records this process's CPU time and the share of the machine's CPUs other
 processes used meanwhile (:class:`bcedge.bench.load.LoadMeter`; child processes: ``wait4``). A
