@@ -34,6 +34,11 @@ scans with a few small lesions from ~4.7-5.7 to ~2.0-2.7 ms (medians, interleave
 under load on the 2-core AMD EPYC, AVX/AVX2/FMA/F16C, no AVX-512/VNNI), with outputs identical
 on 343 cases (phantom and real scans at four thresholds, 300 random fields; masks and findings
 equal, means to 1e-9). ``tests/test_postprocess_real.py`` checks real scans against the definition.
+
+Why one module: every shortcut above is exact only against the one definition of the mask (linear
+interpolation of the model grid, threshold, components, minimum area) and shares its taps, labels and
+boxes; split up, each part would need the others' private arrays and the proof of exactness would
+span files.
 """
 
 from __future__ import annotations
