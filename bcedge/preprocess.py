@@ -132,6 +132,15 @@ class PreprocessConfig:
             so configs, caches and bundles made before version 2 keep their meaning; version 2
             gives the same tensors up to resampling order (measured in
             ``benchmarks/results/preprocess_v2_gate.json``) at a fraction of the cost.
+        square_image: lay the crop out as if the whole image had first been resized to a
+            square (rows scaled by ``W / H`` against columns), as the source of a model's
+            training files did: CDD-CESM's files are 512x512 whatever the detector's aspect, so
+            a model trained on them has only seen anatomy squashed that way, and a full-field
+            scan read at its own aspect reaches it narrower than any training breast
+            (``benchmarks/aspect_proxy.py``: -0.10 DM Dice at 2944x1920 for the mass model).
+            The geometry maps the mask back per axis, so outputs stay on the original grid.
+            A no-op on square images. Left out of :meth:`to_dict` (and the hash) when False, so
+            every config made before it keeps its hash.
     """
 
     size: int = 256
@@ -149,6 +158,7 @@ class PreprocessConfig:
     clahe_clip: float = 2.0
     clahe_tiles: int = 8
     version: int = DEFAULT_PREPROCESS_VERSION
+    square_image: bool = False
 
     def __post_init__(self) -> None:
         _check_int("size", self.size, 16, 4096)
@@ -173,6 +183,7 @@ class PreprocessConfig:
         _check_bool("clahe", self.clahe)
         _check_float("clahe_clip", self.clahe_clip, 0.0, 1000.0, lo_open=True)
         _check_int("clahe_tiles", self.clahe_tiles, 1, 64)
+        _check_bool("square_image", self.square_image)
         if isinstance(self.version, bool) or self.version not in PREPROCESS_VERSIONS:
             raise ConfigError(
                 f"preprocess config version is {self.version!r}, this bcedge implements versions "
@@ -198,6 +209,8 @@ class PreprocessConfig:
         out: dict[str, Any] = {}
         for key, value in asdict(self).items():
             out[key] = list(value) if isinstance(value, tuple) else value
+        if not self.square_image:
+            del out["square_image"]  # the dict (and hash) of every config made before the field
         return out
 
     @classmethod
@@ -1081,18 +1094,21 @@ def crop_box(
     return top, left, bottom, right
 
 
-def square_layout(crop_h: int, crop_w: int, size: int, chest_side: Side = "L") -> tuple[int, int, int, int]:
-    """Where a crop lands on the square model grid: scaled, never stretched.
+def square_layout(
+    crop_h: int, crop_w: int, size: int, chest_side: Side = "L", row_scale: float = 1.0
+) -> tuple[int, int, int, int]:
+    """Where a crop lands on the square model grid: scaled, never stretched (unless ``row_scale`` says so).
 
     The long side becomes ``size``; the short side keeps the aspect ratio
     (rounded). Horizontal padding goes opposite the chest wall, so the chest wall
-    stays on the image edge; vertical padding is split evenly.
+    stays on the image edge; vertical padding is split evenly. ``row_scale``: the
+    crop's rows count ``row_scale`` times a column (:attr:`PreprocessConfig.square_image`).
 
     Returns:
         (top, left, height, width) of the content region.
     """
-    s = size / max(crop_h, crop_w)
-    ch = min(size, max(1, round(crop_h * s)))
+    s = size / max(crop_h * row_scale, crop_w)
+    ch = min(size, max(1, round(crop_h * row_scale * s)))
     cw = min(size, max(1, round(crop_w * s)))
     top = (size - ch) // 2
     left = 0 if chest_side == "L" else size - cw
@@ -1247,12 +1263,14 @@ def preprocess(mammo: Mammogram | np.ndarray, config: PreprocessConfig | None = 
     # No frame is discarded on a side the breast runs into (the chest wall, a large breast's top/bottom).
     frame = tuple(0 if reached else f for reached, f in zip(found.edges, (fy, fx, fy, fx), strict=True))
     crop = crop_box(found.bbox, work_scale, shape, margin_work=margin, frame=frame)  # type: ignore[arg-type]
+    # As if the image had been resized to a square first (a model trained on such files): rows count W / H.
+    row_scale = shape[1] / shape[0] if config.square_image else 1.0
     if source is not None:
         # Version 2 resamples whole k x k blocks of stored values: the crop grows onto their edges.
-        layout0 = square_layout(crop[2] - crop[0], crop[3] - crop[1], config.size, config.canonical_side)
+        layout0 = square_layout(crop[2] - crop[0], crop[3] - crop[1], config.size, config.canonical_side, row_scale)
         crop, halved = source.snap_crop(crop, (layout0[2], layout0[3]))
     top, left, bottom, right = crop
-    layout = square_layout(bottom - top, right - left, config.size, config.canonical_side)
+    layout = square_layout(bottom - top, right - left, config.size, config.canonical_side, row_scale)
     ct, cl, ch, cw = layout
     geometry = Geometry(
         original_shape=shape,

@@ -134,6 +134,7 @@ _CHANGES = {
     "clahe_clip": 3.0,
     "clahe_tiles": 4,
     "version": 2,
+    "square_image": True,
 }
 
 
@@ -718,3 +719,47 @@ def test_follow_chest_wall_keeps_the_band_pieces_touching_every_piece_of_the_bre
     if pieces == 2:
         expected[54:57, 0:3] = 1
     np.testing.assert_array_equal(out, expected)
+
+
+def test_square_image_is_left_out_of_the_dict_when_off() -> None:
+    """Configs made before the field keep their dict and hash; on, it is written and read back."""
+    off = PreprocessConfig(size=512, version=2)
+    assert "square_image" not in off.to_dict()
+    on = dataclasses.replace(off, square_image=True)
+    assert on.to_dict()["square_image"] is True and on.hash() != off.hash()
+    assert PreprocessConfig.from_dict(json.loads(json.dumps(on.to_dict()))) == on
+    with pytest.raises(ConfigError, match="square_image"):
+        PreprocessConfig(square_image="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_square_image_lays_a_tall_scan_out_as_if_resized_to_a_square(version: int) -> None:
+    """square_image: a square image is untouched; a tall one is laid out as its square-resized copy would
+    be (same content size, nearly the same tensor), and its mask maps back onto the original grid."""
+    import cv2
+
+    from bcedge.phantom import make_phantom
+
+    ph = make_phantom(5, laterality="L", view="CC", scale=0.25, bits_stored=12, n_masses=1)
+    stored = ph.stored  # tall: rows > columns
+    h, w = stored.shape
+    assert h > w
+    base = PreprocessConfig(size=256, version=version)
+    squashed = dataclasses.replace(base, square_image=True)
+    square = np.ascontiguousarray(stored[:w])  # a square image: the option changes nothing
+    t0, g0 = preprocess(square, base)
+    t1, g1 = preprocess(square, squashed)
+    assert np.array_equal(t0, t1) and g0 == g1
+    tensor, geometry = preprocess(stored, squashed)
+    resized = cv2.resize(stored, (w, w), interpolation=cv2.INTER_AREA)  # the whole image made square first
+    ref_tensor, ref_geometry = preprocess(resized, base)
+    ch, cw = geometry.content[2:]
+    assert abs(ch - ref_geometry.content[2]) <= 2 and abs(cw - ref_geometry.content[3]) <= 2
+    assert ch / cw < (geometry.crop[2] - geometry.crop[0]) / (geometry.crop[3] - geometry.crop[1])  # rows squashed
+    assert float(np.abs(tensor - ref_tensor).mean()) < 0.03
+    # The lesion goes to the model grid and back onto the original grid per axis.
+    truth = ph.mask.astype(np.uint8)
+    model_mask = geometry.mask_to_model(truth)
+    back = geometry.to_original(model_mask.astype(np.float32)) >= 0.5
+    inter = np.logical_and(back, truth > 0).sum()
+    assert truth.sum() > 5000 and inter / np.logical_or(back, truth > 0).sum() > 0.95

@@ -63,3 +63,8 @@ PYTHON="${PYTHON:-python}"
 #       --overwrite --tolerance dynamic=0.005 --threshold 0.65 --cache /work/cache --root /work/shared/data
 #   (then its four files copied into bcedge/mass_model; benchmarks/results/export_s15_anywidth.json)
 # A run of this script exports any-width directly from the trained run.
+# Session 16: the bundle lays scans out as if resized to a square first (PreprocessConfig.square_image), the
+# squash its 512x512 CDD-CESM training files had; set only after checking that every image of the split gives
+# bit-identical model inputs with it (so no gate or test figure can move; results/square_image_gate.json).
+"$PYTHON" benchmarks/square_image_gate.py --bundle "$BUNDLE" --data combined-v2 --root "$DATA" --split "$SPLIT" \
+    --subsets train val test --set
