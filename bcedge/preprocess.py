@@ -133,14 +133,13 @@ class PreprocessConfig:
             gives the same tensors up to resampling order (measured in
             ``benchmarks/results/preprocess_v2_gate.json``) at a fraction of the cost.
         square_image: lay the crop out as if the whole image had first been resized to a
-            square (rows scaled by ``W / H`` against columns), as the source of a model's
-            training files did: CDD-CESM's files are 512x512 whatever the detector's aspect, so
-            a model trained on them has only seen anatomy squashed that way, and a full-field
-            scan read at its own aspect reaches it narrower than any training breast
-            (``benchmarks/aspect_proxy.py``: -0.10 DM Dice at 2944x1920 for the mass model).
-            The geometry maps the mask back per axis, so outputs stay on the original grid.
-            A no-op on square images. Left out of :meth:`to_dict` (and the hash) when False, so
-            every config made before it keeps its hash.
+            square (rows scaled by ``W / H`` against columns): for a model whose training files
+            were squared from originals of the scan's aspect. The geometry maps the mask back per
+            axis, so outputs stay on the original grid; a no-op on square images. The mass model
+            leaves it off: its CDD-CESM files are squashed by only ~1.09 against true-aspect films
+            (``benchmarks/breast_aspect.py``), so squaring a 2944x1920 scan (1.53x) would take it
+            further from them. Left out of :meth:`to_dict` (and the hash) when False, so every
+            config made before it keeps its hash.
     """
 
     size: int = 256

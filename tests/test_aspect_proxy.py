@@ -34,3 +34,18 @@ def test_reencode_is_a_12_bit_mg_at_the_asked_size(tmp_path: Path) -> None:
     # Full-range window: the displayed image is the 8-bit one, rescaled.
     assert abs(float(mammo.pixels[80, 20]) - (200 * 16 + 8) / 4095) < 0.01
     assert np.array_equal(aspect_proxy.as_uint8(image / 255.0), image)
+
+
+def test_breast_aspect_ratio_and_squash_estimate() -> None:
+    import breast_aspect
+
+    image = np.zeros((400, 300), np.uint8)
+    yy, xx = np.mgrid[:400, :300]
+    image[((yy - 200) / 180.0) ** 2 + (xx / 100.0) ** 2 <= 1.0] = 180  # a half-ellipse on the left edge
+    ratio = breast_aspect.height_over_width(image)
+    assert ratio is not None and abs(ratio - 360 / 100) < 0.25
+    squashed = image[::2]  # the same breast squashed 2x top to bottom
+    assert abs(breast_aspect.height_over_width(squashed) - ratio / 2) < 0.2
+    est = breast_aspect.squash_estimate([2.0] * 20 + [2.2] * 20, [1.0] * 20 + [1.1] * 20)
+    assert abs(est["value"] - 2.0) < 0.11 and est["low"] <= est["value"] <= est["high"]
+    assert breast_aspect.height_over_width(np.zeros((64, 64), np.uint8)) is None  # nothing to find

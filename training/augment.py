@@ -23,13 +23,12 @@ whatever the lesion's (outline log-log slope 0.36 on its training views). Zoomin
 out shows it smaller lesions; the anchor keeps the chest wall on its edge, where
 preprocessing always puts it, so only the breast's extent changes, not its side.
 
-Why ``strong-aspect``: the CDD-CESM files were resized to 512x512 by their source, whatever the
-detector's aspect (full-field images are taller than wide, e.g. 2944x1920), so their anatomy is
-squashed top to bottom; a full-field scan read at its own aspect reaches the model taller, which
-preprocessing (the long side fitted to the grid) turns into a narrower breast. On validation views
-re-encoded at full-field aspects the shipped model's Dice moved by up to -0.46 on one view
-(``benchmarks/aspect_proxy.py``). Narrowing the breast about the chest wall by a random factor
-shows the model both.
+Why ``strong-aspect``: a scan can reach the model at another aspect than its training files (the
+CDD-CESM files were resized to 512x512 by their source, squashing their anatomy by an estimated ~1.09,
+``benchmarks/breast_aspect.py``; detectors and positioning differ), and preprocessing (the long side
+fitted to the grid) turns a taller breast into a narrower one. On validation views stretched 1.53x top
+to bottom the shipped model's Dice moved by up to -0.46 on one view (``benchmarks/aspect_proxy.py``).
+Narrowing the breast about the chest wall by a random factor shows the model a range of aspects.
 """
 
 from __future__ import annotations

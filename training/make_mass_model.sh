@@ -63,8 +63,6 @@ PYTHON="${PYTHON:-python}"
 #       --overwrite --tolerance dynamic=0.005 --threshold 0.65 --cache /work/cache --root /work/shared/data
 #   (then its four files copied into bcedge/mass_model; benchmarks/results/export_s15_anywidth.json)
 # A run of this script exports any-width directly from the trained run.
-# Session 16: the bundle lays scans out as if resized to a square first (PreprocessConfig.square_image), the
-# squash its 512x512 CDD-CESM training files had; set only after checking that every image of the split gives
-# bit-identical model inputs with it (so no gate or test figure can move; results/square_image_gate.json).
-"$PYTHON" benchmarks/square_image_gate.py --bundle "$BUNDLE" --data combined-v2 --root "$DATA" --split "$SPLIT" \
-    --subsets train val test --set
+# Session 16: PreprocessConfig.square_image (lay a scan out as if resized to a square first) was tried on this
+# bundle and left off: the training files' own squash is estimated at only ~1.09 (benchmarks/breast_aspect.py), so
+# squaring a 2944x1920 scan would squash it ~1.4x more than anything the model saw, at ~1.6x the model time.
