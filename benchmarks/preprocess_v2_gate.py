@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -88,22 +89,38 @@ def compare_tensors(args: argparse.Namespace, config: Any) -> dict[str, Any]:
     samples = filter_samples(open_dataset(args.data, args.root).samples(), load_split(args.split), args.subset)
     v1 = dataclasses.replace(config, version=1)
     v2 = dataclasses.replace(config, version=2)
-    identical, differ = 0, {}
-    kinds: dict[str, int] = {}
+
+    def kind(mammo: Any) -> str:
+        stored = mammo.stored
+        return "float" if stored is None else f"{stored.values.dtype.itemsize * 8}-bit stored"
+
+    identical, differ, kinds = compare_configs(samples, v1, v2, kind)
+    others = "mean_abs_difference_of_the_others"
+    return {"images": len(samples), "identical": identical, others: differ, "inputs": kinds}
+
+
+def compare_configs(
+    samples: Iterable[Any], first: Any, second: Any, describe: Callable[[Any], str]
+) -> tuple[int, dict[str, float], dict[str, int]]:
+    """Each sample's model input under two preprocessing configs, without the model.
+
+    Returns:
+        (how many give bit-identical tensors and equal geometries, {id: mean |difference|} of the
+        others, {describe(mammogram): count}).
+    """
     from bcedge.preprocess import preprocess
 
-    for sample in samples:
+    identical, differ, kinds = 0, {}, {}
+    for sample in samples:  # e.g. bcedge.datasets Samples; ``describe`` groups them (dtype, shape)
         mammo = sample.load_image()
-        stored = mammo.stored
-        kind = "float" if stored is None else f"{stored.values.dtype.itemsize * 8}-bit stored"
-        kinds[kind] = kinds.get(kind, 0) + 1
-        (t1, g1), (t2, g2) = preprocess(mammo, v1), preprocess(mammo, v2)
+        key = describe(mammo)
+        kinds[key] = kinds.get(key, 0) + 1
+        (t1, g1), (t2, g2) = preprocess(mammo, first), preprocess(mammo, second)
         if g1 == g2 and np.array_equal(t1, t2):
             identical += 1
         else:
             differ[sample.id] = round(float(np.abs(t1 - t2).mean()), 5)
-    others = "mean_abs_difference_of_the_others"
-    return {"images": len(samples), "identical": identical, others: differ, "inputs": kinds}
+    return identical, differ, kinds
 
 
 def evaluate(bundle: Path, args: argparse.Namespace, out_json: Path) -> list[str]:

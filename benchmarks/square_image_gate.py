@@ -24,32 +24,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
 RESULTS = HERE / "results" / "square_image_gate.json"
 
 
 def compare(config: Any, data: str, root: str, split: str, subset: str) -> dict[str, Any]:
     """Model inputs with ``square_image`` off and on for every image of ``subset``: how many are identical."""
+    from preprocess_v2_gate import compare_configs
+
     from bcedge.datasets.registry import open_dataset
     from bcedge.datasets.splits import filter_samples, load_split
-    from bcedge.preprocess import preprocess
 
     samples = filter_samples(open_dataset(data, root).samples(), load_split(split), subset)
     off, on = dataclasses.replace(config, square_image=False), dataclasses.replace(config, square_image=True)
-    identical, differ, shapes = 0, {}, {}
-    for sample in samples:
-        mammo = sample.load_image()
-        shape = "x".join(map(str, mammo.shape))
-        shapes[shape] = shapes.get(shape, 0) + 1
-        (t0, g0), (t1, g1) = preprocess(mammo, off), preprocess(mammo, on)
-        if g0 == g1 and np.array_equal(t0, t1):
-            identical += 1
-        else:
-            differ[sample.id] = round(float(np.abs(t0 - t1).mean()), 5)
+    identical, differ, shapes = compare_configs(samples, off, on, lambda mammo: "x".join(map(str, mammo.shape)))
     return {"images": len(samples), "identical": identical, "differ": differ, "image_shapes": shapes}
 
 
