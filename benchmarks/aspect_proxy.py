@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bcedge.bench.data import BenchData  # noqa: E402
-from bcedge.evaluation import estimate, score_image  # noqa: E402
+from bcedge.evaluation import estimate, format_estimate, score_image  # noqa: E402
 from bcedge.imageio import atomic_write_bytes  # noqa: E402
 from bcedge.pipeline import Segmenter  # noqa: E402
 
@@ -140,10 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         "views": per_view,
     }
     for kind, group in summary.items():
-        cells = [
-            f"{label}: {g['dice']['value']:.3f} ({g['dice']['low']:.3f}-{g['dice']['high']:.3f})"
-            for label, g in group.items()
-        ]
+        cells = [f"{label}: {format_estimate(g['dice'])}" for label, g in group.items()]
         print(f"{kind} (n={group['1.00']['dice']['n']}): " + "; ".join(cells))
     if args.out is not None:
         atomic_write_bytes(args.out, (json.dumps(doc, indent=2) + "\n").encode())

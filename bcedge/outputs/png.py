@@ -6,7 +6,7 @@ zlib (run-length strategy), against ~11 ms for OpenCV's 8-bit PNG and ~6 ms for 
 bilevel one. With `python-isal <https://github.com/pycompression/python-isal>`_ installed (the
 ``fast`` extra; Intel's ISA-L deflate, x86-64 and aarch64) the deflate is 5-20x faster: on a
 2944x1920 mask 0.06-0.25 ms against 1.1-5.2 ms for zlib (empty, one 300x300 region, the
-phantom's 1.5 Mpx; 2-core AMD EPYC, AVX2, measured while a training job ran), same-size files
+phantom's 1.5 Mpx; 2-core AMD EPYC, CPU flags avx avx2 fma f16c, measured while a training job ran), same-size files
 (0.7-21 KB). It is a standard PNG (IHDR/IDAT/IEND, greyscale, bit depth 1): every viewer shows
 it black and white; OpenCV reads it back as 0/255 uint8, Pillow as mode ``"1"``.
 """
