@@ -270,6 +270,7 @@ def score_run(
             "decoder_width",
             "augment_preset",
             "freeze_encoder",
+            "paste_lesions",
             "loss",
             "positive_fraction",
             "epoch_negatives",

@@ -157,9 +157,11 @@ def test_patch_training_saves_a_fixed_size_model_and_fine_tunes(
 
     tuned = tmp_path / "tuned"
     init = ["--init-weights", str(run / "best.keras")]
-    assert main([*common, "--out", str(tuned), "--epochs", "1", "--lr", "0", *init]) == 0
+    # --paste-lesions is recorded (the phantoms have no DM lesion views, so the bank is empty and nothing pasted).
+    assert main([*common, "--out", str(tuned), "--epochs", "1", "--lr", "0", *init, "--paste-lesions", "0.25"]) == 0
     config = json.loads((tuned / "config.json").read_text())
     assert config["init_weights"] == str(run / "best.keras") and len(config["init_weights_sha256"]) == 64
+    assert config["paste_lesions"] == 0.25
     # lr 0: the fine-tuned weights are the initial ones (batch-norm statistics aside).
     a, b = best.get_weights(), load_trained(tuned / "last.keras").get_weights()
     conv = [i for i, w in enumerate(a) if w.ndim == 4]

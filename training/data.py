@@ -19,6 +19,7 @@ import keras
 import numpy as np
 
 from training.augment import AugmentConfig, augment
+from training.paste import BREAST_LEVEL, LesionBank, paste_lesion
 
 
 @dataclass(frozen=True)
@@ -97,14 +98,15 @@ def epoch_order(
 #: rest, and every normal image, get a patch centred on a random breast pixel, so dense
 #: tissue is seen as a negative at full resolution.
 LESION_CENTRED = 0.7
-#: Preprocessed images are 0 outside the breast; above this counts as breast for patch centres.
-BREAST_LEVEL = 0.05
 
 
 #: Value marking a mined false-positive pixel in a mask while it is augmented and cropped
 #: (:class:`SegmentationData` with ``hard``); lesion pixels are 1. Nearest-neighbour warps and
 #: flips carry it; the mask handed to the model is ``== 1``.
 HARD_VALUE = 2
+
+#: Fourth seed word of the lesion-paste generator (:class:`SegmentationData` with ``paste``).
+PASTE_STREAM = 7
 
 
 def crop_patch(
@@ -149,6 +151,8 @@ class SegmentationData(keras.utils.PyDataset):
         patch: crop each draw to ``patch`` x ``patch`` after augmentation (:func:`crop_patch`); 0: whole images.
         hard: (N, S, S) bool false-positive pixels of an earlier model (:func:`mine_hard_negatives`), or None.
         hard_share: share of the non-lesion-centred patches centred on one of them (needs ``patch``).
+        paste: lesions to paste onto lesion-free draws (:mod:`training.paste`), or None.
+        paste_share: share of the lesion-free draws that get one pasted lesion (before augmentation).
     """
 
     def __init__(
@@ -165,6 +169,8 @@ class SegmentationData(keras.utils.PyDataset):
         patch: int = 0,
         hard: np.ndarray | None = None,
         hard_share: float = 0.0,
+        paste: LesionBank | None = None,
+        paste_share: float = 0.0,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -181,6 +187,8 @@ class SegmentationData(keras.utils.PyDataset):
             raise ValueError(f"hard-negative maps {hard.shape} do not match the masks {data.masks.shape[:3]}")
         self.hard = hard if hard_share > 0 and patch else None
         self.hard_share = hard_share
+        self.paste = paste if paste_share > 0 and paste is not None and len(paste) else None
+        self.paste_share = paste_share
         self.shuffle = shuffle
         self.epoch = epoch
         self._order = self._make_order()
@@ -204,6 +212,12 @@ class SegmentationData(keras.utils.PyDataset):
         masks = self.data.masks[sel].astype(np.float32, copy=True)
         if self.hard is not None:
             masks[..., 0][self.hard[sel] & (masks[..., 0] == 0)] = HARD_VALUE
+        if self.paste is not None:
+            # Its own stream, so the augmentation and patches of runs without pasting are unchanged.
+            paste_rng = np.random.default_rng([self.seed, self.epoch, index, PASTE_STREAM])
+            for k in range(len(sel)):
+                if not (masks[k] == 1).any() and paste_rng.random() < self.paste_share:
+                    images[k], masks[k], _ = paste_lesion(images[k], masks[k], paste_rng, self.paste)
         rng = np.random.default_rng([self.seed, self.epoch, index])
         if self.augment_config is not None:
             for k in range(len(sel)):

@@ -88,6 +88,9 @@ class TrainConfig:
     hard_negatives: float = 0.0
     #: Train the decoder only; the encoder keeps the weights it starts with (ImageNet or ``init_weights``).
     freeze_encoder: bool = False
+    #: Share of the lesion-free training draws that get one real training lesion pasted on (training.paste;
+    #: the DM views' pixel-mask lesions); 0 leaves the data stream exactly as before.
+    paste_lesions: float = 0.0
     augment: bool = True
     augment_preset: str = "basic"
     patience: int = 15
@@ -253,6 +256,7 @@ def train(
     from training.augment import AugmentConfig
     from training.data import SegmentationData
     from training.models import load_trained
+    from training.paste import LesionBank
 
     run_dir.mkdir(parents=True, exist_ok=True)
     state = check_resume(run_dir, config)
@@ -287,6 +291,8 @@ def train(
         patch=config.patch,
         hard=_load_hard_negatives(run_dir, train_set) if config.hard_negatives > 0 else None,
         hard_share=config.hard_negatives,
+        paste=LesionBank.from_set(train_set) if config.paste_lesions > 0 else None,
+        paste_share=config.paste_lesions,
         shuffle=True,
         epoch=state["epoch"],
         workers=config.workers,

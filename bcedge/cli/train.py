@@ -155,6 +155,18 @@ def train_command(
             ),
         ),
     ] = 0.0,
+    paste_lesions: Annotated[
+        float,
+        typer.Option(
+            "--paste-lesions",
+            min=0.0,
+            max=1.0,
+            help=(
+                "Share of the lesion-free training draws that get one real training lesion (the DM views' "
+                "pixel masks) pasted at a random breast position, intensity matched to its surroundings."
+            ),
+        ),
+    ] = 0.0,
     freeze_encoder: Annotated[
         bool,
         typer.Option(
@@ -254,6 +266,7 @@ def train_command(
         init_weights=str(init_weights or ""),
         init_weights_sha256=init_sha256,
         hard_negatives=hard_negatives,
+        paste_lesions=paste_lesions,
         freeze_encoder=freeze_encoder,
         seed=seed,
         mixed_precision=mixed_precision,
