@@ -326,9 +326,12 @@ def markdown(rows: list[dict]) -> str:
         opts = " ".join(rec.get("reader_options") or [])
         enc = "ImageNet" if str(rec.get("encoder_weights", "none")).endswith(".tflite") else "scratch"
         wall = f"{r['wall_seconds'] / 60:.0f}" if r.get("wall_seconds") else "-"
+        augment = (rec.get("augment_preset") or "-") + (
+            f" + paste {rec['paste_lesions']}" if rec.get("paste_lesions") else ""
+        )
         lines.append(
             f"| {r['run']} | {rec.get('model') or '-'} | {enc} | {rec.get('loss') or '-'} | "
-            f"{rec.get('augment_preset') or '-'} | {'no' if 'cdd_kind=DM' in opts else 'yes'} | "
+            f"{augment} | {'no' if 'cdd_kind=DM' in opts else 'yes'} | "
             f"{'no' if 'mias=none' in opts else 'yes'} | {rec.get('lr')} | {r['epochs_run']} ({r['best_epoch']}) | "
             f"{c['threshold']} | {_fmt(c['dm_dice'])} ({r['n_val_dm']}) | {_fmt(c['dm_detection'], 2)} | "
             f"{_fmt(c['normal_fp_per_image'], 2)} ({r['n_val_normal']}) | "

@@ -99,18 +99,21 @@ def test_add_merges_a_scored_result_and_the_table_names_the_augmentation(tmp_pat
 
     old, new = tmp_path / "old.json", tmp_path / "new.json"
     old.write_text(json.dumps({"command": "score A", "rows": [row("A", "strong")]}))
-    new.write_text(json.dumps({"command": "score D", "rows": [row("D", "basic")]}))
+    pasted = row("P", "strong-aspect")
+    pasted["recipe"]["paste_lesions"] = 0.5
+    new.write_text(json.dumps({"command": "score D", "rows": [row("D", "basic"), pasted]}))
     out, md = tmp_path / "out.json", tmp_path / "out.md"
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation_v2.py"
     args = [sys.executable, str(script), "--merge", str(old), "--add", str(new), "--out", str(out)]
     args += ["--markdown", str(md)]
     subprocess.run(args, check=True, capture_output=True)
     doc = json.loads(out.read_text())
-    assert [r["run"] for r in doc["rows"]] == ["A", "D"] and doc["commands"] == ["score A", "score D"]
+    assert [r["run"] for r in doc["rows"]] == ["A", "D", "P"] and doc["commands"] == ["score A", "score D"]
     table = md.read_text().splitlines()
     assert "| augment |" in table[0]
     assert table[2].startswith("| A | unet-mobilenetv2 | scratch | bce-dice | strong |")
     assert table[3].startswith("| D | unet-mobilenetv2 | scratch | bce-dice | basic |")
+    assert table[4].startswith("| P | unet-mobilenetv2 | scratch | bce-dice | strong-aspect + paste 0.5 |")
     # --add without --merge is refused with a usage error, nothing written
     bad = subprocess.run([sys.executable, str(script), "--add", str(new), "--out", str(tmp_path / "x.json")])
     assert bad.returncode == 2 and not (tmp_path / "x.json").exists()
