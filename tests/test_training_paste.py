@@ -51,7 +51,7 @@ def test_bank_keeps_solid_dm_pixel_lesions_only() -> None:
     assert crop.source_id == "P1_L_DM_MLO"
     assert crop.mask.sum() == cv2.circle(np.zeros((SIZE, SIZE), np.uint8), (40, 40), 8, 1, -1).sum()
     assert crop.ring_mean == pytest.approx(0.4, abs=1e-6)  # the tissue around it, not the lesion
-    assert len(LesionBank.from_set(data, id_contains="")) == 2  # contrast views too when asked
+    assert len(LesionBank.from_set(data, exclude_ids_with="")) == 2  # contrast views too when asked
 
 
 def test_paste_puts_the_lesion_on_the_breast_with_its_contrast() -> None:
@@ -117,3 +117,14 @@ def test_segmentation_data_pastes_onto_lesion_free_draws_only() -> None:
         assert y0[k].sum() == 0 and y2[k].sum() > 0 and not np.array_equal(x2[k], x0[k])
     x3, y3 = SegmentationData(data, 3, seed=2, paste=bank, paste_share=1.0)[0]
     assert np.array_equal(x2, x3) and np.array_equal(y2, y3)  # seeded: the same batches again
+
+
+def test_paste_option_refuses_a_split_without_lesions_to_paste() -> None:
+    from bcedge.errors import ConfigError
+    from training.train import _lesion_bank
+
+    view, lesion = _lesion_view()
+    only_contrast = _set([view], [lesion], ["P1_L_CM_MLO"], ["pixel"])
+    with pytest.raises(ConfigError, match="no pixel-mask lesion"):
+        _lesion_bank(only_contrast)
+    assert len(_lesion_bank(_set([view], [lesion], ["phantom-0001"], ["pixel"]))) == 1  # any non-contrast source

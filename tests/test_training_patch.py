@@ -157,7 +157,7 @@ def test_patch_training_saves_a_fixed_size_model_and_fine_tunes(
 
     tuned = tmp_path / "tuned"
     init = ["--init-weights", str(run / "best.keras")]
-    # --paste-lesions is recorded (the phantoms have no DM lesion views, so the bank is empty and nothing pasted).
+    # --paste-lesions is recorded (the phantom masses are pasted onto the lesion-free phantoms; lr 0 keeps the weights).
     assert main([*common, "--out", str(tuned), "--epochs", "1", "--lr", "0", *init, "--paste-lesions", "0.25"]) == 0
     config = json.loads((tuned / "config.json").read_text())
     assert config["init_weights"] == str(run / "best.keras") and len(config["init_weights_sha256"]) == 64

@@ -8,8 +8,8 @@ model the same mass against backgrounds it never had, and the contrast between a
 dense tissue around it, without new annotations (copy-paste augmentation).
 
 How: :class:`LesionBank` cuts every lesion component of the training views with pixel masks
-(DM views by default: the standard mammograms the model is meant for; contrast views look
-different) with a margin. :func:`paste_lesion` scales and flips one, puts its excess over the ring
+(contrast-enhanced ``CM`` views left out by default: they look unlike the standard mammograms the
+model is meant for) with a margin. :func:`paste_lesion` scales and flips one, puts its excess over the ring
 of tissue around it in its source onto the ring's level at the target (a mass is judged against
 its surroundings; squeezed to stay under white), and blends it in with a feathered edge; the mask
 gains the lesion. Pasting runs before the geometric augmentation, so the pasted lesion is warped with
@@ -71,7 +71,7 @@ class LesionBank:
         cls,
         data,
         *,
-        id_contains: str = "_DM_",
+        exclude_ids_with: str = "_CM_",
         margin: int = 8,
         ring: int = 6,
         min_area: int = 30,
@@ -80,14 +80,14 @@ class LesionBank:
     ) -> LesionBank:
         """Cut the lesion components of ``data`` (a :class:`training.data.ArraySet`).
 
-        Only images with pixel masks whose id holds ``id_contains`` ("" for all); components under
+        Only images with pixel masks whose id does not hold ``exclude_ids_with`` ("" keeps all); components under
         ``min_area`` px, over ``max_side`` px on a side, less solid than ``min_solidity`` (area over convex-hull
         area: the thin curved outlines some CDD-CESM masks trace are no mass to paste), or without breast
         tissue around them are left out.
         """
         crops: list[LesionCrop] = []
         for i, (sample_id, kind) in enumerate(zip(data.ids, data.mask_kinds, strict=True)):
-            if kind != "pixel" or id_contains not in sample_id:
+            if kind != "pixel" or (exclude_ids_with and exclude_ids_with in sample_id):
                 continue
             image = data.images[i, ..., 0]
             mask = (data.masks[i, ..., 0] == 1).astype(np.uint8)
@@ -135,7 +135,7 @@ def paste_lesion(
 
     Returns:
         (image, mask, pasted): pasted is False when no position held at least 95 % of the
-        lesion on breast tissue; the arrays are then unchanged.
+        lesion on breast tissue with headroom under white; the arrays are then unchanged.
     """
     if not len(bank):
         return image, mask, False

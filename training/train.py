@@ -256,7 +256,6 @@ def train(
     from training.augment import AugmentConfig
     from training.data import SegmentationData
     from training.models import load_trained
-    from training.paste import LesionBank
 
     run_dir.mkdir(parents=True, exist_ok=True)
     state = check_resume(run_dir, config)
@@ -291,7 +290,7 @@ def train(
         patch=config.patch,
         hard=_load_hard_negatives(run_dir, train_set) if config.hard_negatives > 0 else None,
         hard_share=config.hard_negatives,
-        paste=LesionBank.from_set(train_set) if config.paste_lesions > 0 else None,
+        paste=_lesion_bank(train_set) if config.paste_lesions > 0 else None,
         paste_share=config.paste_lesions,
         shuffle=True,
         epoch=state["epoch"],
@@ -323,6 +322,24 @@ def train(
 
 
 #: The mined hard-negative maps of a run (kept so a resumed run uses the start model's, not the last one's).
+def _lesion_bank(train_set):
+    """The lesions ``--paste-lesions`` pastes (:class:`training.paste.LesionBank`).
+
+    Raises:
+        ConfigError: the training split holds no lesion to paste (no pixel masks outside contrast
+            views): the option would silently do nothing.
+    """
+    from bcedge.errors import ConfigError
+    from training.paste import LesionBank
+
+    bank = LesionBank.from_set(train_set)
+    if not len(bank):
+        raise ConfigError(
+            "--paste-lesions: the training split has no pixel-mask lesion to paste (contrast views aside)"
+        )
+    return bank
+
+
 HARD_NEGATIVES = "hard_negatives.npz"
 
 

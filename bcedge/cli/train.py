@@ -162,8 +162,8 @@ def train_command(
             min=0.0,
             max=1.0,
             help=(
-                "Share of the lesion-free training draws that get one real training lesion (the DM views' "
-                "pixel masks) pasted at a random breast position, intensity matched to its surroundings."
+                "Share of the lesion-free training draws that get one real training lesion (pixel masks, "
+                "contrast views left out) pasted at a random breast position, intensity matched to its surroundings."
             ),
         ),
     ] = 0.0,
