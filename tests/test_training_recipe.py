@@ -29,6 +29,7 @@ def test_strong_preset_keeps_range_background_and_never_mirrors() -> None:
         "strong",
         "strong-zoom",
         "strong-aspect",
+        "strong-appearance",
         "none",
     }
     with pytest.raises(ConfigError):
@@ -95,6 +96,50 @@ def test_strong_aspect_narrows_the_breast_about_the_chest_wall_and_keeps_strongs
     # With the range at (1, 1) nothing extra is drawn: strong's random stream is unchanged.
     a = augment(image, mask, np.random.default_rng(3), strong)
     b = augment(image, mask, np.random.default_rng(3), replace(aspect, aspect=(1.0, 1.0)))
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_strong_appearance_reshapes_tissue_intensities_and_texture_only() -> None:
+    """strong-appearance: strong plus a random monotone curve and an unsharp mask, both on the tissue only;
+    geometry and mask as strong's; seeded; presets without them keep their random stream."""
+    from dataclasses import replace
+
+    from training.augment import _random_curve
+
+    look = AugmentConfig.preset("strong-appearance")
+    strong = AugmentConfig.preset("strong")
+    assert look is not None and strong is not None
+    assert look.curve == 0.8 and look.unsharp == (-0.6, 1.5)
+    assert replace(look, curve=0.0, unsharp=(0.0, 0.0)) == strong
+    rng = np.random.default_rng(1)
+    image = np.zeros((96, 96, 1), np.float32)
+    image[:, :60] = rng.uniform(0.05, 0.95, (96, 60, 1)).astype(np.float32)  # textured tissue, black beyond
+    mask = np.zeros((96, 96, 1), np.uint8)
+    mask[40:56, 20:36] = 1
+    # strong's own blur (applied to the whole image, tissue and background) is left out here.
+    still = replace(
+        look, rotate_deg=0.0, scale=(1.0, 1.0), vflip=0.0, probability=1.0, noise_std=(0.0, 0.0), blur_sigma=(0.0, 0.0)
+    )
+    changed = 0
+    for seed in range(20):
+        out, out_mask = augment(image, mask, np.random.default_rng(seed), still)
+        assert out.dtype == np.float32 and out.shape == image.shape and out.min() >= 0.0 and out.max() <= 1.0
+        assert np.array_equal(out_mask, mask)  # intensity and texture only
+        assert not out[:, 64:].any()  # the background stays black (the blur's halo is cut at the tissue)
+        again, _ = augment(image, mask, np.random.default_rng(seed), still)
+        assert np.array_equal(out, again)
+        base, _ = augment(image, mask, np.random.default_rng(seed), replace(still, curve=0.0, unsharp=(0.0, 0.0)))
+        changed += int(np.abs(out - base)[:, :56].mean() > 0.01)
+    assert changed >= 15  # the new steps do change the look, most draws visibly
+    # The curve alone: monotone, 0 and 1 fixed, order of values kept.
+    x = np.linspace(0.0, 1.0, 1001, dtype=np.float32)
+    for seed in range(10):
+        y = _random_curve(x, np.random.default_rng(seed), 1.0)
+        assert y.dtype == np.float32 and abs(float(y[0])) < 1e-6 and abs(float(y[-1]) - 1.0) < 1e-6
+        assert np.all(np.diff(y) >= -1e-6)
+    # Without a curve or an unsharp range nothing extra is drawn: strong's random stream is unchanged.
+    a = augment(image, mask, np.random.default_rng(3), strong)
+    b = augment(image, mask, np.random.default_rng(3), replace(look, curve=0.0, unsharp=(0.0, 0.0)))
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 

@@ -14,7 +14,9 @@ Presets (:data:`PRESETS`): ``basic`` (sessions 1-2), ``strong`` (issue #12's
 recipe candidate: wider gamma/contrast, rotation 15 deg, scale 0.85-1.2, blur,
 noise, vertical flip), ``strong-zoom`` (``strong`` with scale 0.5-1.25 about the
 middle of the chest-wall edge), ``strong-aspect`` (``strong`` with the breast's
-width scaled by 1/a, a in 0.9-1.6, about the chest-wall edge) and ``none``.
+width scaled by 1/a, a in 0.9-1.6, about the chest-wall edge), ``strong-appearance``
+(``strong`` with a random monotone intensity curve and an unsharp mask that softens or
+sharpens the tissue) and ``none``.
 
 Why ``strong-zoom``: the CDD-CESM lesions the model learns from are large (median
 equivalent diameter ~70 px of the 512 px grid, ~14 % under 20 px; benchmarks/lesion_sizes.py) while an 8 mm
@@ -29,6 +31,14 @@ CDD-CESM files were resized to 512x512 by their source, squashing their anatomy 
 fitted to the grid) turns a taller breast into a narrower one. On validation views stretched 1.53x top
 to bottom the shipped model's Dice moved by up to -0.46 on one view (``benchmarks/aspect_proxy.py``).
 Narrowing the breast about the chest wall by a random factor shows the model a range of aspects.
+
+Why ``strong-appearance``: after preprocessing (percentile window, CLAHE) the sources still look
+unlike each other: CDD-CESM's low-energy views are crisp and edge-enhanced, with dark fat and bright
+strands, while mini-MIAS's digitised films are hazy, low in contrast and bright. A model trained
+without mini-MIAS marks ~6 false components on every mini-MIAS normal film (README, "Generalisation
+to a source a model never saw"). The curve changes the shape of the intensity mapping (a gamma bends
+it only one way) and the unsharp mask the local contrast and texture, both inside the tissue only,
+as a vendor's processing would. Session 18 measures it by leaving mini-MIAS out of training.
 """
 
 from __future__ import annotations
@@ -58,6 +68,13 @@ class AugmentConfig:
     #: Range of ``a``: the image's columns are scaled by ``1 / a`` about the chest-wall edge (column 0)
     #: after the rotation and scaling; (1, 1) draws nothing (the random stream of older presets is kept).
     aspect: tuple[float, float] = (1.0, 1.0)
+    #: Largest blend ``s`` (drawn in [0, curve]) of a random monotone intensity curve into the identity,
+    #: applied to the tissue after the gamma and contrast; 0 draws nothing (older presets' streams are kept).
+    curve: float = 0.0
+    #: Range of the unsharp-mask amount ``a`` (``out + a * (out - blur(out))``: a > 0 sharpens, a < 0
+    #: softens) and of the blur's sigma in pixels; (0, 0) draws nothing.
+    unsharp: tuple[float, float] = (0.0, 0.0)
+    unsharp_sigma: tuple[float, float] = (1.0, 4.0)
 
     def __post_init__(self) -> None:
         if self.anchor not in ("centre", "chest-wall"):
@@ -116,6 +133,13 @@ def augment(
     # Background stays black: jitter only where there is tissue.
     tissue = out > 0
     out = np.where(tissue, out * contrast + shift, 0.0).astype(np.float32)
+    if config.curve > 0:
+        out = np.where(tissue, _random_curve(np.clip(out, 0.0, 1.0), rng, config.curve), 0.0).astype(np.float32)
+    if config.unsharp != (0.0, 0.0):
+        amount = rng.uniform(*config.unsharp)
+        sigma = rng.uniform(*config.unsharp_sigma)
+        soft = cv2.GaussianBlur(out[..., 0], (0, 0), sigma)[..., None]
+        out = np.where(tissue, out + np.float32(amount) * (out - soft), 0.0).astype(np.float32)
     if config.blur_sigma[1] > 0:
         sigma = rng.uniform(*config.blur_sigma)
         if sigma > 0.3:
@@ -124,6 +148,34 @@ def augment(
         std = rng.uniform(*config.noise_std)
         out = out + np.where(tissue, rng.normal(0.0, std, out.shape), 0.0).astype(np.float32)
     return np.clip(out, 0.0, 1.0).astype(np.float32), mask
+
+
+#: Knots of :func:`_random_curve` (inputs, evenly spaced in [0, 1]).
+_CURVE_KNOTS = np.linspace(0.0, 1.0, 6, dtype=np.float32)
+
+
+def _random_curve(values: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """A random monotone map of [0, 1] onto itself, blended with the identity, applied to ``values``.
+
+    The curve is piecewise linear through :data:`_CURVE_KNOTS` with outputs the running sum of
+    Dirichlet(2) increments (0 at 0, 1 at 1, increasing): film characteristic curves, vendor
+    look-up tables and processing differ in shape, not only in the gamma's one bend. The blend
+    ``(1 - s) x + s curve(x)``, ``s ~ U(0, strength)``, keeps it a mild change on average.
+
+    Args:
+        values: float32 in [0, 1], any shape.
+        rng: the caller's generator.
+        strength: the largest blend, in (0, 1].
+
+    Returns:
+        float32 in [0, 1], the shape of ``values``; order of values preserved (monotone).
+    """
+    steps = rng.dirichlet(np.full(len(_CURVE_KNOTS) - 1, 2.0))
+    knots_out = np.concatenate([[0.0], np.cumsum(steps)]).astype(np.float32)
+    knots_out[-1] = 1.0
+    s = np.float32(rng.uniform(0.0, strength))
+    mapped = np.interp(values, _CURVE_KNOTS, knots_out).astype(np.float32)
+    return (1 - s) * values + s * mapped
 
 
 PRESETS: dict[str, AugmentConfig | None] = {
@@ -143,3 +195,4 @@ PRESETS: dict[str, AugmentConfig | None] = {
 }
 PRESETS["strong-zoom"] = replace(PRESETS["strong"], scale=(0.5, 1.25), anchor="chest-wall")
 PRESETS["strong-aspect"] = replace(PRESETS["strong"], aspect=(0.9, 1.6))
+PRESETS["strong-appearance"] = replace(PRESETS["strong"], curve=0.8, unsharp=(-0.6, 1.5))

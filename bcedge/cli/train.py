@@ -106,7 +106,9 @@ def train_command(
     augment: Annotated[
         str,
         typer.Option(
-            "--augment", help="Augmentation preset: basic, strong, strong-zoom or none (training/augment.py)."
+            "--augment",
+            help="Augmentation preset: basic, strong, strong-zoom, strong-aspect, strong-appearance "
+            "or none (training/augment.py).",
         ),
     ] = "basic",
     positive_fraction: Annotated[
