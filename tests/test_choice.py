@@ -321,7 +321,9 @@ def test_a_named_backend_whose_artifacts_are_all_refused_stops_with_exit_3(
 
 
 def test_a_bundle_without_acceptance_data_is_timed_but_not_checked(tmp_path: Path) -> None:
-    bundle = make_bundle(tmp_path / "b", THREE, acceptance=False)
+    # fast.bin at 10 ms, not THREE's 1 ms: a 0 ms and a 1 ms call swapped places once with training on the
+    # same 2 cores (session 18); 10 ms of sleep never returns early, so the order below cannot flip.
+    bundle = make_bundle(tmp_path / "b", [*THREE[:2], ("fast.bin", 10.0, "right")], acceptance=False)
     with Segmenter(bundle, "auto", threads=1) as seg:
         # Nothing tells the wrong artifact apart: it is the fastest, so it runs (why the bundles carry the data).
         assert seg.artifact.file == "wrong.bin"
