@@ -38,7 +38,9 @@ strands, while mini-MIAS's digitised films are hazy, low in contrast and bright.
 without mini-MIAS marks ~6 false components on every mini-MIAS normal film (README, "Generalisation
 to a source a model never saw"). The curve changes the shape of the intensity mapping (a gamma bends
 it only one way) and the unsharp mask the local contrast and texture, both inside the tissue only,
-as a vendor's processing would. Session 18 measures it by leaving mini-MIAS out of training.
+as a vendor's processing would. Session 18 measured it by leaving mini-MIAS out of training (two
+seeds per arm): not adopted, the seed moved the false marks on mini-MIAS's normal films more than the
+preset did (README, "Appearance augmentation against an unseen source").
 """
 
 from __future__ import annotations
