@@ -30,6 +30,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bcedge.evaluation import format_estimate
+
 
 def figures(path: Path, unseen: str, seen: str) -> dict[str, Any]:
     """The figures the rule reads from one ``eval_cross_dataset`` JSON (its first bundle)."""
@@ -40,11 +43,14 @@ def figures(path: Path, unseen: str, seen: str) -> dict[str, Any]:
     if "normal" not in by_kind or len(seen_groups) != 1:
         raise SystemExit(f"error: {path}: expected normal films in {unseen!r} and one lesion group in {seen!r}")
     lesions = next(g for k, g in by_kind.items() if k != "normal")
+    normals = [im for im in sets[unseen]["images"] if im["kind"] == "normal"]
     return {
         "bundle": run["bundle"],
         "unseen_fp_per_normal": by_kind["normal"]["fp_per_image"],
         "unseen_findings_per_normal": by_kind["normal"]["findings_per_image"],
         "unseen_flagged_share": by_kind["normal"]["flagged_share"],
+        # Mean marked (all false) pixels per normal film, original grid: how much, besides how many pieces.
+        "unseen_fp_pixels_per_normal": round(statistics.fmean(im["fp"] for im in normals), 1),
         "unseen_found": lesions["detection_rate"],
         "unseen_lesion_dice": lesions["dice"],
         "seen_dice": seen_groups[0]["dice"],
@@ -87,26 +93,26 @@ def verdict(
     return {"means": means, "clauses": clauses, "adopted": all(c["pass"] for c in clauses.values())}
 
 
-def _fmt(est: dict[str, Any], digits: int = 3) -> str:
-    return f"{est['value']:.{digits}f} ({est['low']:.{digits}f}-{est['high']:.{digits}f})"
-
-
 def markdown(doc: dict[str, Any]) -> str:
     lines = [
         f"# {doc['what']}",
         "",
-        "| seed | arm | bundle | FP / unseen normal film | unseen normals flagged | unseen lesions found | "
-        "unseen lesion Dice | seen validation Dice |",
-        "|---|---|---|---|---|---|---|---|",
+        "| seed | arm | bundle | FP / unseen normal film | findings / unseen normal film | "
+        "false pixels / normal film | unseen normals flagged | unseen lesions found | unseen lesion Dice | "
+        "seen validation Dice |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for pair in doc["pairs"]:
         for arm in ("baseline", "candidate"):
             f = pair[arm]
             lines.append(
-                f"| {pair['seed']} | {arm} | `{Path(f['bundle']).name}` | {_fmt(f['unseen_fp_per_normal'], 2)} "
-                f"(n={f['unseen_fp_per_normal']['n']}) | {_fmt(f['unseen_flagged_share'], 2)} | "
-                f"{_fmt(f['unseen_found'], 2)} ({f['unseen_found']['num']}/{f['unseen_found']['den']}) | "
-                f"{_fmt(f['unseen_lesion_dice'])} | {_fmt(f['seen_dice'])} (n={f['seen_dice']['n']}) |"
+                f"| {pair['seed']} | {arm} | `{Path(f['bundle']).name}` | "
+                f"{format_estimate(f['unseen_fp_per_normal'], 2)} (n={f['unseen_fp_per_normal']['n']}) | "
+                f"{format_estimate(f['unseen_findings_per_normal'], 2)} | "
+                f"{f['unseen_fp_pixels_per_normal']:.0f} | {format_estimate(f['unseen_flagged_share'], 2)} | "
+                f"{format_estimate(f['unseen_found'], 2)} ({f['unseen_found']['num']}/{f['unseen_found']['den']}) | "
+                f"{format_estimate(f['unseen_lesion_dice'])} | {format_estimate(f['seen_dice'])} "
+                f"(n={f['seen_dice']['n']}) |"
             )
     v = doc["verdict"]
     lines += ["", f"Means over seeds: {json.dumps(v['means'])}", "", "| clause | figure | pass |", "|---|---|---|"]

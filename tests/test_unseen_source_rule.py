@@ -28,7 +28,9 @@ def _cross(path: Path, fp: float, found: float, dice: float) -> Path:
         {"kind": "circle", "dice": _est(0.2), "detection_rate": _est(found, 55, num=round(found * 57), den=57)},
     ]
     seen = [{"kind": "pixel", "dice": _est(dice, 9), "detection_rate": _est(0.9, 9, num=12, den=13)}]
-    doc = {"runs": [{"bundle": f"/b/{path.stem}", "sets": {UNSEEN: {"groups": unseen}, SEEN: {"groups": seen}}}]}
+    images = [{"kind": "normal", "fp": 100 * fp}, {"kind": "normal", "fp": 300 * fp}, {"kind": "circle", "fp": 7}]
+    sets = {UNSEEN: {"groups": unseen, "images": images}, SEEN: {"groups": seen}}
+    doc = {"runs": [{"bundle": f"/b/{path.stem}", "sets": sets}]}
     path.write_text(json.dumps(doc))
     return path
 
@@ -46,6 +48,8 @@ def _run(tmp_path: Path, base: list[tuple[float, float, float]], cand: list[tupl
     assert unseen_source_rule.main([*args, "--unseen", UNSEEN, "--seen", SEEN, "--out", str(out)]) == 0
     doc = json.loads(out.with_suffix(".json").read_text())
     assert "Adopted" in out.with_suffix(".md").read_text()
+    # False pixels: the mean over the normal films only (the circle image's 7 is left out).
+    assert doc["pairs"][0]["baseline"]["unseen_fp_pixels_per_normal"] == round(200 * base[0][0], 1)
     return doc["verdict"]
 
 

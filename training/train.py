@@ -29,12 +29,17 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bcedge.bench.machine import keras_machine_info
 from bcedge.errors import ConfigError
 from bcedge.imageio import atomic_write, atomic_write_bytes
+
+if TYPE_CHECKING:
+    from training.data import ArraySet
+    from training.paste import LesionBank
 
 # The run folder's layout and its readers/writers live in training.run (its one owner).
 from training.run import (
@@ -321,15 +326,14 @@ def train(
     return state
 
 
-#: The mined hard-negative maps of a run (kept so a resumed run uses the start model's, not the last one's).
-def _lesion_bank(train_set):
-    """The lesions ``--paste-lesions`` pastes (:class:`training.paste.LesionBank`).
+def _lesion_bank(train_set: ArraySet) -> LesionBank:
+    """The lesions ``--paste-lesions`` pastes: a :class:`training.paste.LesionBank` of ``train_set``
+    (a :class:`training.data.ArraySet`).
 
     Raises:
         ConfigError: the training split holds no lesion to paste (no pixel masks outside contrast
             views): the option would silently do nothing.
     """
-    from bcedge.errors import ConfigError
     from training.paste import LesionBank
 
     bank = LesionBank.from_set(train_set)
@@ -340,6 +344,7 @@ def _lesion_bank(train_set):
     return bank
 
 
+#: The mined hard-negative maps of a run (kept so a resumed run uses the start model's, not the last one's).
 HARD_NEGATIVES = "hard_negatives.npz"
 
 
