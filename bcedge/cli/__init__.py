@@ -211,6 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     as_json = "--json" in args
+    if argv is None and _command(args) in _LIGHT_COMMANDS:
+        # The scan job's malloc settings, before any thread allocates (bcedge.allocator says why); only
+        # for the process's own command line: a program calling main(argv) keeps its allocator as it is.
+        from bcedge.allocator import tune_for_scans
+
+        tune_for_scans()
     if debug and _command(args) != "serve":
         # serve logs through its own [logging] configuration, redacted (bcedge.serve.redact).
         debug_logging()
