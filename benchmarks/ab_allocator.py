@@ -7,7 +7,8 @@ round after round (ABAB...), on the same files: the FFDM phantom of ``bench_spee
 (2944x1920, 12 bits, uncompressed), 16 copies. In each child, after one untimed pass of each: ``reps``
 times the pipelined scan job (:func:`bcedge.scanjob.process_scans`, ``json,mask``, batch 4, the
 default bundle with ``--backend auto`` and every usable CPU) and the model alone on the same tensors
-(the done-when script's ``model_only``), each inside a :class:`~bcedge.bench.load.LoadMeter`.
+(the done-when script's ``model_only``), each inside a :class:`~bcedge.bench.load.LoadMeter`, with the
+process's minor page faults (``getrusage``: fresh pages the kernel had to map and zero).
 
     python benchmarks/ab_allocator.py [--rounds 4] [--reps 3] [--json benchmarks/results/ab_allocator.json]
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -64,14 +66,18 @@ def child(folder: Path, reps: int) -> dict[str, Any]:
             fn()
         for _ in range(reps):
             for name, fn in fns.items():
+                faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 with LoadMeter() as meter:
                     fn()
+                faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
                 r = meter.result
                 rows[name].append(
                     {
                         **r,
                         "scans_per_s": round(len(paths) / (r["wall_ms"] / 1e3), 3),
                         "cpu_ms_per_scan": round(r["cpu_ms"] / len(paths), 2),
+                        # Pages the process had to be given (first touch of fresh memory), per scan.
+                        "minor_faults_per_scan": round(faults / len(paths), 1),
                     }
                 )
         artifact = seg.artifact.file
@@ -140,6 +146,7 @@ def summary(results: list[dict[str, Any]]) -> dict[str, float]:
 
     pipelined, model = median("pipelined", "scans_per_s"), median("model_only", "scans_per_s")
     return {
+        "pipelined_minor_faults_per_scan": median("pipelined", "minor_faults_per_scan"),
         "pipelined_scans_per_s": pipelined,
         "model_only_scans_per_s": model,
         "ratio": round(pipelined / model, 3),

@@ -33,11 +33,13 @@ marked; the real-content row shows what the model marks on a real breast. Its te
 source's, upscaled: real in content, not in detail. Also the 16-scan pipeline on the Segmenter's one
 interpreter and the model alone at one thread (what a second core could hide the other stages behind).
 
-Every timed row records this process's CPU time and the share of the machine's CPUs other
-processes used meanwhile (:class:`bcedge.bench.load.LoadMeter`; child processes: ``wait4``). A
-section is flagged ``busy`` (its verdict not trusted) when others used more than 10 % of the CPUs
-over the whole section, or, for the cold start, when more than a quarter of its runs were busy.
-Writes ``benchmarks/results/speed_done_when.json`` with the machine's CPU flags and load.
+Like ``bcedge infer``, the script applies the scan job's malloc settings (:mod:`bcedge.allocator`)
+before it imports NumPy; the JSON records them (``allocator``). Every timed row records this process's
+CPU time and the share of the machine's CPUs other processes used meanwhile
+(:class:`bcedge.bench.load.LoadMeter`; child processes: ``wait4``). A section is flagged ``busy`` (its
+verdict not trusted) when others used more than 10 % of the CPUs over the whole section, or, for the
+cold start, when more than a quarter of its runs were busy. Writes
+``benchmarks/results/speed_done_when.json`` with the machine's CPU flags and load.
 
     python benchmarks/bench_speed_done_when.py [--runs 15] [--cold-runs 10] [--json PATH]
 """
@@ -63,10 +65,14 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 # What `bcedge infer` does first (bcedge.cli.main): the scan job's malloc settings, before any thread
-# allocates, so before NumPy (bcedge.allocator). The naive script's warm runs share this process.
-from bcedge.allocator import tune_for_scans  # noqa: E402
+# allocates, so before NumPy (bcedge.allocator); only when run as the benchmark, not when a test or
+# another script imports this module. The naive script's warm runs share this process.
+if __name__ == "__main__":
+    from bcedge.allocator import tune_for_scans
 
-ALLOCATOR = tune_for_scans()
+    ALLOCATOR = tune_for_scans()
+else:
+    ALLOCATOR = {"skipped": "imported as a module"}
 
 import numpy as np  # noqa: E402
 

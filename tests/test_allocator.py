@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -144,3 +145,24 @@ def test_tuning_happens_before_the_command_imports_anything_heavy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip().splitlines()[-1] == "{'numpy': False}"
+
+
+def test_the_ab_script_summarises_medians_over_its_children() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import ab_allocator
+
+    def row(rate: float, cpu: float, faults: float = 0.0) -> dict[str, float]:
+        return {"scans_per_s": rate, "cpu_ms_per_scan": cpu, "minor_faults_per_scan": faults}
+
+    children = [
+        {"rows": {"pipelined": [row(18.0, 100.0, 10.0), row(20.0, 96.0, 30.0)], "model_only": [row(22.0, 70.0)]}},
+        {"rows": {"pipelined": [row(19.0, 98.0, 20.0)], "model_only": [row(20.0, 74.0), row(24.0, 72.0)]}},
+    ]
+    assert ab_allocator.summary(children) == {
+        "pipelined_minor_faults_per_scan": 20.0,
+        "pipelined_scans_per_s": 19.0,
+        "model_only_scans_per_s": 22.0,
+        "ratio": round(19.0 / 22.0, 3),
+        "pipelined_cpu_ms_per_scan": 98.0,
+        "model_only_cpu_ms_per_scan": 72.0,
+    }
