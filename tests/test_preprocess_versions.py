@@ -162,6 +162,34 @@ def test_display_values_interpolates_the_table() -> None:
     np.testing.assert_array_equal(img.display(), [[0.0, 1.0]])
 
 
+def _display_values_by_definition(img: StoredImage, values: np.ndarray) -> np.ndarray:
+    """lo + (hi - lo) * fraction with both neighbours gathered, float32 throughout (before the slope table)."""
+    x = np.clip(np.asarray(values, np.float32) - np.float32(img.offset), 0.0, float(img.table.shape[0] - 1))
+    i0 = x.astype(np.int32)
+    frac = x - i0.astype(np.float32)
+    i1 = np.minimum(i0 + 1, img.table.shape[0] - 1)
+    lo = img.table[i0]
+    return (img.table[i1] - lo) * frac + lo
+
+
+@pytest.mark.parametrize(("entries", "offset"), [(1, 0), (2, 0), (300, -100), (4096, 0), (65536, 0)])
+def test_display_values_slope_table_gives_the_same_bits(entries: int, offset: int) -> None:
+    """The kept table of neighbour differences changes no bit of the interpolation, edges included."""
+    rng = np.random.default_rng(entries)
+    table = np.sort(rng.random(entries).astype(np.float32))
+    img = StoredImage(np.zeros((2, 2), np.uint16), table, offset)
+    values = (rng.random((97, 61)) * (entries + 40) + offset - 20).astype(np.float32)
+    edges = [offset, offset + entries - 1, offset + entries - 1.5, offset - 5, offset + entries + 5, offset + 0.5]
+    values.flat[: len(edges)] = edges
+    values.flat[len(edges)] = np.nextafter(np.float32(offset + entries - 1), np.float32(0))
+    expected = _display_values_by_definition(img, values)
+    got = img.display_values(values)
+    assert got.dtype == np.float32 and got.shape == values.shape
+    assert np.array_equal(got.view(np.uint32), expected.view(np.uint32))
+    # The slope table is made once and kept on the image.
+    assert img.display_values(values[:3]) is not None and img._slopes() is img._slopes()
+
+
 def test_given_pixels_win_over_stored_values(write_mg, ramp) -> None:
     m = read_mammogram(write_mg(ramp(12, shape=(20, 30)), bits_stored=12))
     flipped = np.ascontiguousarray(m.pixels[:, ::-1])
