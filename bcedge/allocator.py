@@ -1,23 +1,23 @@
 """glibc ``malloc`` settings for a process that runs the pipelined scan job (issue #14, "16 scans").
 
-Why: a full-field scan's stages allocate and free arrays of 5-23 MB (the stored pixels, the
-upsampled probabilities, the mask, the images written) on the pipeline's threads. With glibc's
-defaults every thread allocates from an arena of its own, whose heaps are capped at 64 MB and
-trimmed whenever their free top passes a threshold that starts at 128 KB, so those arrays come back
-as fresh pages on most scans: page faults, the kernel zeroing those pages and, likely, ``munmap``'s
-TLB shootdowns interrupting the thread on the other core. In exploratory runs (scripts not kept) two
-processes each running scans one after the other did not slow each other down, while two threads of
-one process doing the same work took ~25 % more CPU. Measured by ``benchmarks/ab_allocator.py``
+Why: a full-field scan's stages allocate and free arrays of 5-23 MB (the stored pixels, the upsampled
+probabilities, the mask, the images written) on the pipeline's threads. With glibc's defaults every
+thread allocates from an arena of its own, whose heaps are capped at 64 MB and trimmed whenever their
+free top passes a threshold that starts at 128 KB, so those arrays come back as fresh pages on most
+scans: page faults, the kernel zeroing those pages and, likely, ``munmap``'s TLB shootdowns
+interrupting the thread on the other core. In exploratory runs (scripts not kept) two processes each
+running scans one after the other did not slow each other down, while two threads of one process doing
+the same work took ~25 % more CPU. Measured by ``benchmarks/ab_allocator.py``
 (``benchmarks/results/ab_allocator.json``: the 16-scan job of ``bench_speed_done_when.py``, mass model,
 dynamic-range INT8, batch 4, 2 threads; 8 child processes of each setting, alternating, 3 runs each;
-2-core Intel Xeon, CPU flags avx2 avx512f avx512_vnni amx_int8): per scan 3,802 minor page faults
-and 107.6 ms of process CPU with glibc's defaults, 179 and 99.1 ms with :func:`tune_for_scans` applied
-at start; the job's throughput 0.802 and 0.864 of the model alone's. One arena
-(the main heap, which grows with ``brk``) plus higher mmap and trim thresholds keep those pages mapped
-from one scan to the next. In exploratory runs (scripts not kept) either half alone gained less (the
-thresholds ~0.80-0.82, one arena ~0.78), and the arena limit set after the pipeline's first threads had
-allocated gave ~0.81: it must be set **before any other thread allocates**, so ``bcedge infer`` and
-``bcedge demo`` call this first thing (:func:`bcedge.cli.main`), and a Python program that runs
+2-core Intel Xeon, CPU flags avx2 avx512f avx512_vnni amx_int8): per scan 3,802 minor page faults and
+107.6 ms of process CPU with glibc's defaults, 179 and 99.1 ms with :func:`tune_for_scans` applied at
+start; the job's throughput 0.802 and 0.864 of the model alone's. One arena (the main heap, which grows
+with ``brk``) plus higher mmap and trim thresholds keep those pages mapped from one scan to the next.
+In exploratory runs (scripts not kept) either half alone gained less (the thresholds ~0.80-0.82, one
+arena ~0.78), and the arena limit set after the pipeline's first threads had allocated gave ~0.81: it
+must be set **before any other thread allocates**, so ``bcedge infer`` and ``bcedge demo`` call this
+first thing (:func:`bcedge.cli.main`), and a Python program that runs
 :func:`bcedge.scanjob.process_scans` on many scans should call it before importing NumPy.
 
 The cost: freed memory stays with the process (up to 1 GiB of free heap top is kept), so its
