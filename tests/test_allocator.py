@@ -119,6 +119,8 @@ def test_the_cli_tunes_only_its_own_command_line_of_the_scan_commands(
         return 0  # the command itself is not run: only what main() does before it
 
     monkeypatch.setattr(cli, "_run", stop)
+    # --debug would turn on bcedge's debug log for the rest of the test process.
+    monkeypatch.setattr(cli, "debug_logging", lambda: None)
     monkeypatch.setattr(sys, "argv", ["bcedge", *argv])
     assert cli.main() == 0
     assert called == ([True] if expected else [])
