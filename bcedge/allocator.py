@@ -22,8 +22,11 @@ first thing (:func:`bcedge.cli.main`), and a Python program that runs
 
 The cost: freed memory stays with the process (up to 1 GiB of free heap top is kept), so its
 resident size stays at its peak; the scan job bounds that peak (``--batch-size``). Not applied by
-``bcedge serve`` (long-lived workers that handle one scan at a time) or on a C library other than
-glibc. ``BCEDGE_MALLOC=default``, ``MALLOC_ARENA_MAX`` or any ``glibc.malloc`` tunable in
+``bcedge serve`` (long-lived workers that handle one scan at a time), by ``bcedge batch``'s Ray workers
+(tried through ``GLIBC_TUNABLES`` at their start, exploratory: 9.6-9.9 scans/s against 11.2-11.7 with
+glibc's defaults, one worker, 96 scans in one block; the thresholds alone 11.3-11.9, no gain; a Ray
+worker's own threads allocate all the time, and one arena makes them queue) or on a C library other
+than glibc. ``BCEDGE_MALLOC=default``, ``MALLOC_ARENA_MAX`` or any ``glibc.malloc`` tunable in
 ``GLIBC_TUNABLES`` leaves glibc's settings alone (the user's choice wins).
 """
 
