@@ -52,14 +52,15 @@ _applied: dict[str, Any] | None = None
 
 
 def _libc() -> Any:
-    """glibc's handle (``mallopt`` and ``gnu_get_libc_version``), or None on another C library."""
-    import ctypes
-
+    """glibc's handle (``mallopt`` and ``gnu_get_libc_version``), or None on another C library or a
+    Python built without ctypes (``bcedge infer`` then runs with glibc's settings, never exit 1)."""
     try:
+        import ctypes
+
         libc = ctypes.CDLL(None)
         libc.gnu_get_libc_version  # noqa: B018 - the symbol only glibc has
         return libc
-    except (OSError, AttributeError):
+    except (ImportError, OSError, AttributeError):
         return None
 
 

@@ -260,7 +260,8 @@ class StoredImage:
         np.subtract(x, i0, out=x, casting="unsafe")  # x is now the fraction
         # table[i0] + (table[i0 + 1] - table[i0]) * fraction, with the differences read from a table
         # made once: the same float32 operations on the same operands, so the same bits, with one
-        # gather and one index array fewer (~0.5 ms less per 2944x1920 scan's two calls).
+        # gather and one index array fewer: 2.5 -> 1.5 ms per 736x480 call (ad-hoc timing, 2-core Intel
+        # Xeon, CPU flags avx2 avx512f avx512_vnni).
         out = slope.take(i0)
         out *= x
         out += table.take(i0)

@@ -681,7 +681,7 @@ def breast_mask(
     # The histogram leaves the frame out: its artificial zeros would make a flat image look bimodal.
     # OpenCV's histogram counts exactly (float32 holds every count up to 2**24, a 4096x4096 working
     # image's pixels) in ~0.04 ms, NumPy's bincount in ~0.17 (it copies the view to int64 first), on
-    # a 512x334 working image.
+    # a 512x334 working image (ad-hoc timing, 2-core Intel Xeon, CPU flags avx2 avx512f avx512_vnni).
     hist = cv2.calcHist([u8[by : h - by, bx : w - bx]], [0], None, [256], [0, 256]).ravel().astype(np.float64)
     split = otsu_split(hist)
     if split is None:  # a flat image: nothing to split

@@ -168,3 +168,19 @@ def test_the_ab_script_summarises_medians_over_its_children() -> None:
         "pipelined_cpu_ms_per_scan": 98.0,
         "model_only_cpu_ms_per_scan": 72.0,
     }
+
+
+def test_a_python_without_ctypes_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ctypes module: the loader says 'not glibc' instead of raising (bcedge infer must not exit 1)."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ctypes(name: str, *args: object, **kwargs: object) -> object:
+        if name == "ctypes":
+            raise ImportError("No module named '_ctypes'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ctypes)
+    assert allocator._libc() is None
+    assert allocator.tune_for_scans() == {"skipped": "not glibc"}
