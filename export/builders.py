@@ -140,6 +140,10 @@ def build_tflite(kind: ArtifactKind, context: BuildContext) -> Built:
     )
     atomic_write_bytes(context.out / kind.file, content)
     details: dict[str, Any] = {"io": tflite.io_details(content)}
+    if kind.precision == "dynamic":
+        # Which ops still run as hybrids (float activations, int8 weights); depthwise ones are not
+        # among them (tflite.float_depthwise_weights).
+        details["hybrid_ops"] = tflite.hybrid_ops(content)
     if kind.precision == "int8":
         details["int8_io"] = context.int8_io
         details["float_ops"] = tflite.float_ops(content)

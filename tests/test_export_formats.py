@@ -184,6 +184,66 @@ def test_float_ops_lists_float_kernels(unet_saved: tuple) -> None:
     assert len(ops) == len([r for r in tflite.op_summary(dynamic) if r["op"] not in tflite.BOUNDARY_OPS])
 
 
+@pytest.fixture(scope="module")
+def depthwise_saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path]:
+    """A small model with a depthwise convolution large enough (128 channels x 3x3 = 1152 weights >= the
+    converter's 1024) to be quantised by dynamic-range quantisation, as MobileNetV2's are."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((SIZE, SIZE, 1))
+    x = keras.layers.Conv2D(128, 3, padding="same", activation="relu")(inputs)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", activation="relu")(x)
+    outputs = keras.layers.Conv2D(1, 1, activation="sigmoid")(x)
+    model = keras.Model(inputs, outputs)
+    return model, tflite.export_saved_model(model, tmp_path_factory.mktemp("depthwise") / "saved", SIZE)
+
+
+def _weights_of(content: bytes, op_name: str) -> np.ndarray:
+    """The weight tensor (input 1) of the first ``op_name`` op, as stored (int8 or float32)."""
+    interp = tflite._interpreter(content)
+    interp.allocate_tensors()
+    op = next(o for o in interp._get_ops_details() if o["op_name"] == op_name)
+    return interp.get_tensor(int(op["inputs"][1]))
+
+
+def _scales_of(content: bytes, op_name: str) -> np.ndarray:
+    interp = tflite._interpreter(content)
+    op = next(o for o in interp._get_ops_details() if o["op_name"] == op_name)
+    detail = next(d for d in interp.get_tensor_details() if d["index"] == int(op["inputs"][1]))
+    return detail["quantization_parameters"]["scales"]
+
+
+def test_dynamic_keeps_depthwise_weights_in_float(depthwise_saved: tuple, images: np.ndarray, tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    model, saved = depthwise_saved
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    plain = bytes(converter.convert())  # what the converter alone makes: a hybrid depthwise op
+    assert tflite.hybrid_ops(plain) == {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1}
+    ours = tflite.convert(saved, "dynamic")
+    # The 128-channel convolution stays a hybrid (int8 weights; XNNPACK runs it); the depthwise one is float.
+    assert tflite.hybrid_ops(ours) == {"CONV_2D": 1}
+    # Its float weights are exactly the int8 values times their per-channel scales (the values the
+    # hybrid kernel multiplied by), and the other weights are untouched.
+    q, scales = _weights_of(plain, "DEPTHWISE_CONV_2D"), _scales_of(plain, "DEPTHWISE_CONV_2D")
+    assert q.dtype == np.int8 and scales.size == q.shape[-1] == 128
+    got = _weights_of(ours, "DEPTHWISE_CONV_2D")
+    assert got.dtype == np.float32 and np.array_equal(got, q.astype(np.float32) * scales.astype(np.float32))
+    assert np.array_equal(_weights_of(ours, "CONV_2D"), _weights_of(plain, "CONV_2D"))
+    # Applied again (nothing hybrid left), or to a model without hybrid depthwise ops: unchanged.
+    assert tflite.float_depthwise_weights(ours) == (ours, 0)
+    int8 = tflite.convert(saved, "int8", calib_images=images[:6])
+    assert tflite.float_depthwise_weights(int8) == (int8, 0)
+    # And it runs, as close to Keras as the dynamic-range bounds ask.
+    path = tmp_path / "dw.tflite"
+    path.write_bytes(ours)
+    with open_backend("tflite", path, threads=1) as backend:
+        out = backend.predict(images)
+    _within(out, model.predict(images, verbose=0), "dynamic", "depthwise model, dynamic with float depthwise")
+
+
 def test_onnx_dynamic_batch(unet_saved: tuple, images: np.ndarray, tmp_path: Path) -> None:
     import onnxruntime as ort
 
