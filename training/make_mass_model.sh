@@ -66,3 +66,8 @@ PYTHON="${PYTHON:-python}"
 # Session 16: PreprocessConfig.square_image (lay a scan out as if resized to a square first) was tried on this
 # bundle and left off: the training files' own squash is estimated at only ~1.09 (benchmarks/breast_aspect.py), so
 # squaring a 2944x1920 scan would squash it ~1.4x more than anything the model saw, at ~1.6x the model time.
+# Session 20: the shipped dynamic-range artifact was converted op for op to keep its depthwise convolutions'
+# weights in float (LiteRT's XNNPACK has no hybrid depthwise kernel), gated on validation and installed:
+#   python benchmarks/float_depthwise_gate.py --run /work/runs/P512L-rebuilt --bundle bcedge/mass_model \
+#       --root /work/shared/data --cache /work/cache --set   (benchmarks/results/float_depthwise_gate.json)
+# bcedge export does the same to every dynamic-range artifact it writes, so a run of this script gets it directly.
