@@ -270,11 +270,12 @@ def float_depthwise_weights(content: bytes) -> tuple[bytes, int]:
     connected layers itself, but has no hybrid depthwise convolution; each such op fell back to the
     builtin kernel (one thread) and split the graph. On ``bcedge/mass_model`` (MobileNetV2 encoder,
     15 hybrid depthwise ops) the graph ran as 21 XNNPACK partitions, and dequantising those weights
-    took a 512x320 call from 47.7 to 36.7 ms at 2 threads and 73.4 to 60.9 ms at 1 (medians of 20
-    interleaved calls, 2-core Intel Xeon, CPU flags avx2 fma avx512f avx512_vnni amx_int8; session 20),
-    for 0.1 MB more (depthwise filters are 3x3 per channel). The float weights are the int8 values
-    times their scales, the values the hybrid kernel multiplied by; what changes is that the
-    activations entering those ops are no longer quantised (closer to the float model).
+    took a 512x320 call from 51.0 to 38.6 ms at 2 threads and 74.4 to 61.9 ms at 1 (medians of 20
+    interleaved calls, 2-core Intel Xeon, CPU flags avx2 fma avx512f avx512_vnni amx_int8;
+    ``benchmarks/float_depthwise_gate.py``), for 0.1 MB more (depthwise filters are 3x3 per channel).
+    The float weights are the int8 values times their scales, the values the hybrid kernel multiplied
+    by; what changes is that the activations entering those ops are no longer quantised (closer to
+    the float model).
 
     Args:
         content: a ``.tflite`` flatbuffer (any; only hybrid depthwise ops are touched).
@@ -302,7 +303,10 @@ def float_depthwise_weights(content: bytes) -> tuple[bytes, int]:
             quant = weights.quantization
             if activation.type != schema.TensorType.FLOAT32 or weights.type != schema.TensorType.INT8 or quant is None:
                 continue  # a float op, or a fully quantised one: not hybrid
-            values = np.frombuffer(bytes(model.buffers[weights.buffer].data), np.int8).reshape(weights.shape)
+            stored = model.buffers[weights.buffer].data
+            if stored is None or len(stored) != int(np.prod(weights.shape)):
+                continue  # weights outside the flatbuffer (a > 2 GB model's offset buffers): left as they are
+            values = np.frombuffer(bytes(stored), np.int8).reshape(weights.shape)
             scale = np.asarray(quant.scale, np.float32)
             zero = np.asarray(quant.zeroPoint if quant.zeroPoint is not None else [0], np.float32)
             if scale.size > 1:  # per channel, along quantizedDimension
