@@ -56,32 +56,25 @@ def dynamic_record(bundle: Any) -> Any:
 
 
 def gate_both(run_dir: Path, root: Path | None, cache: Path, old: Path, new: Path, record: Any, threshold: float):
-    """Score the old and new artifact on the run's validation split against the recorded reference Dice."""
+    """Score the old and new artifact on the run's validation split against the recorded reference Dice,
+    as ``bcedge export`` does (:func:`export.verify.measure`'s steps), and compare their probabilities."""
     from export.calibration import split_sets
-    from export.verify import measure
+    from export.verify import gate, run_backend, score
     from training.run import load_run
 
     sets, meta = split_sets(load_run(run_dir), cache, root=root)
     val = sets["val"]
-    reference = {"dice": float(record.metrics["reference_dice"])}
-    out = {}
+    reference_dice = float(record.metrics["reference_dice"])
+    out: dict[str, Any] = {}
+    probs = {}
     for name, path in (("old", old), ("new", new)):
-        m = measure(
-            "tflite",
-            path,
-            val.images,
-            val.masks,
-            reference=reference,
-            tolerance=record.tolerance,
-            threshold=threshold,
-            threads=1,
-        )
-        out[name] = {
-            "gate": m.gate,
-            "metrics": m.metrics,
-            "ms_per_image_1_thread": round(m.ms_per_image or 0.0, 3),
-            "runtime": m.details,
-        }
+        probs[name], ms, details = run_backend("tflite", path, val.images, threads=1)
+        metrics = score(probs[name], val.masks, threshold)
+        verdict, delta = gate(metrics["dice"], reference_dice, record.tolerance)
+        metrics["reference_dice"], metrics["delta_dice"] = reference_dice, delta
+        out[name] = {"gate": verdict, "metrics": metrics, "ms_per_image_1_thread": round(ms, 3), "runtime": details}
+    out["identical_probabilities"] = bool(np.array_equal(probs["old"], probs["new"]))
+    out["max_abs_probability_diff"] = float(np.max(np.abs(probs["old"] - probs["new"])))
     out["split"] = str(meta.get("split"))
     out["n_images"] = len(val.images)
     return out
@@ -132,8 +125,14 @@ def time_pair(old: Path, new: Path, tensor: np.ndarray, threads: int, rounds: in
     }
 
 
-def install(bundle: Any, record: Any, new_path: Path, gate: dict[str, Any], baselines: dict[str, Any], n: int) -> None:
-    """Put the new artifact in the bundle (atomically) and rewrite its record and the acceptance baselines."""
+def install(
+    bundle: Any, record: Any, new_path: Path, gate: dict[str, Any], baselines: dict[str, Any], note: dict[str, Any]
+) -> None:
+    """Put the new artifact in the bundle (atomically) and rewrite its record and the acceptance baselines.
+
+    ``gate``: :func:`gate_both`'s (``gate["new"]`` becomes the record's metrics and gate); ``note``: merged
+    into the record's ``details`` (what was rewritten, from which sha256, how).
+    """
     from bcedge.bundle import ArtifactRecord, write_manifest
     from bcedge.imageio import atomic_write_bytes
     from export.acceptance import machine_label
@@ -144,13 +143,9 @@ def install(bundle: Any, record: Any, new_path: Path, gate: dict[str, Any], base
     details = dict(record.details)
     details["runtime"] = gate["new"]["runtime"]
     details["ms_per_image"] = gate["new"]["ms_per_image_1_thread"]
-    details["hybrid_ops"] = hybrid_ops(content)
-    details["float_depthwise"] = {
-        "weights_dequantised": n,
-        "from_sha256": record.sha256,
-        "how": "export.tflite.float_depthwise_weights applied to the earlier dynamic-range artifact "
-        "(benchmarks/float_depthwise_gate.py)",
-    }
+    if record.precision == "dynamic":
+        details["hybrid_ops"] = hybrid_ops(content)
+    details.update(note)
     fresh = ArtifactRecord.from_file(
         bundle.dir,
         record.file,
@@ -251,7 +246,15 @@ def main(argv: list[str] | None = None) -> int:
                 delta = gate["new"]["metrics"]["delta_dice"]
                 print(f"error: the new artifact failed its gate ({delta:+.4f}); not installed")
             else:
-                install(bundle, record, new, gate, base, n)
+                note = {
+                    "float_depthwise": {
+                        "weights_dequantised": n,
+                        "from_sha256": record.sha256,
+                        "how": "export.tflite.float_depthwise_weights applied to the earlier dynamic-range artifact "
+                        "(benchmarks/float_depthwise_gate.py)",
+                    }
+                }
+                install(bundle, record, new, gate, base, note)
                 doc["installed"] = True
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=2) + "\n")

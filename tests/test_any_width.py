@@ -133,6 +133,29 @@ def test_manifest_io_shows_the_open_width_and_int8_stays_integer(artifacts: dict
     assert tflite.float_ops(artifacts["int8"].read_bytes()) == []
 
 
+@pytest.mark.parametrize("precision", ["fp32", "dynamic", "int8"])
+def test_depth_to_space_rewrite_is_bit_identical(
+    artifacts: dict[str, Path], images: np.ndarray, precision: str
+) -> None:
+    """The UNet's four computed-size resizes become CONCATENATION + DEPTH_TO_SPACE: no size computation left,
+    the same probabilities bit for bit at two widths, and nothing left to rewrite the second time."""
+    content = artifacts[precision].read_bytes()
+    rewritten, n = tflite.depth_to_space_upsampling(content)
+    ops = [r["op"] for r in tflite.op_summary(rewritten)]
+    assert n == 4 and ops.count("DEPTH_TO_SPACE") == 4, (precision, ops)
+    assert not {"SHAPE", "SLICE", "MUL", "RESIZE_NEAREST_NEIGHBOR"} & set(ops), (precision, ops)
+    assert tflite.depth_to_space_upsampling(rewritten) == (rewritten, 0)
+    path = artifacts[precision].with_name(f"d2s_{precision}.tflite")
+    path.write_bytes(rewritten)
+    before, after = TFLiteBackend(artifacts[precision], threads=1), TFLiteBackend(path, threads=1)
+    for batch in (images[:3], np.random.default_rng(2).random((1, SIZE, SIZE, 1), dtype=np.float32)):
+        assert np.array_equal(after.predict(batch), before.predict(batch)), precision
+    if precision == "int8":
+        assert tflite.float_ops(rewritten) == []  # CONCATENATION and DEPTH_TO_SPACE run on int8 too
+    # A model with nothing to rewrite comes back as it was.
+    assert tflite.depth_to_space_upsampling(artifacts["fixed"].read_bytes())[1] == 0
+
+
 def test_flops_count_the_square_and_op_profiling_refuses_any_width(artifacts: dict[str, Path]) -> None:
     from bcedge.bench.flops import count_tflite
     from bcedge.bench.ops import profile_tflite_ops
