@@ -126,8 +126,14 @@ class TFLiteBackend(Backend):
             # while it allocates; that line belongs in the debug log, not on every infer's terminal.
             with c_stderr_to_debug_log(f"{self.path}: LiteRT"):
                 self._interp = interpreter_cls(**kwargs)
-                square_any_width(self._interp)
-                self._interp.allocate_tensors()
+                # An any-width model is allocated by its first call, at that call's width: allocating the
+                # square here made XNNPACK plan and pack the graph for 512 columns and plan it again for the
+                # breast's (on bcedge/mass_model's dynamic artifact 87 + 20 ms against 58-75 ms at the
+                # block's width alone; 2-core Xeon, avx512_vnni, ad-hoc timing, session 20). Its ops are
+                # resolved here all the same (the constructor fails on an op this runtime lacks).
+                self._allocated = not square_any_width(self._interp)
+                if self._allocated:
+                    self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise InputError(f"{self.path} is not a TFLite model {used} can load: {first}") from exc
@@ -170,11 +176,12 @@ class TFLiteBackend(Backend):
     def _resize(self, shape: list[int]) -> None:
         self._interp.resize_tensor_input(self._in["index"], shape)
         self._interp.allocate_tensors()
+        self._allocated = True
 
     def _predict(self, batch: np.ndarray) -> np.ndarray:
         n, size = batch.shape[0], batch.shape[2]
         c0, c1 = column_block(batch) if self._any_width else (0, size)
-        if (self._dynamic and n != self._batch) or c1 - c0 != self._width:
+        if not self._allocated or (self._dynamic and n != self._batch) or c1 - c0 != self._width:
             # Resizing re-plans the arena (a few ms; the next call repacks): only when the shape changes.
             try:
                 self._resize([n, batch.shape[1], c1 - c0, 1])
