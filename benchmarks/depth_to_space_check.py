@@ -1,7 +1,7 @@
 """A bundle's any-width TFLite artifacts with their upsampling as CONCATENATION + DEPTH_TO_SPACE: checked, timed.
 
 Any-width exports upsample with a RESIZE_NEAREST_NEIGHBOR whose size is computed at run time, which
-LiteRT's XNNPACK does not take; :func:`export.tflite.depth_to_space_upsampling` rewrites those ops
+LiteRT's XNNPACK does not take; :func:`export.tflite_rewrite.depth_to_space_upsampling` rewrites those ops
 (bit-identical outputs by construction) into ops XNNPACK runs, at the cost of copying each upsampled
 input four times. Whether that pays depends on the CPU and the thread count, so it is not applied by
 ``bcedge export``: run this on the device. For every TFLite artifact of the bundle it changes, this
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from bcedge.bench import machine_info
     from bcedge.bundle import ArtifactRecord, load_bundle
     from export.acceptance import baselines, machine_label
-    from export.tflite import depth_to_space_upsampling
+    from export.tflite_rewrite import depth_to_space_upsampling
 
     bundle = load_bundle(args.bundle)
     changed = []
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                     "depth_to_space_upsampling": {
                         "resizes_rewritten": n,
                         "from_sha256": record.sha256,
-                        "how": "export.tflite.depth_to_space_upsampling (bit-identical outputs; "
+                        "how": "export.tflite_rewrite.depth_to_space_upsampling (bit-identical outputs; "
                         "benchmarks/depth_to_space_check.py)",
                     }
                 }

@@ -1,7 +1,7 @@
 """A bundle's dynamic-range TFLite artifact with float depthwise weights: gated, timed, optionally installed.
 
 ``bcedge export`` now writes dynamic-range artifacts whose depthwise convolutions keep float weights
-(:func:`export.tflite.float_depthwise_weights`: LiteRT's XNNPACK has no kernel for an int8-weight
+(:func:`export.tflite_rewrite.float_depthwise_weights`: LiteRT's XNNPACK has no kernel for an int8-weight
 depthwise convolution on float activations). A bundle exported before holds the old artifact; this
 script makes the new one from it (the same op-for-op conversion: every other weight and op is kept)
 and measures, on this machine:
@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     from bcedge.bench import machine_info
     from bcedge.bundle import load_bundle
     from export.acceptance import baselines, machine_label
-    from export.tflite import float_depthwise_weights, hybrid_ops
+    from export.tflite import hybrid_ops
+    from export.tflite_rewrite import float_depthwise_weights
 
     bundle = load_bundle(args.bundle)
     record = dynamic_record(bundle)
@@ -250,8 +251,8 @@ def main(argv: list[str] | None = None) -> int:
                     "float_depthwise": {
                         "weights_dequantised": n,
                         "from_sha256": record.sha256,
-                        "how": "export.tflite.float_depthwise_weights applied to the earlier dynamic-range artifact "
-                        "(benchmarks/float_depthwise_gate.py)",
+                        "how": "export.tflite_rewrite.float_depthwise_weights applied to the earlier dynamic-range "
+                        "artifact (benchmarks/float_depthwise_gate.py)",
                     }
                 }
                 install(bundle, record, new, gate, base, note)

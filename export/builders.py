@@ -142,7 +142,7 @@ def build_tflite(kind: ArtifactKind, context: BuildContext) -> Built:
     details: dict[str, Any] = {"io": tflite.io_details(content)}
     if kind.precision == "dynamic":
         # Which ops still run as hybrids (float activations, int8 weights); depthwise ones are not
-        # among them (tflite.float_depthwise_weights).
+        # among them (export.tflite_rewrite.float_depthwise_weights).
         details["hybrid_ops"] = tflite.hybrid_ops(content)
     if kind.precision == "int8":
         details["int8_io"] = context.int8_io

@@ -20,7 +20,7 @@ pytest.importorskip("ai_edge_litert")
 from bundle_support import phantom_model_inputs
 
 from bcedge.backends.tflite import MIN_WIDTH, WIDTH_STEP, TFLiteBackend, column_block
-from export import tflite
+from export import tflite, tflite_rewrite
 
 SIZE = 256
 
@@ -140,11 +140,11 @@ def test_depth_to_space_rewrite_is_bit_identical(
     """The UNet's four computed-size resizes become CONCATENATION + DEPTH_TO_SPACE: no size computation left,
     the same probabilities bit for bit at two widths, and nothing left to rewrite the second time."""
     content = artifacts[precision].read_bytes()
-    rewritten, n = tflite.depth_to_space_upsampling(content)
+    rewritten, n = tflite_rewrite.depth_to_space_upsampling(content)
     ops = [r["op"] for r in tflite.op_summary(rewritten)]
     assert n == 4 and ops.count("DEPTH_TO_SPACE") == 4, (precision, ops)
     assert not {"SHAPE", "SLICE", "MUL", "RESIZE_NEAREST_NEIGHBOR"} & set(ops), (precision, ops)
-    assert tflite.depth_to_space_upsampling(rewritten) == (rewritten, 0)
+    assert tflite_rewrite.depth_to_space_upsampling(rewritten) == (rewritten, 0)
     path = artifacts[precision].with_name(f"d2s_{precision}.tflite")
     path.write_bytes(rewritten)
     before, after = TFLiteBackend(artifacts[precision], threads=1), TFLiteBackend(path, threads=1)
@@ -153,7 +153,7 @@ def test_depth_to_space_rewrite_is_bit_identical(
     if precision == "int8":
         assert tflite.float_ops(rewritten) == []  # CONCATENATION and DEPTH_TO_SPACE run on int8 too
     # A model with nothing to rewrite comes back as it was.
-    assert tflite.depth_to_space_upsampling(artifacts["fixed"].read_bytes())[1] == 0
+    assert tflite_rewrite.depth_to_space_upsampling(artifacts["fixed"].read_bytes())[1] == 0
 
 
 def test_flops_count_the_square_and_op_profiling_refuses_any_width(artifacts: dict[str, Path]) -> None:

@@ -24,7 +24,7 @@ from bundle_support import phantom_model_inputs
 from bcedge.backends import open_backend
 from bcedge.errors import ConfigError
 from export import onnx as onnx_export
-from export import tflite
+from export import tflite, tflite_rewrite
 from export.verify import OUTPUT_TOLERANCES
 
 SIZE = 64
@@ -233,9 +233,9 @@ def test_dynamic_keeps_depthwise_weights_in_float(depthwise_saved: tuple, images
     assert got.dtype == np.float32 and np.array_equal(got, q.astype(np.float32) * scales.astype(np.float32))
     assert np.array_equal(_weights_of(ours, "CONV_2D"), _weights_of(plain, "CONV_2D"))
     # Applied again (nothing hybrid left), or to a model without hybrid depthwise ops: unchanged.
-    assert tflite.float_depthwise_weights(ours) == (ours, 0)
+    assert tflite_rewrite.float_depthwise_weights(ours) == (ours, 0)
     int8 = tflite.convert(saved, "int8", calib_images=images[:6])
-    assert tflite.float_depthwise_weights(int8) == (int8, 0)
+    assert tflite_rewrite.float_depthwise_weights(int8) == (int8, 0)
     # And it runs, as close to Keras as the dynamic-range bounds ask.
     path = tmp_path / "dw.tflite"
     path.write_bytes(ours)
