@@ -39,20 +39,16 @@ RESULTS = HERE / "results" / "depth_to_space_check.json"
 
 
 def main(argv: list[str] | None = None) -> int:
+    from float_depthwise_gate import add_common_arguments, gate_both, install, scan_tensor, speed_line, time_pair
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", type=Path, required=True, help="the bundle's run folder (split, preprocessing)")
-    parser.add_argument("--bundle", type=Path, default=Path("bcedge/mass_model"))
-    parser.add_argument("--root", type=Path, default=None, help="data root (default: the run's)")
-    parser.add_argument("--cache", type=Path, default=Path(".bcedge-cache"))
-    parser.add_argument("--rounds", type=int, default=20, help="interleaved timed calls per artifact and thread count")
+    add_common_arguments(parser)
     parser.add_argument(
         "--artifact", action="append", default=None, help="only this artifact file (repeatable; default: every one)"
     )
     parser.add_argument("--set", action="store_true", help="install the rewritten artifacts")
     parser.add_argument("--json", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-
-    from float_depthwise_gate import gate_both, install, scan_tensor, time_pair
 
     from bcedge.bench import machine_info
     from bcedge.bundle import ArtifactRecord, load_bundle
@@ -151,12 +147,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{file}: {entry['resizes_rewritten']} resizes rewritten; on {g['n_images']} val images probabilities "
             f"identical, Dice {g['new']['metrics']['dice']:.4f} (recorded {g['old_recorded_dice']:.4f})"
         )
-        for s in entry["speed_ffdm_phantom"]:
-            print(
-                f"  FFDM phantom, {s['threads']} thread(s), {s['input_width']} columns: "
-                f"old {s['wall_ms_median']['old']} ms, new {s['wall_ms_median']['new']} ms ({s['speed_up']}x)"
-                f"{' BUSY' if s['busy'] else ''}"
-            )
+        for row in entry["speed_ffdm_phantom"]:
+            print("  " + speed_line(row))
     print(f"written: {args.json}{' (installed in ' + str(args.bundle) + ')' if doc['installed'] else ''}")
     return 0
 

@@ -125,6 +125,16 @@ def time_pair(old: Path, new: Path, tensor: np.ndarray, threads: int, rounds: in
     }
 
 
+def speed_line(row: dict[str, Any]) -> str:
+    """One :func:`time_pair` row as a line: threads, columns, old and new median ms, the speed-up, BUSY."""
+    wall = row["wall_ms_median"]
+    busy = " BUSY" if row["busy"] else ""
+    return (
+        f"FFDM phantom, {row['threads']} thread(s), {row['input_width']} columns: old {wall['old']} ms, "
+        f"new {wall['new']} ms ({row['speed_up']}x){busy}"
+    )
+
+
 def install(
     bundle: Any, record: Any, new_path: Path, gate: dict[str, Any], baselines: dict[str, Any], note: dict[str, Any]
 ) -> None:
@@ -166,13 +176,18 @@ def install(
     write_manifest(bundle.dir, bundle.manifest)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options this script shares with ``depth_to_space_check.py``: run, bundle, data root, cache, rounds."""
     parser.add_argument("--run", type=Path, required=True, help="the bundle's run folder (split, preprocessing)")
     parser.add_argument("--bundle", type=Path, default=Path("bcedge/mass_model"))
     parser.add_argument("--root", type=Path, default=None, help="data root (default: the run's)")
     parser.add_argument("--cache", type=Path, default=Path(".bcedge-cache"))
     parser.add_argument("--rounds", type=int, default=20, help="interleaved timed calls per artifact and thread count")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_arguments(parser)
     parser.add_argument("--set", action="store_true", help="install the new artifact when its gate passes")
     parser.add_argument("--json", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -266,11 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         f"old {g['old']['metrics']['dice']:.4f} ({g['old']['gate']}), new {g['new']['metrics']['dice']:.4f} "
         f"({g['new']['metrics']['delta_dice']:+.4f}, {g['new']['gate']})"
     )
-    for s in speed:
-        print(
-            f"FFDM phantom, {s['threads']} thread(s), width {s['input_width']}: old {s['wall_ms_median']['old']} ms, "
-            f"new {s['wall_ms_median']['new']} ms ({s['speed_up']}x){' BUSY' if s['busy'] else ''}"
-        )
+    for row in speed:
+        print(speed_line(row))
     print(f"written: {args.json}{' (installed in ' + str(args.bundle) + ')' if doc['installed'] else ''}")
     return 0
 
