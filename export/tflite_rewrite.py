@@ -84,19 +84,20 @@ def depth_to_space_upsampling(content: bytes) -> tuple[bytes, int]:
     """An any-width model's nearest 2x resizes rewritten as CONCATENATION of four copies + DEPTH_TO_SPACE.
 
     Each RESIZE_NEAREST_NEIGHBOR whose size is computed as twice the input's height and width (``SHAPE``
-    -> ``SLICE [1:3]`` -> ``MUL 2``, what :func:`export.tflite.any_width_model`'s ``tf.image.resize`` lowers to) becomes
-    ``DEPTH_TO_SPACE(CONCATENATION(x, x, x, x), 2)`` and the size computation is dropped. Both put input
+    -> ``SLICE [1:3]`` -> ``MUL 2``, what :func:`export.tflite.any_width_model`'s ``tf.image.resize``
+    lowers to) becomes ``DEPTH_TO_SPACE(CONCATENATION(x, x, x, x), 2)`` and the size computation is
+    dropped. Both put input
     pixel (i, j) at output pixels (2i + dy, 2j + dx) (with or without half-pixel centres a nearest 2x
     resize reads pixel floor(o / 2)), so the outputs are bit-identical. Resizes of any other shape are
     left alone.
 
     Why it exists and is not the default: XNNPACK takes neither the resize nor its size computation, so
     each upsampling runs on one thread between two XNNPACK partitions; the new ops run inside XNNPACK but
-    copy the input four times. On ``bcedge/mass_model`` (session 20, 2-core Intel Xeon, avx512_vnni;
-    ``benchmarks/results/depth_to_space_check.json``) the dynamic-range artifact took 37.5 -> 33.9 ms at
-    2 threads but 60.3 -> 62.9 ms at 1 (the 16-scan job's interpreters), and FP16 got slower at both. So
-    it is a tool for a device where it measures faster (many cores): ``benchmarks/depth_to_space_check.py
-    --set`` checks and installs it.
+    copy the input four times. On ``bcedge/mass_model`` (session 20, 2-core Intel Xeon, avx512_vnni; three
+    runs, the last in ``benchmarks/results/depth_to_space_check.json``) the dynamic-range artifact was
+    1.07-1.11x faster at 2 threads and 0.96-1.02x at 1 (the 16-scan job's interpreters); FP16 0.96x at 1
+    thread in every run, 0.98-1.02x at 2. Only the dynamic one was rewritten. So it is a tool for the
+    machine it will run on: ``benchmarks/depth_to_space_check.py --set`` checks, times and installs it.
 
     Returns:
         (the new flatbuffer, how many resizes were rewritten); ``content`` itself when none were.
