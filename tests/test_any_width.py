@@ -86,6 +86,23 @@ def test_any_width_artifact_reports_its_width_and_reproduces_the_square(
     np.testing.assert_allclose(wide.predict(full), fixed.predict(full), atol=1e-5)
 
 
+def test_any_width_model_is_planned_at_its_narrowest_block_until_its_first_call(
+    artifacts: dict[str, Path], images: np.ndarray
+) -> None:
+    """Opened, an any-width interpreter is allocated at MIN_WIDTH columns (planning the square first cost
+    XNNPACK a second plan); its contract stays the square, and its first call runs its own block."""
+    wide = TFLiteBackend(artifacts["fp32"], threads=1)
+    assert wide.input_shape == (1, SIZE, SIZE, 1)
+    assert int(wide._interp.get_input_details()[0]["shape"][2]) == MIN_WIDTH
+    x = images[:1].copy()
+    x[:, :, 200:] = 0
+    c0, c1 = column_block(x)
+    wide.predict(x)
+    assert int(wide._interp.get_input_details()[0]["shape"][2]) == c1 - c0
+    square = TFLiteBackend(artifacts["fp32"], threads=1, columns="square")
+    assert int(square._interp.get_input_details()[0]["shape"][2]) == SIZE  # run square: planned square
+
+
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "dynamic", "int8"])
 def test_any_width_runs_the_breast_columns_and_keeps_the_masks(
     artifacts: dict[str, Path], images: np.ndarray, precision: str

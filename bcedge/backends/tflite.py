@@ -126,13 +126,21 @@ class TFLiteBackend(Backend):
             # while it allocates; that line belongs in the debug log, not on every infer's terminal.
             with c_stderr_to_debug_log(f"{self.path}: LiteRT"):
                 self._interp = interpreter_cls(**kwargs)
-                # An any-width model is allocated by its first call, at that call's width: allocating the
-                # square here made XNNPACK plan and pack the graph for 512 columns and plan it again for the
-                # breast's (on bcedge/mass_model's dynamic artifact 87 + 20 ms against 58-75 ms at the
-                # block's width alone; 2-core Xeon, avx512_vnni, ad-hoc timing, session 20). Its ops are
-                # resolved here all the same (the constructor fails on an op this runtime lacks).
-                self._allocated = not square_any_width(self._interp)
-                if self._allocated:
+                # An any-width model is allocated here at its narrowest block (MIN_WIDTH columns), then
+                # re-planned by its first call at that call's width. Allocating the square made XNNPACK plan
+                # the graph for 512 columns first: on bcedge/mass_model's dynamic artifact, open + first
+                # call at 320 columns took ~185-195 ms that way against ~130-155 from 128 columns (fresh
+                # processes, 2-core Xeon, avx512_vnni, ad-hoc timing, session 20). Allocating here, not
+                # at the first call, keeps the delegate's start-up (and its fd-2 chatter) in this block.
+                narrow = square_any_width(self._interp, width=None if columns == "square" else MIN_WIDTH)
+                try:
+                    self._interp.allocate_tensors()
+                except (ValueError, RuntimeError):
+                    if not narrow or columns == "square":
+                        raise
+                    # A runtime that cannot plan an open width: the square, as before (its first call
+                    # then falls back to the square too, see _predict).
+                    square_any_width(self._interp)
                     self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -156,8 +164,10 @@ class TFLiteBackend(Backend):
         if len(shape) != 4 or signature[1] < 1 or signature[3] < 1 or (signature[2] < 1 and not _any_width(signature)):
             raise InputError(f"{self.path} input has shape {signature}; expected (N, S, S, 1) with fixed S")
         self._dynamic = signature[0] < 1
-        self._width = shape[2]
+        self._width = shape[2]  # the allocated width (MIN_WIDTH for an any-width model until its first call)
         self._batch = shape[0]
+        if _any_width(signature):
+            shape[2] = shape[1]  # the contract: (N, S, S, 1) in and out, whatever block runs
         self.details.update(
             runtime=used,
             runtime_version=_version(dict(RUNTIMES)[used]),
@@ -176,12 +186,11 @@ class TFLiteBackend(Backend):
     def _resize(self, shape: list[int]) -> None:
         self._interp.resize_tensor_input(self._in["index"], shape)
         self._interp.allocate_tensors()
-        self._allocated = True
 
     def _predict(self, batch: np.ndarray) -> np.ndarray:
         n, size = batch.shape[0], batch.shape[2]
         c0, c1 = column_block(batch) if self._any_width else (0, size)
-        if not self._allocated or (self._dynamic and n != self._batch) or c1 - c0 != self._width:
+        if (self._dynamic and n != self._batch) or c1 - c0 != self._width:
             # Resizing re-plans the arena (a few ms; the next call repacks): only when the shape changes.
             try:
                 self._resize([n, batch.shape[1], c1 - c0, 1])
@@ -246,12 +255,14 @@ def _any_width(signature: list[int]) -> bool:
     return len(signature) == 4 and signature[2] == -1 and signature[1] >= 1
 
 
-def square_any_width(interpreter: Any) -> bool:
-    """Resize an any-width model's input to the square (N, S, S, 1) before the first allocation (its
-    width is 1 until then); other models are left as they are. Returns whether it was any-width."""
+def square_any_width(interpreter: Any, width: int | None = None) -> bool:
+    """Resize an any-width model's input to the square (N, S, S, 1), or to ``width`` columns, before the
+    first allocation (its width is 1 until then); other models are left as they are. Returns whether it
+    was any-width."""
     details = interpreter.get_input_details()
     if len(details) == 1 and _any_width(signature := _signature(details[0])):
-        interpreter.resize_tensor_input(details[0]["index"], [max(1, signature[0]), signature[1], signature[1], 1])
+        columns = signature[1] if width is None else min(width, signature[1])
+        interpreter.resize_tensor_input(details[0]["index"], [max(1, signature[0]), signature[1], columns, 1])
         return True
     return False
 
