@@ -128,10 +128,11 @@ class TFLiteBackend(Backend):
                 self._interp = interpreter_cls(**kwargs)
                 # An any-width model is allocated here at its narrowest block (MIN_WIDTH columns), then
                 # re-planned by its first call at that call's width. Allocating the square made XNNPACK plan
-                # the graph for 512 columns first: on bcedge/mass_model's dynamic artifact, open + first
-                # call at 320 columns took ~185-195 ms that way against ~130-155 from 128 columns (fresh
-                # processes, 2-core Xeon, avx512_vnni, ad-hoc timing, session 20). Allocating here, not
-                # at the first call, keeps the delegate's start-up (and its fd-2 chatter) in this block.
+                # the graph for 512 columns first: a cold `bcedge infer` of the 2944x1920 phantom took 491
+                # ms that way against 458 from 128 columns with bcedge/mass_model's dynamic artifact (532
+                # against 468 with the one before it; interleaved fresh processes, 2-core Xeon, avx512_vnni,
+                # exploratory A/B, session 20). Allocating here, not at the first call, keeps the delegate's
+                # start-up (and its fd-2 chatter) inside this block.
                 narrow = square_any_width(self._interp, width=None if columns == "square" else MIN_WIDTH)
                 try:
                     self._interp.allocate_tensors()
