@@ -39,7 +39,15 @@ RESULTS = HERE / "results" / "depth_to_space_check.json"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from float_depthwise_gate import add_common_arguments, gate_both, install, scan_tensor, speed_line, time_pair
+    from float_depthwise_gate import (
+        add_common_arguments,
+        gate_both,
+        install,
+        scan_tensor,
+        speed_line,
+        time_pair,
+        validation_set,
+    )
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser)
@@ -79,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         staged = work / "staged"
         shutil.copytree(bundle.dir, staged)
         tensor = scan_tensor(work / "scan")
+        val = validation_set(args.run, args.root, args.cache)  # once, for every artifact
         paths = {}
         for record, old_bytes, new_bytes, n in changed:
             old, new = work / "old" / record.file, work / "new" / record.file
@@ -86,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                 path.parent.mkdir(exist_ok=True)
                 path.write_bytes(data)
             (staged / record.file).write_bytes(new_bytes)
-            gate = gate_both(args.run, args.root, args.cache, old, new, record, bundle.threshold)
+            gate = gate_both(*val, old, new, record, bundle.threshold)
             if not gate["identical_probabilities"]:
                 raise SystemExit(
                     f"error: {record.file}: the rewritten model's probabilities differ from the original's "

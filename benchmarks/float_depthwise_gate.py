@@ -55,27 +55,46 @@ def dynamic_record(bundle: Any) -> Any:
     raise ConfigError(f"{bundle.dir} has no dynamic-range TFLite artifact")
 
 
-def gate_both(run_dir: Path, root: Path | None, cache: Path, old: Path, new: Path, record: Any, threshold: float):
-    """Score the old and new artifact on the run's validation split against the recorded reference Dice,
-    as ``bcedge export`` does (:func:`export.verify.measure`'s steps), and compare their probabilities."""
+def validation_set(run_dir: Path, root: Path | None, cache: Path) -> tuple[Any, str]:
+    """The run's validation split, preprocessed as the export gate preprocesses it: (ArraySet, split file)."""
     from export.calibration import split_sets
-    from export.verify import gate, run_backend, score
     from training.run import load_run
 
     sets, meta = split_sets(load_run(run_dir), cache, root=root)
-    val = sets["val"]
-    reference_dice = float(record.metrics["reference_dice"])
+    return sets["val"], str(meta.get("split"))
+
+
+def gate_both(val: Any, split: str, old: Path, new: Path, record: Any, threshold: float) -> dict[str, Any]:
+    """Score the old and new artifact on ``val`` (:func:`validation_set`) as ``bcedge export`` does
+    (:func:`export.verify.measure`), against the recorded reference Dice and tolerance, and compare
+    their probabilities."""
+    from export.verify import measure
+
+    reference = {"dice": float(record.metrics["reference_dice"])}
     out: dict[str, Any] = {}
     probs = {}
     for name, path in (("old", old), ("new", new)):
-        probs[name], ms, details = run_backend("tflite", path, val.images, threads=1)
-        metrics = score(probs[name], val.masks, threshold)
-        verdict, delta = gate(metrics["dice"], reference_dice, record.tolerance)
-        metrics["reference_dice"], metrics["delta_dice"] = reference_dice, delta
-        out[name] = {"gate": verdict, "metrics": metrics, "ms_per_image_1_thread": round(ms, 3), "runtime": details}
+        m = measure(
+            "tflite",
+            path,
+            val.images,
+            val.masks,
+            reference=reference,
+            tolerance=record.tolerance,
+            threshold=threshold,
+            threads=1,
+            keep_probabilities=True,
+        )
+        probs[name] = m.probabilities
+        out[name] = {
+            "gate": m.gate,
+            "metrics": m.metrics,
+            "ms_per_image_1_thread": round(m.ms_per_image or 0.0, 3),
+            "runtime": m.details,
+        }
     out["identical_probabilities"] = bool(np.array_equal(probs["old"], probs["new"]))
     out["max_abs_probability_diff"] = float(np.max(np.abs(probs["old"] - probs["new"])))
-    out["split"] = str(meta.get("split"))
+    out["split"] = split
     out["n_images"] = len(val.images)
     return out
 
@@ -211,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         for path, data in ((old, old_bytes), (new, new_bytes)):
             path.parent.mkdir()
             path.write_bytes(data)
-        gate = gate_both(args.run, args.root, args.cache, old, new, record, bundle.threshold)
+        gate = gate_both(*validation_set(args.run, args.root, args.cache), old, new, record, bundle.threshold)
         recorded = float(record.metrics["dice"])
         if abs(gate["old"]["metrics"]["dice"] - recorded) > 1e-9:
             raise SystemExit(

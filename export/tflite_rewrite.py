@@ -93,10 +93,10 @@ def depth_to_space_upsampling(content: bytes) -> tuple[bytes, int]:
 
     Why it exists and is not the default: XNNPACK takes neither the resize nor its size computation, so
     each upsampling runs on one thread between two XNNPACK partitions; the new ops run inside XNNPACK but
-    copy the input four times. On ``bcedge/mass_model`` (session 20, 2-core Intel Xeon, avx512_vnni; three
-    runs, the last in ``benchmarks/results/depth_to_space_check.json``) the dynamic-range artifact was
-    1.07-1.11x faster at 2 threads and 0.96-1.02x at 1 (the 16-scan job's interpreters); FP16 0.96x at 1
-    thread in every run, 0.98-1.02x at 2. Only the dynamic one was rewritten. So it is a tool for the
+    copy the input four times. On ``bcedge/mass_model`` (session 20, 2-core Intel Xeon, avx512_vnni;
+    ``benchmarks/results/depth_to_space_check*.json``) the dynamic-range artifact was 1.07-1.11x faster at
+    2 threads and 0.96-1.02x at 1 (the 16-scan job's interpreters) in three runs; FP16 0.96x at 1 thread
+    in all four, 0.98-1.06x at 2. Only the dynamic one was rewritten. So it is a tool for the
     machine it will run on: ``benchmarks/depth_to_space_check.py --set`` checks, times and installs it.
 
     Returns:

@@ -57,6 +57,7 @@ class Measurement:
         tolerance: the tolerance applied.
         ms_per_image: mean wall time of ``predict`` per image (rough, after one warm-up call).
         details: what the backend reported (runtime, delegate, providers...).
+        probabilities: (N, S, S, 1) float32, the artifact's output, when ``measure`` was asked to keep it.
     """
 
     metrics: dict[str, Any]
@@ -64,6 +65,7 @@ class Measurement:
     tolerance: float | None = None
     ms_per_image: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    probabilities: np.ndarray | None = None
 
 
 def score(probs: np.ndarray, masks: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
@@ -148,6 +150,7 @@ def measure(
     tolerance: float | None,
     threshold: float = 0.5,
     threads: int | None = 1,
+    keep_probabilities: bool = False,
 ) -> Measurement:
     """Score one artifact and gate it against the reference scores.
 
@@ -159,10 +162,13 @@ def measure(
         tolerance: largest allowed Dice loss, or None (not gated).
         threshold: probability threshold.
         threads: inference threads.
+        keep_probabilities: keep the artifact's output in the result (to compare two artifacts).
     """
     probs, ms, details = run_backend(backend, path, images, threads=threads)
     metrics = score(probs, masks, threshold)
     result = Measurement(metrics=metrics, ms_per_image=ms, details=details)
+    if keep_probabilities:
+        result.probabilities = probs
     if reference is not None and tolerance is not None:
         result.gate, delta = gate(metrics["dice"], reference["dice"], tolerance)
         result.tolerance = float(tolerance)
