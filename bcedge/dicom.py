@@ -88,6 +88,17 @@ RASTER_SUFFIXES = {".png", ".pgm", ".pnm", ".jpg", ".jpeg", ".tif", ".tiff", ".b
 _MONO = ("MONOCHROME1", "MONOCHROME2")
 #: Uncompressed little-endian transfer syntaxes whose Pixel Data can be viewed in place.
 _NATIVE_LE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99"}
+#: Of those, the ones stored as they are in the file (not deflated): their Pixel Data is mapped, not read.
+_MAPPED_LE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
+#: Uncompressed Pixel Data over this size is viewed in the file's memory map instead of copied out
+#: of it (pydicom's ``defer_size``: such values are skipped while parsing). Copying an FFDM's 11 MB
+#: was 2 ms of the scan job's ~4.5 ms decode when other stages had just filled the caches
+#: (benchmark-context A/B on the 2944x1920 phantom, 2-core Intel Xeon, avx512f avx512_vnni amx_int8:
+#: 4.5 -> 2.5 ms). The price is the one of every memory-mapped reader (NumPy's memmap, nibabel's
+#: default): a file cut short by another process *while* bcedge reads it ends the process with
+#: SIGBUS instead of an error line; files written whole, or replaced by rename (bcedge serve's
+#: spool, DICOM receivers' temporary files), are never affected.
+_MAP_PIXELS_BYTES = 1 << 20
 #: Magic numbers of the raster formats, to say what a misnamed file really is.
 _RASTER_MAGIC = {
     b"\x89PNG": "PNG",
@@ -420,6 +431,7 @@ class _TrackedReader:
 
     def __init__(self, buf: mmap.mmap | io.BytesIO, name: str) -> None:
         self._buf = buf
+        self._size = len(buf) if isinstance(buf, mmap.mmap) else buf.getbuffer().nbytes
         self.name = name
         self.short_read: tuple[int, int, int] | None = None
 
@@ -432,7 +444,16 @@ class _TrackedReader:
         return data
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        self._buf.seek(offset, whence)
+        # pydicom skips a deferred value with seek(tell() + length) (:data:`_MAP_PIXELS_BYTES`): past the
+        # end of the file that is a short read of the value, recorded like one (a memory map refuses
+        # to seek past its end).
+        pos = self._buf.tell()
+        target = offset if whence == 0 else pos + offset if whence == 1 else self._size + offset
+        if target > self._size:
+            if self.short_read is None:
+                self.short_read = (pos, target - pos, max(0, self._size - pos))
+            target = self._size
+        self._buf.seek(target)
         return self._buf.tell()
 
     def tell(self) -> int:
@@ -933,12 +954,15 @@ def value_range(values: np.ndarray) -> tuple[int, int]:
     return int(values.min()), int(values.max())
 
 
-def _native_pixels(ds: Any, ts: str, rows: int, cols: int) -> tuple[np.ndarray, tuple[int, int] | None] | None:
+def _native_pixels(
+    ds: Any, ts: str, rows: int, cols: int, mapped: mmap.mmap | None = None
+) -> tuple[np.ndarray, tuple[int, int] | None] | None:
     """Uncompressed little-endian Pixel Data as an array viewing the file's bytes, or None.
 
-    Bits above Bits Stored are masked off (unsigned) or sign-extended (signed) the
-    way pydicom does, but only when some pixel uses them, so the common case costs
-    no copy at all. Anything unusual returns None and goes through pydicom.
+    The bytes are pydicom's value, or, when :func:`_parse` left the value in the file's map
+    (``mapped``), the map itself. Bits above Bits Stored are masked off (unsigned) or
+    sign-extended (signed) the way pydicom does, but only when some pixel uses them, so the
+    common case costs no copy at all. Anything unusual returns None and goes through pydicom.
 
     Returns:
         (values, (min, max) of the values when the unused-bits check found them, else None).
@@ -948,19 +972,27 @@ def _native_pixels(ds: Any, ts: str, rows: int, cols: int) -> tuple[np.ndarray, 
     allocated = _int_tag(ds, "BitsAllocated", "(0028,0100)")
     stored = _int_tag(ds, "BitsStored", "(0028,0101)", allocated) or allocated
     signed = _int_tag(ds, "PixelRepresentation", "(0028,0103)", 0) == 1
-    raw = _get(ds, "PixelData")
-    if not isinstance(raw, (bytes, bytearray)) or (
-        "HighBit" in ds and _int_tag(ds, "HighBit", "(0028,0102)", 0) != stored - 1
-    ):
+    if "HighBit" in ds and _int_tag(ds, "HighBit", "(0028,0102)", 0) != stored - 1:
         return None
+    elem = ds.get_item(0x7FE00010, keep_deferred=True)
+    in_map = mapped is not None and getattr(elem, "value", b"") is None  # deferred: still in the file
+    if in_map:
+        raw, offset, length = mapped, int(elem.value_tell), int(elem.length)
+        if offset % 2:  # an odd offset (not valid DICOM) would give an unaligned array: let pydicom copy it
+            return None
+    else:
+        raw, offset = _get(ds, "PixelData"), 0
+        if not isinstance(raw, (bytes, bytearray)):
+            return None
+        length = len(raw)
     nbytes = rows * cols * (allocated // 8)
-    if len(raw) < nbytes:
+    if length < nbytes:
         raise DicomError(
-            f"Pixel Data (7FE0,0010) holds {len(raw)} bytes but Rows x Columns x Bits Allocated "
+            f"Pixel Data (7FE0,0010) holds {length} bytes but Rows x Columns x Bits Allocated "
             f"({rows}x{cols}x{allocated}) need {nbytes}: the file is truncated or its header is wrong"
         )
     dtype = {(8, False): np.uint8, (8, True): np.int8, (16, False): "<u2", (16, True): "<i2"}[(allocated, signed)]
-    arr = np.frombuffer(raw, dtype=dtype, count=rows * cols).reshape(rows, cols)
+    arr = np.frombuffer(raw, dtype=dtype, count=rows * cols, offset=offset).reshape(rows, cols)
     if stored < allocated:
         unsigned = arr.view(np.uint8 if allocated == 8 else np.uint16)
         if signed:
@@ -1024,9 +1056,12 @@ def _pixel_array(ds: Any, ts: str | None) -> np.ndarray:
         raise ValueError(f"{plugin or 'the decoder'} stopped on bad data ({first_line(exc)})") from exc
 
 
-def _decode(ds: Any, path: Path, rows: int, cols: int) -> tuple[np.ndarray, tuple[int, int] | None]:
+def _decode(
+    ds: Any, path: Path, rows: int, cols: int, mapped: mmap.mmap | None = None
+) -> tuple[np.ndarray, tuple[int, int] | None]:
     """Stored values as a (rows, cols) integer array, and their (min, max) when decoding found them
-    (else None); maps decoder failures to one-line errors."""
+    (else None); maps decoder failures to one-line errors. ``mapped``: the file's map, when
+    :func:`_parse` left the Pixel Data in it."""
     meta = getattr(ds, "file_meta", None)
     ts = meta.get("TransferSyntaxUID") if meta is not None else None
     if ts is None:
@@ -1051,7 +1086,7 @@ def _decode(ds: Any, path: Path, rows: int, cols: int) -> tuple[np.ndarray, tupl
             f"{path}: Transfer Syntax UID (0002,0010) {str(ts)[:64]!r} is not a transfer syntax bcedge can decode"
         )
     try:
-        fast = _native_pixels(ds, str(ts), rows, cols)
+        fast = _native_pixels(ds, str(ts), rows, cols, mapped)
     except DicomError as exc:
         raise DicomError(f"{path}: {exc}") from None
     if fast is not None:
@@ -1156,45 +1191,73 @@ def display_table(
     return np.clip(out, 0.0, 1.0).astype(np.float32), start, info
 
 
-def _parse(p: Path) -> tuple[Any, tuple[int, int, int] | None]:
-    """Parse the header (and Pixel Data bytes) of ``p``; returns (dataset, first short read).
+def _parse(p: Path) -> tuple[Any, tuple[int, int, int] | None, mmap.mmap | None]:
+    """Parse the header (and Pixel Data bytes) of ``p``.
 
     The file is memory-mapped, so a length field claiming more than the file holds reads only
     what is there; files over :data:`~bcedge.limits.MAX_FILE_BYTES` are refused before mapping.
+    In an uncompressed file (:data:`_MAPPED_LE`) values over :data:`_MAP_PIXELS_BYTES` are not
+    read: the Pixel Data is then viewed in the map (:func:`_native_pixels`), and anything else
+    that large is read by pydicom from the file when asked for (its deferred read, by file name).
+
+    Returns:
+        (dataset, first short read or None, the map when values were left in it, else None).
+        The map stays open while something views it and closes with its last reference.
     """
     from bcedge.decoders import import_pydicom
 
     pydicom = import_pydicom()  # the first import in a bcedge infer process: lean (cold start)
 
-    size = p.stat().st_size
+    st = p.stat()
     try:
-        check_file_size(size, str(p))
+        check_file_size(st.st_size, str(p))
     except InputError as exc:
         raise DicomError(str(exc)) from None
-    with open(p, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        head = buf[:132]
-        has_preamble = len(head) == 132 and head[128:132] == b"DICM"
-        if not has_preamble and not _looks_like_dataset(head, size):
-            kind = _raster_kind(head)
-            if kind:
-                raise DicomError(
-                    f"{p}: not a DICOM file, it is a {kind} image; give it a .{kind.lower()} suffix to read it"
-                )
-            if size < 132:
-                raise DicomError(f"{p}: not a DICOM file ({size} bytes, too short for the 132-byte DICOM preamble)")
-            raise DicomError(f"{p}: not a DICOM file (no 'DICM' marker at byte 128, no data set at byte 0)")
-        start = 132 if has_preamble else 0
-        meta_end, ts = _scan_file_meta(buf, start)
-        if ts == DEFLATE_SYNTAX:
-            return _parse_deflated(buf, p, start, meta_end, has_preamble)
-        reader = _TrackedReader(buf, str(p))
-        try:
-            ds = pydicom.dcmread(reader, force=not has_preamble)
-        except Exception as exc:  # pydicom raises many types on corrupt headers
-            raise _header_error(p, size, reader, exc) from exc
-        if not has_preamble and "SOPClassUID" not in ds and "PixelData" not in ds:
-            raise DicomError(f"{p}: not a DICOM file (no DICM preamble, no SOP Class UID or Pixel Data)")
-    return ds, reader.short_read
+    with open(p, "rb") as fh:
+        buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        ds, short_read, mapped = _parse_mapped(pydicom, p, st, buf)
+    except BaseException:
+        buf.close()  # nothing views it yet
+        raise
+    if mapped is None:
+        buf.close()
+    return ds, short_read, mapped
+
+
+def _parse_mapped(
+    pydicom: Any, p: Path, st: os.stat_result, buf: mmap.mmap
+) -> tuple[Any, tuple[int, int, int] | None, mmap.mmap | None]:
+    """:func:`_parse` on the file's memory map ``buf`` (``st``: the file's status when it was mapped)."""
+    size = st.st_size
+    head = buf[:132]
+    has_preamble = len(head) == 132 and head[128:132] == b"DICM"
+    if not has_preamble and not _looks_like_dataset(head, size):
+        kind = _raster_kind(head)
+        if kind:
+            raise DicomError(
+                f"{p}: not a DICOM file, it is a {kind} image; give it a .{kind.lower()} suffix to read it"
+            )
+        if size < 132:
+            raise DicomError(f"{p}: not a DICOM file ({size} bytes, too short for the 132-byte DICOM preamble)")
+        raise DicomError(f"{p}: not a DICOM file (no 'DICM' marker at byte 128, no data set at byte 0)")
+    start = 132 if has_preamble else 0
+    meta_end, ts = _scan_file_meta(buf, start)
+    if ts == DEFLATE_SYNTAX:
+        return (*_parse_deflated(buf, p, start, meta_end, has_preamble), None)
+    reader = _TrackedReader(buf, str(p))
+    mapped = ts in _MAPPED_LE
+    try:
+        ds = pydicom.dcmread(reader, force=not has_preamble, defer_size=_MAP_PIXELS_BYTES if mapped else None)
+    except Exception as exc:  # pydicom raises many types on corrupt headers
+        raise _header_error(p, size, reader, exc) from exc
+    if not has_preamble and "SOPClassUID" not in ds and "PixelData" not in ds:
+        raise DicomError(f"{p}: not a DICOM file (no DICM preamble, no SOP Class UID or Pixel Data)")
+    if mapped:
+        # A deferred value is read from the file by name, as pydicom does for a path, not through this
+        # reader: the data set then holds no map (it can be copied and pickled), only the pixels do.
+        ds.buffer, ds.fileobj_type, ds.filename, ds.timestamp = None, open, str(p), st.st_mtime
+    return ds, reader.short_read, buf if mapped else None
 
 
 def _header_error(p: Path, size: int, reader: _TrackedReader, exc: BaseException) -> DicomError:
@@ -1350,7 +1413,7 @@ def _read_dicom_safely(p: Path, allow_non_mg: bool, voi: VoiMode) -> Mammogram:
 
 
 def _read_dicom(p: Path, allow_non_mg: bool, voi: VoiMode) -> Mammogram:
-    ds, short_read = _parse(p)
+    ds, short_read, mapped = _parse(p)
     truncated = ""
     if short_read is not None:
         at, wanted, got = short_read
@@ -1366,7 +1429,7 @@ def _read_dicom(p: Path, allow_non_mg: bool, voi: VoiMode) -> Mammogram:
     except DicomError as exc:
         raise _with_path(exc, p) from exc.__cause__
     try:
-        stored, known_range = _decode(ds, p, rows, cols)
+        stored, known_range = _decode(ds, p, rows, cols, mapped)
     except DicomError as exc:
         if truncated and not isinstance(exc, UnsupportedImageError):
             raise DicomError(f"{p}: Pixel Data (7FE0,0010) is incomplete, {truncated}") from exc

@@ -698,3 +698,89 @@ def test_reading_in_threads_leaves_warning_state_alone(write_mg, ramp) -> None:
         thread.join()
     assert shapes == [(64, 80)] * 4
     assert (warnings.showwarning, list(warnings.filters)) == before
+
+
+# --------------------------------------------------------------------------- uncompressed Pixel Data in the map
+
+
+def _large_scan(folder: Path, *, private_bytes: int = 0, implicit: bool = False) -> tuple[Path, np.ndarray]:
+    """A 1024x768 12-bit MG file (1.5 MB of Pixel Data: over dicom._MAP_PIXELS_BYTES) and its stored values."""
+    rng = np.random.default_rng(7)
+    stored = rng.integers(0, 4096, (1024, 768), dtype=np.uint16)
+    ds = build_mg_dataset(stored, MGTags(bits_stored=12, windows=[(2048, 4096)]))
+    if private_bytes:
+        ds.add_new(0x00090010, "LO", "BCEDGE TEST")
+        ds.add_new(0x00091001, "OB", bytes(range(256)) * (private_bytes // 256))
+    if implicit:
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    path = folder / "large.dcm"
+    ds.save_as(path, enforce_file_format=True, implicit_vr=implicit, little_endian=True)
+    return path, stored
+
+
+def _maps(arr: np.ndarray) -> bool:
+    """Whether ``arr`` views a memory map (its base chain ends in one)."""
+    import mmap
+
+    base = arr
+    while isinstance(base, np.ndarray):
+        base = base.base
+    return isinstance(base.obj if isinstance(base, memoryview) else base, mmap.mmap)
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_large_pixel_data_is_viewed_in_the_file_map(tmp_path: Path, implicit: bool) -> None:
+    import copy
+    import pickle
+
+    path, stored = _large_scan(tmp_path, implicit=implicit)
+    m = read_dicom(path)
+    assert m.stored is not None and _maps(m.stored.values)
+    assert np.array_equal(m.stored.values, stored)
+    assert np.array_equal(m.stored.values, pydicom.dcmread(path).pixel_array)
+    assert not m.stored.values.flags.writeable
+    # The header kept on the Mammogram holds no map: it can be copied and pickled like any data set.
+    assert "PixelData" not in m.header and m.header.buffer is None
+    copy.deepcopy(m.header)
+    assert pickle.loads(pickle.dumps(m.header)).Rows == 1024
+    # The Mammogram itself pickles (the pixels are copied out of the map) and gives the same display.
+    again = pickle.loads(pickle.dumps(m))
+    assert np.array_equal(again.stored.values, stored) and np.array_equal(again.pixels, m.pixels)
+
+
+def test_small_pixel_data_is_still_copied(tmp_path: Path) -> None:
+    stored = (np.arange(64 * 80).reshape(64, 80) % 4096).astype(np.uint16)
+    path = save_atomic(build_mg_dataset(stored, MGTags(bits_stored=12)), tmp_path / "small.dcm")
+    m = read_dicom(path)
+    assert m.stored is not None and not _maps(m.stored.values)
+    assert np.array_equal(m.stored.values, stored)
+
+
+def test_large_private_element_is_read_from_the_file_when_asked(tmp_path: Path) -> None:
+    # pydicom's defer_size skips every value over the limit, not only the pixels: the others are read
+    # by file name when something asks for them, as pydicom does for a path.
+    path, stored = _large_scan(tmp_path, private_bytes=2 << 20)
+    m = read_dicom(path)
+    assert np.array_equal(m.stored.values, stored)
+    assert m.header[0x00091001].value == bytes(range(256)) * ((2 << 20) // 256)
+
+
+@pytest.mark.parametrize("cut", [1, 3001, 1 << 20])
+def test_large_pixel_data_cut_short_is_refused(tmp_path: Path, cut: int) -> None:
+    path, _ = _large_scan(tmp_path)
+    raw = path.read_bytes()
+    short = tmp_path / "short.dcm"
+    short.write_bytes(raw[:-cut])
+    with pytest.raises(DicomError, match=r"Pixel Data \(7FE0,0010\) is incomplete, truncated file"):
+        read_dicom(short)
+
+
+def test_rows_beyond_the_mapped_pixel_data_are_refused(tmp_path: Path) -> None:
+    # The header promises more pixels than the (complete) element holds.
+    path, _ = _large_scan(tmp_path)
+    ds = pydicom.dcmread(path)
+    ds.Rows = 1100
+    bad = tmp_path / "rows.dcm"
+    ds.save_as(bad, enforce_file_format=True)
+    with pytest.raises(DicomError, match="holds 1572864 bytes but Rows x Columns x Bits Allocated"):
+        read_dicom(bad)
