@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from bcedge.errors import ConfigError, InputError
-from bcedge.preprocess import Geometry
+from bcedge.preprocess import Geometry, label_type
 
 #: Components smaller than this (mm²) are dropped when the scan has a pixel spacing. 4 mm² is a
 #: disc of ~2.3 mm: below the smallest mass a 256-px model resolves (a model pixel is ~0.8 mm² on
@@ -72,8 +72,6 @@ _MANY_COMPONENTS = 256
 _PART_COST_PX = 16384
 #: Up to this many box pairs, overlaps are found in plain Python rather than with NumPy.
 _PYTHON_OVERLAPS = 2048
-#: Labels are 16-bit when the grid holds fewer components than this (OpenCV refuses to count to 65535).
-_MAX_16BIT_COMPONENTS = 65534
 #: Up to this many components whose reach the model-grid bounds leave open are summed one by one over
 #: their boxes; with more, one weighted count over the whole grid is cheaper.
 _MAX_EXACT_REACH = 32
@@ -339,11 +337,9 @@ def postprocess(
 
     crop_h, crop_w = bottom - top, right - left
     ky, kx = crop_h / ch, crop_w / cw
-    # 16-bit labels when they cannot overflow: no two 8-connected components share a 2x2 block (its pixels are
-    # mutually adjacent), so a grid has at most one per block. Labelling is then faster and cell_labels one
+    # 16-bit labels when they cannot overflow (label_type): labelling is then faster and cell_labels one
     # OpenCV dilation.
-    ltype = cv2.CV_16U if ((ch + 1) // 2) * ((cw + 1) // 2) < _MAX_16BIT_COMPONENTS else cv2.CV_32S
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8, ltype=ltype)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8, ltype=label_type((ch, cw)))
     boxes: list[tuple[int, int, int, int]] = []
     for x, y, bw, bh in stats[1:, :4].tolist():
         # Original pixels interpolating from a model row in [y - 1, y + bh] (one model pixel of reach:

@@ -244,6 +244,31 @@ def test_breast_mask_keeps_breast_and_drops_label() -> None:
     assert (top, left, bottom, right) == (ys.min(), xs.min(), ys.max() + 1, xs.max() + 1)
 
 
+def test_label_type_is_16_bit_only_where_it_cannot_overflow() -> None:
+    from bcedge.preprocess import label_type
+
+    assert label_type((512, 334)) == cv2.CV_16U
+    assert label_type((512, 512)) == cv2.CV_32S  # 65536 2x2 blocks: a checkerboard would overflow
+    # The worst case at the limit: one component per 2x2 block, all labelled.
+    checker = np.zeros((2 * 181, 2 * 181), np.uint8)
+    checker[::2, ::2] = 1
+    count, labels = cv2.connectedComponents(checker, connectivity=8, ltype=label_type(checker.shape))
+    assert labels.dtype == np.uint16 and count == 181 * 181 + 1
+
+
+def test_breast_mask_is_the_same_with_16_and_32_bit_labels(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bcedge.preprocess as preprocess_module
+
+    cases = [synth_breast()[0], synth_breast(label=False)[0]]
+    rng = np.random.default_rng(5)
+    cases.append(cv2.GaussianBlur(rng.random((512, 334)).astype(np.float32), (0, 0), 6.0) * 3.0 % 1.0)
+    fast = [breast_mask(img) for img in cases]
+    monkeypatch.setattr(preprocess_module, "label_type", lambda shape: cv2.CV_32S)
+    for img, a in zip(cases, fast, strict=True):
+        b = breast_mask(img)
+        assert np.array_equal(a.mask, b.mask) and (a.found, a.bbox, a.edges) == (b.found, b.bbox, b.edges)
+
+
 def test_breast_mask_fills_dark_holes_inside_the_breast() -> None:
     img, truth, _ = synth_breast(label=False)
     img[180:220, 60:100] = 0.0  # fatty lobule darker than the background threshold
