@@ -784,3 +784,17 @@ def test_rows_beyond_the_mapped_pixel_data_are_refused(tmp_path: Path) -> None:
     ds.save_as(bad, enforce_file_format=True)
     with pytest.raises(DicomError, match="holds 1572864 bytes but Rows x Columns x Bits Allocated"):
         read_dicom(bad)
+
+
+@pytest.mark.parametrize("length", [0, 2, 3, 1 << 20, 0xFFFFFFF0, 0xFFFFFFFF])
+def test_mapped_pixel_data_with_a_wrong_length_is_refused(tmp_path: Path, length: int) -> None:
+    import struct
+
+    path, _ = _large_scan(tmp_path)
+    data = bytearray(path.read_bytes())
+    at = data.find(b"\xe0\x7f\x10\x00OW")  # Pixel Data, explicit VR: tag, VR, 2 reserved bytes, 4-byte length
+    data[at + 8 : at + 12] = struct.pack("<I", length)
+    bad = tmp_path / "length.dcm"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(DicomError, match="Pixel Data"):
+        read_dicom(bad)
