@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any
 
 from bcedge import __version__
 from bcedge.errors import BcedgeError, first_line
-from bcedge.formats import KINDS, PRECISION_SPECS, Ranking, RefusedError, preference_rank
+from bcedge.formats import PRECISION_SPECS, Ranking, RefusedError, preference_rank
 
 if TYPE_CHECKING:
     from bcedge.acceptance import AcceptanceData
@@ -479,8 +479,7 @@ def _measure(
         return {**entry, "status": "failed", "reason": f"failed to run: {type(exc).__name__}: {first_line(exc)}"}
     status = "accepted"
     if data is not None:
-        kind = next((k for k in KINDS.values() if k.format == record.format and k.precision == record.precision), None)
-        tolerance = kind.output_tolerance if kind else PRECISION_SPECS[record.precision].output_tolerance
+        tolerance = PRECISION_SPECS[record.precision].output_tolerance  # every kind's is its precision's
         baseline = baseline_of(bundle.manifest.acceptance, record.file, record.sha256)
         try:
             verdict = compare(

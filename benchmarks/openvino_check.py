@@ -127,7 +127,7 @@ def agreement() -> dict[str, Any]:
     """Each candidate on the 4 acceptance images (square, 2 threads), judged as the on-device check judges."""
     from bcedge.acceptance import baseline_of, compare, load
     from bcedge.bundle import load_bundle
-    from bcedge.formats import KINDS
+    from bcedge.formats import PRECISION_SPECS
 
     bundle = load_bundle(BUNDLE)
     data = load(bundle)
@@ -138,13 +138,12 @@ def agreement() -> dict[str, Any]:
     for name, run in candidates(512, 2).items():
         artifact = name.split()[-1]
         record = records[artifact]
-        kind = next(k for k in KINDS.values() if k.format == record.format and k.precision == record.precision)
         probs = np.concatenate([run(np.ascontiguousarray(data.images[i : i + 1])) for i in range(len(data))])
         verdict = compare(
             probs,
             data,
             threshold=bundle.threshold,
-            output_tolerance=kind.output_tolerance,
+            output_tolerance=PRECISION_SPECS[record.precision].output_tolerance,
             baseline=baseline_of(bundle.manifest.acceptance, record.file, record.sha256),
         )
         out[name] = {k: v for k, v in verdict.to_dict().items() if k in ("status", "dice", "mean_abs", "min_dice")}
