@@ -12,7 +12,15 @@ and return the new bytes with a count (0: ``content`` unchanged):
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+
+
+def _builtin(model: Any, op: Any) -> int:
+    """The builtin operator code of ``op`` (the larger of the two fields: new codes live in ``builtinCode``)."""
+    code = model.operatorCodes[op.opcodeIndex]
+    return max(code.builtinCode, code.deprecatedBuiltinCode)
 
 
 def float_depthwise_weights(content: bytes) -> tuple[bytes, int]:
@@ -48,8 +56,7 @@ def float_depthwise_weights(content: bytes) -> tuple[bytes, int]:
     changed = 0
     for subgraph in model.subgraphs:
         for op in subgraph.operators:
-            code = model.operatorCodes[op.opcodeIndex]
-            if max(code.builtinCode, code.deprecatedBuiltinCode) != depthwise or len(op.inputs) < 2:
+            if _builtin(model, op) != depthwise or len(op.inputs) < 2:
                 continue
             activation, weights = subgraph.tensors[op.inputs[0]], subgraph.tensors[op.inputs[1]]
             quant = weights.quantization
@@ -108,10 +115,6 @@ def depth_to_space_upsampling(content: bytes) -> tuple[bytes, int]:
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
     op_enum = schema.BuiltinOperator
 
-    def builtin(op) -> int:
-        code = model.operatorCodes[op.opcodeIndex]
-        return max(code.builtinCode, code.deprecatedBuiltinCode)
-
     def opcode(code: int) -> int:
         for i, existing in enumerate(model.operatorCodes):
             if max(existing.builtinCode, existing.deprecatedBuiltinCode) == code:
@@ -140,14 +143,14 @@ def depth_to_space_upsampling(content: bytes) -> tuple[bytes, int]:
         def made_by(tensor: int, code: int):
             """The op that makes ``tensor`` when it is ``code`` and ``tensor`` has no other reader."""
             i = producer.get(tensor)
-            if i is None or builtin(ops[i]) != code or readers.get(tensor, 0) != 1:
+            if i is None or _builtin(model, ops[i]) != code or readers.get(tensor, 0) != 1:
                 return None
             return i
 
         drop: set[int] = set()
         replace: dict[int, list] = {}
         for i, op in enumerate(ops):
-            if builtin(op) != op_enum.RESIZE_NEAREST_NEIGHBOR or op.builtinOptions is None:
+            if _builtin(model, op) != op_enum.RESIZE_NEAREST_NEIGHBOR or op.builtinOptions is None:
                 continue
             if op.builtinOptions.alignCorners:
                 continue
