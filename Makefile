@@ -19,7 +19,7 @@ $(VENV)/.runtime: $(BIN)/python pyproject.toml
 	@touch $@
 
 $(VENV)/.dev: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q -e '.[dicom,fast,seg,tflite,onnx,train,serve,plot,batch,dev]'
+	$(BIN)/pip install -q -e '.[dicom,fast,seg,tflite,openvino,onnx,train,serve,plot,batch,dev]'
 	@touch $@ $(VENV)/.runtime
 
 demo: $(VENV)/.runtime

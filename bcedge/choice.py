@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any
 
 from bcedge import __version__
 from bcedge.errors import BcedgeError, first_line
-from bcedge.formats import PRECISION_SPECS, Ranking, RefusedError, preference_rank
+from bcedge.formats import Ranking, RefusedError, acceptance_spec, candidate_key, preference_rank
 
 if TYPE_CHECKING:
     from bcedge.acceptance import AcceptanceData
@@ -87,8 +87,9 @@ MAX_RUNS = 30
 #: the INT8; benchmarks/bench_any_width.py's interleaved timing: 94 vs 129).
 INTERLEAVED_ROUNDS = 2
 #: Layout of the cache files (2: timings carry whether the machine was busy; version-1 files,
-#: whose timings may have been taken on a busy machine, are measured again).
-CACHE_VERSION = 2
+#: whose timings may have been taken on a busy machine, are measured again. 3: entries are keyed by
+#: candidate (:func:`bcedge.formats.candidate_key`) and carry the start-up cost ``start_ms``).
+CACHE_VERSION = 3
 #: Share of the machine's CPUs other processes may use while a candidate is timed before its time
 #: counts as taken on a busy machine (a quarter: half a core of a 2-core device).
 BUSY_SHARE = 0.25
@@ -105,12 +106,27 @@ RUNTIME_DISTRIBUTIONS = (
     "tensorflow-cpu",
     "onnxruntime",
     "onnxruntime-gpu",
+    "openvino",
     "tensorrt",
     "keras",
     "numpy",
 )
 #: CPU flags named in messages (all flags enter the fingerprint, through their hash).
-_SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp", "i8mm", "sve")
+_SIMD_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx_vnni",
+    "amx_int8",
+    "avx512_bf16",
+    "amx_bf16",
+    "asimd",
+    "asimddp",
+    "i8mm",
+    "bf16",
+    "sve",
+)
 #: The reference model's backend: timed only when nothing exported was accepted (see :func:`_evaluate`).
 REFERENCE_BACKEND = "keras"
 #: Backends that run on a GPU: only bundles with such a candidate pay for asking ``nvidia-smi``.
@@ -176,11 +192,16 @@ def cached_timings() -> Iterator[None]:
         _RETIME_BUSY.reset(token)
 
 
-def cache_root() -> Path:
-    """``$XDG_CACHE_HOME/bcedge/choice`` (``~/.cache/bcedge/choice`` when unset or not absolute)."""
+def user_cache(name: str) -> Path:
+    """``$XDG_CACHE_HOME/bcedge/<name>`` (``~/.cache/bcedge/<name>`` when unset or not absolute)."""
     base = os.environ.get("XDG_CACHE_HOME", "")
     root = Path(base) if base and os.path.isabs(base) else Path.home() / ".cache"
-    return root / "bcedge" / "choice"
+    return root / "bcedge" / name
+
+
+def cache_root() -> Path:
+    """``$XDG_CACHE_HOME/bcedge/choice``: the choice's cache files (:func:`user_cache`)."""
+    return user_cache("choice")
 
 
 # --------------------------------------------------------------------------- the machine
@@ -341,13 +362,17 @@ class ChoiceReport:
         backend: the ``--backend`` value.
         threads: thread count the candidates were timed with (None: the library default).
         machine: :func:`describe_machine`.
+        scans: the job's number of scans the choice was made for (start-up counted), or None
+            (a long-running job: time per call only).
         acceptance: ``on`` | ``off`` | ``not-available`` (the bundle carries no acceptance data).
         cache: the cache file, or None.
-        candidates: per artifact tried or skipped: ``file``, ``format``, ``precision``, ``backend``,
+        candidates: per candidate tried or skipped: ``file``, ``key`` (:func:`bcedge.formats.candidate_key`:
+            the file, or ``file@backend`` for an alternate runtime), ``format``, ``precision``, ``backend``,
             ``status`` (``accepted`` | ``refused`` | ``failed`` | ``not-measured``), ``acceptance``
-            (:meth:`bcedge.acceptance.Verdict.to_dict` or None), ``ms`` (median per image) and
-            ``runs``, ``reason``, ``cached`` (from an earlier run).
-        chosen: the artifact file that runs.
+            (:meth:`bcedge.acceptance.Verdict.to_dict` or None), ``ms`` (median per image),
+            ``start_ms`` (open plus first call, measured when it was timed) and ``runs``, ``reason``,
+            ``cached`` (from an earlier run).
+        chosen: the candidate that runs (its ``key``).
         why: one sentence.
         seconds: time spent measuring in this process (0 when everything came from the cache).
         warnings: one-line notes for the user (refusals measured now, a cache that could not be used).
@@ -358,6 +383,7 @@ class ChoiceReport:
     threads: int | None = None
     machine: str = ""
     acceptance: str = "on"
+    scans: int | None = None
     cache: str | None = None
     candidates: list[dict[str, Any]] = field(default_factory=list)
     chosen: str | None = None
@@ -371,6 +397,7 @@ class ChoiceReport:
             "mode": self.mode,
             "backend": self.backend,
             "threads": self.threads,
+            "scans": self.scans,
             "machine": self.machine,
             "acceptance": self.acceptance,
             "cache": self.cache,
@@ -399,7 +426,7 @@ class ChoiceReport:
 
     def finish(self, record: ArtifactRecord) -> dict[str, Any]:
         """Record the chosen artifact and return :meth:`to_dict`."""
-        self.chosen = record.file
+        self.chosen = candidate_key(record)
         if not self.why:
             self.why = "chosen"
         return self.to_dict()
@@ -452,6 +479,7 @@ def _measure(
 
     entry: dict[str, Any] = {"sha256": record.sha256, "acceptance": None, "reason": None}
     images = data.images if data is not None else _probe_images(bundle.input_size)
+    opened = time.perf_counter()
     try:
         backend = bundle.open(record, threads=threads)
     except BcedgeError as exc:
@@ -463,6 +491,7 @@ def _measure(
     machine0, own0, wall0 = _machine_cpu_s(), time.process_time(), time.perf_counter()
     try:
         backend.predict(images[:1])  # warm-up: delegate set-up, first allocation
+        start_ms = 1000.0 * (time.perf_counter() - opened)
         for i in range(len(images)):
             t0 = time.perf_counter()
             outputs.append(backend.predict(images[i : i + 1]))
@@ -479,7 +508,8 @@ def _measure(
         return {**entry, "status": "failed", "reason": f"failed to run: {type(exc).__name__}: {first_line(exc)}"}
     status = "accepted"
     if data is not None:
-        tolerance = PRECISION_SPECS[record.precision].output_tolerance  # every kind's is its precision's
+        # Every kind's tolerance is its precision's, or that of the arithmetic the runtime chose (BF16).
+        tolerance = acceptance_spec(record.precision, backend.details.get("compute_precision")).output_tolerance
         baseline = baseline_of(bundle.manifest.acceptance, record.file, record.sha256)
         try:
             verdict = compare(
@@ -493,13 +523,14 @@ def _measure(
             status, entry["reason"] = "refused", verdict.disagreement()
     entry["status"] = status
     if keep is not None and status == "accepted" and record.backend != REFERENCE_BACKEND:
-        keep[record.file] = backend
+        keep[candidate_key(record)] = backend
     else:
         backend.close()
     # The acceptance calls are timed too: a lone candidate needs no further runs to report its speed.
     entry["ms"] = 1000.0 * float(sorted(times)[len(times) // 2])
     entry["runs"] = len(times)
     entry["busy"] = _others_share(machine0, own0, wall0) > BUSY_SHARE
+    entry["start_ms"] = start_ms
     return entry
 
 
@@ -572,7 +603,9 @@ def _threads_key(threads: int | None) -> str:
     return "default" if threads is None else str(threads)
 
 
-def ranking_for(bundle: Bundle, backend: str, *, threads: int | None) -> tuple[Ranking, ChoiceReport]:
+def ranking_for(
+    bundle: Bundle, backend: str, *, threads: int | None, scans: int | None = None
+) -> tuple[Ranking, ChoiceReport]:
     """The ranking :func:`bcedge.formats.choose_artifact` should use for ``--backend backend``, and its report.
 
     The ranking measures lazily: nothing is opened until :func:`~bcedge.formats.choose_artifact`
@@ -583,6 +616,9 @@ def ranking_for(bundle: Bundle, backend: str, *, threads: int | None) -> tuple[R
         bundle: the loaded bundle.
         backend: ``auto`` or a backend name.
         threads: the thread count the chosen artifact will run with (timings are cached per count).
+        scans: how many scans the job will run, when known (``bcedge infer`` of n files): the fastest
+            is then the one with the lowest start-up plus n calls (:func:`_job_ms`); None (serve,
+            batch, a Segmenter kept open): the lowest time per call.
 
     Raises:
         ConfigError: a bad ``BCEDGE_CHOICE`` / ``BCEDGE_ACCEPTANCE`` / ``BCEDGE_CHOICE_BUDGET_S`` value.
@@ -591,7 +627,11 @@ def ranking_for(bundle: Bundle, backend: str, *, threads: int | None) -> tuple[R
     check = acceptance_enabled()
     measured = mode == "measure"
     report = ChoiceReport(
-        mode="measured" if measured else mode, backend=backend, threads=threads, acceptance="on" if check else "off"
+        mode="measured" if measured else mode,
+        backend=backend,
+        threads=threads,
+        acceptance="on" if check else "off",
+        scans=scans,
     )
     budget = budget_s()
 
@@ -606,7 +646,7 @@ def ranking_for(bundle: Bundle, backend: str, *, threads: int | None) -> tuple[R
         timed = measured and len(order) > 1
         if not has_data and not timed:
             # Nothing to check and nothing to compare: open nothing (the caller opens the first).
-            entries = {r.file: {"status": "accepted", "reason": _unchecked(report)} for r in order}
+            entries = {candidate_key(r): {"status": "accepted", "reason": _unchecked(report)} for r in order}
             return _order(bundle, order, entries, report, measured=False, backend=backend)
         with_gpu = any(r.backend in _GPU_BACKENDS for r in order)
         fingerprint = machine_fingerprint(with_gpu=with_gpu)
@@ -677,14 +717,14 @@ def _evaluate(
         kept: dict[str, Backend] = {}  # accepted candidates left open for the interleaved timing
         try:
             for record in order:
-                entry = entries.get(record.file)
+                entry = entries.get(candidate_key(record))
                 if _complete(entry, record, tkey, timed):
                     if not timed and entry["status"] == "accepted":
                         break
                     continue
                 accepted_any = any(
-                    entries.get(r.file, {}).get("status") == "accepted"
-                    and _complete(entries.get(r.file), r, tkey, timed)
+                    entries.get(candidate_key(r), {}).get("status") == "accepted"
+                    and _complete(entries.get(candidate_key(r)), r, tkey, timed)
                     for r in order
                 )
                 if timed and accepted_any and (time.monotonic() > deadline or record.backend == REFERENCE_BACKEND):
@@ -701,6 +741,7 @@ def _evaluate(
                 old = {k: dict(entry.get(k) or {}) if same and isinstance(entry.get(k), dict) else {} for k in _TIMED}
                 if "ms" in new:
                     ms, runs, busy = new.pop("ms"), new.pop("runs"), new.pop("busy")
+                    old["start_ms"][tkey] = new.pop("start_ms")
                     if tkey in old["ms"] and old["busy"].get(tkey):
                         # Re-timing a busy measurement: a quiet one replaces it, else the lower (load only slows).
                         old["tries"][tkey] = old["tries"].get(tkey, 1) + 1
@@ -710,8 +751,8 @@ def _evaluate(
                         old["tries"][tkey] = 1
                     old["ms"][tkey], old["runs"][tkey], old["busy"][tkey] = ms, runs, busy
                 new.update(old)
-                entries[record.file] = new
-                fresh.add(record.file)
+                entries[candidate_key(record)] = new
+                fresh.add(candidate_key(record))
                 if not timed and new["status"] == "accepted":
                     break
             if timed:
@@ -726,8 +767,8 @@ def _evaluate(
     for file, entry in flat.items():
         entry["cached"] = file not in fresh
     for record in order:
-        entry = flat.get(record.file)
-        if entry and record.file in fresh and entry["status"] in ("refused", "failed"):
+        entry = flat.get(candidate_key(record))
+        if entry and candidate_key(record) in fresh and entry["status"] in ("refused", "failed"):
             verb = "refused" if entry["status"] == "refused" else "skipped"
             report.warnings.append(
                 f"{verb} {record.describe()} on this machine ({report.machine}): {entry['reason']}; "
@@ -744,15 +785,15 @@ def _settled(order: list[ArtifactRecord], entries: dict[str, dict[str, Any]], tk
     """
     if not timed:
         return _first_decided(order, entries, tkey)
-    done = {r.file for r in order if _complete(entries.get(r.file), r, tkey, timed)}
+    done = {candidate_key(r) for r in order if _complete(entries.get(candidate_key(r)), r, tkey, timed)}
     accepted = any(entries[f]["status"] == "accepted" for f in done)
-    return all(r.file in done or (accepted and r.backend == REFERENCE_BACKEND) for r in order)
+    return all(candidate_key(r) in done or (accepted and r.backend == REFERENCE_BACKEND) for r in order)
 
 
 def _first_decided(order: list[ArtifactRecord], entries: dict[str, dict[str, Any]], tkey: str) -> bool:
     """Untimed: the cache already says which candidate is the first accepted one (all before it refused/failed)."""
     for record in order:
-        entry = entries.get(record.file)
+        entry = entries.get(candidate_key(record))
         if not _complete(entry, record, tkey, timed=False):
             return False
         if entry["status"] == "accepted":
@@ -761,7 +802,7 @@ def _first_decided(order: list[ArtifactRecord], entries: dict[str, dict[str, Any
 
 
 #: The per-thread-count fields of a cache entry (``{threads: value}`` each).
-_TIMED = ("ms", "runs", "busy", "tries")
+_TIMED = ("ms", "runs", "busy", "tries", "start_ms")
 
 
 def _flatten(entries: dict[str, dict[str, Any]], tkey: str, *, cached: bool) -> dict[str, dict[str, Any]]:
@@ -785,32 +826,39 @@ def _order(
     measured: bool,
     backend: str,
 ) -> list[ArtifactRecord]:
-    """The accepted candidates, fastest first (measured) or in static order; RefusedError when none."""
+    """The accepted candidates, fastest first (measured) or in static order; RefusedError when none.
+
+    Fastest: the lowest median milliseconds per image, or with ``report.scans`` = n, the lowest
+    :func:`_job_ms` (start-up plus n calls), so a runtime that compiles slowly but calls fast wins
+    only the jobs long enough to pay for its start.
+    """
     report.candidates = []
     for record in order:
-        entry = entries.get(record.file) or {}
+        entry = entries.get(candidate_key(record)) or {}
         report.candidates.append(
             {
                 "file": record.file,
+                "key": candidate_key(record),
                 "format": record.format,
                 "precision": record.precision,
                 "backend": record.backend,
                 "status": entry.get("status", "not-measured"),
                 "acceptance": entry.get("acceptance"),
                 "ms": None if entry.get("ms") is None else round(float(entry["ms"]), 3),
+                "start_ms": None if entry.get("start_ms") is None else round(float(entry["start_ms"]), 1),
                 "runs": entry.get("runs"),
                 "busy": entry.get("busy"),
                 "reason": entry.get("reason") or (None if entry else _unmeasured(record)),
                 "cached": bool(entry.get("cached")),
             }
         )
-    accepted = [r for r in order if (entries.get(r.file) or {}).get("status") == "accepted"]
+    accepted = [r for r in order if (entries.get(candidate_key(r)) or {}).get("status") == "accepted"]
     if not accepted:
-        tried = [r for r in order if r.file in entries]
+        tried = [r for r in order if candidate_key(r) in entries]
         if not tried:
             return []
         which = "every artifact" if backend == "auto" else f"every {backend} artifact"
-        reasons = "; ".join(f"{r.file}: {entries[r.file]['reason']}" for r in tried)
+        reasons = "; ".join(f"{candidate_key(r)}: {entries[candidate_key(r)]['reason']}" for r in tried)
         raise RefusedError(
             f"{which} of bundle {bundle.dir} was refused on this machine ({report.machine}): {reasons} "
             f"({ACCEPTANCE_ENV}=off runs an artifact unchecked)"
@@ -825,18 +873,29 @@ def _order(
             report.why = "the only candidate here"
         report.why += (" that passed the acceptance check" if checked else f" ({_unchecked(report)})") + "; no timing"
         return accepted
-    timed = [r for r in accepted if entries[r.file].get("ms") is not None]
-    rank = {r.file: i for i, r in enumerate(order)}
-    fastest = sorted(timed, key=lambda r: (entries[r.file]["ms"], rank[r.file]))
+    entry_of = {candidate_key(r): entries[candidate_key(r)] for r in accepted}
+    timed = [r for r in accepted if entry_of[candidate_key(r)].get("ms") is not None]
+    rank = {candidate_key(r): i for i, r in enumerate(order)}
+
+    def cost(r: ArtifactRecord) -> float:
+        return _job_ms(entry_of[candidate_key(r)], report.scans)
+
+    fastest = sorted(timed, key=lambda r: (cost(r), rank[candidate_key(r)]))
     result = fastest + [r for r in accepted if r not in timed]
     best = result[0]
     if len(fastest) >= 2:
         runner = fastest[1]
+        b, r = entry_of[candidate_key(best)], entry_of[candidate_key(runner)]
         report.why = (
-            f"fastest of {len(fastest)} accepted artifacts measured here: {entries[best.file]['ms']:.2f} ms/image vs "
-            f"{entries[runner.file]['ms']:.2f} ms for {runner.file} ({_threads_text(report.threads)})"
+            f"fastest of {len(fastest)} accepted artifacts measured here: {b['ms']:.2f} ms/image vs "
+            f"{r['ms']:.2f} ms for {candidate_key(runner)} ({_threads_text(report.threads)})"
         )
-        if any(entries[r.file].get("busy") for r in fastest[:2]):
+        if report.scans is not None:
+            report.why += (
+                f"; for {report.scans} scan(s) with start-up: {cost(best):.0f} ms vs {cost(runner):.0f} ms "
+                f"(start-up {b.get('start_ms') or 0:.0f} vs {r.get('start_ms') or 0:.0f} ms)"
+            )
+        if any(entry_of[candidate_key(x)].get("busy") for x in fastest[:2]):
             report.why += (
                 f"; timed while other processes kept the CPUs busy (timed again at the next starts, "
                 f"{MAX_BUSY_TRIES} times in all)"
@@ -850,6 +909,16 @@ def _order(
     elif report.acceptance == "off":
         report.why += f"; acceptance check off ({ACCEPTANCE_ENV}=off)"
     return result
+
+
+def _job_ms(entry: dict[str, Any], scans: int | None) -> float:
+    """What a candidate costs: its median ms per image (``scans`` None: a long-running job), or for
+    ``scans`` = n its start-up (open plus first call, ``start_ms``) and n - 1 more calls."""
+    ms = float(entry["ms"])
+    if scans is None:
+        return ms
+    start = entry.get("start_ms")
+    return ms * scans if start is None else float(start) + ms * max(0, scans - 1)
 
 
 def _unmeasured(record: ArtifactRecord) -> str:
@@ -901,4 +970,5 @@ __all__ = [
     "ranking_for",
     "resolve",
     "runtime_versions",
+    "user_cache",
 ]

@@ -42,6 +42,11 @@ is a row of :data:`AUTO_PREFERENCE` (unranked kinds come after the ranked ones).
 ``(kind, context)``), loadable (its backend's module exists) and listed in the CLI help.
 
 Standard library only (the runtime imports this on every start).
+
+Why one module: the kinds, the precisions' tolerances, the alternate runtimes and the chooser are
+one table read four ways (export, bundle validation, backends, ``--backend auto``); split up, each
+reader would need the others' rows to stay consistent (a kind's backend, its precision's tolerance,
+which runtimes may also read its file).
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Callable, Collection, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from bcedge.errors import BackendError, BundleError, ConfigError
@@ -92,6 +97,22 @@ PRECISION_SPECS: dict[str, PrecisionSpec] = {
         PrecisionSpec("int8", 0.01, (0.25, 0.01)),
     )
 }
+
+#: Arithmetic a runtime may compute an artifact in below the artifact's own precision (no artifact is
+#: stored so; :data:`PRECISIONS` stays the manifest's list). OpenVINO runs FP16/FP32 ``.tflite`` files
+#: in BF16 on CPUs with AVX-512 BF16 / AMX (:mod:`bcedge.backends.openvino`); the on-device acceptance
+#: check then holds the run to BF16's tolerance, not the file's (:func:`acceptance_spec`). BF16 keeps 8
+#: significant bits against FP16's 11, so its probability tolerances are FP16's times 2**3; the Dice
+#: tolerance is the quantised precisions'. The acceptance check's mask Dice >= 0.98 against the reference
+#: is the same for every precision.
+COMPUTE_SPECS: dict[str, PrecisionSpec] = {"bf16": PrecisionSpec("bf16", 0.01, (8e-2, 8e-3))}
+
+
+def acceptance_spec(precision: str, compute: str | None = None) -> PrecisionSpec:
+    """The tolerances an artifact of ``precision`` is held to when a runtime computed it in ``compute``
+    (``Backend.details["compute_precision"]``; None or a precision without a row here: the artifact's own)."""
+    return COMPUTE_SPECS.get(compute or "") or PRECISION_SPECS[precision]
+
 
 #: What a builder may ask its context for (``ArtifactKind.needs``).
 NEEDS = ("keras_model", "saved_model", "onnx_model")
@@ -199,9 +220,53 @@ PRECISIONS: tuple[str, ...] = tuple(PRECISION_SPECS)
 EXPORT_KINDS: tuple[str, ...] = tuple(name for name, k in KINDS.items() if k.option)
 
 
+#: Artifacts a second runtime also runs, read from the same file: ``{(format, precision): (backend, ...)}``.
+#: ``--backend auto`` measures each such (artifact, backend) pair as a candidate of its own (its own
+#: acceptance check and timing, :func:`candidate_key`); ``--backend NAME`` picks among them too.
+#: OpenVINO reads ``.tflite`` files (its TFLite frontend) and runs float models in BF16 on CPUs with
+#: AVX-512 BF16 / AMX: the mass model's FP16 artifact at 18.6 ms per call against 36.5 for LiteRT's
+#: dynamic INT8 (2-core Xeon, benchmarks/results/openvino_check.json). Only the float artifacts: on
+#: the dynamic one it is no faster than on FP16 (19.6 ms) and agrees less; full INT8 in OpenVINO was
+#: wrong on an AVX2 CPU (issue #14).
+ALTERNATE_RUNTIMES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("tflite", "fp16"): ("openvino",),
+    ("tflite", "fp32"): ("openvino",),
+}
+
+
 def backend_formats(backend: str) -> tuple[str, ...]:
-    """The formats of the kinds that ``backend`` runs, in table order (``BackendSpec.formats``)."""
-    return tuple(dict.fromkeys(k.format for k in KINDS.values() if k.backend == backend))
+    """The formats ``backend`` runs, in table order (``BackendSpec.formats``): its kinds' formats,
+    then those it runs as an alternate runtime (:data:`ALTERNATE_RUNTIMES`)."""
+    own = [k.format for k in KINDS.values() if k.backend == backend]
+    alternate = [fmt for (fmt, _), names in ALTERNATE_RUNTIMES.items() if backend in names]
+    return tuple(dict.fromkeys(own + alternate))
+
+
+def alternate_backends() -> tuple[str, ...]:
+    """Every backend named in :data:`ALTERNATE_RUNTIMES`, sorted."""
+    return tuple(sorted({b for names in ALTERNATE_RUNTIMES.values() for b in names}))
+
+
+def alternate_runtime(record: ArtifactRecord) -> bool:
+    """Whether ``record`` is an :data:`ALTERNATE_RUNTIMES` copy (the file on a second runtime)."""
+    return record.backend in ALTERNATE_RUNTIMES.get((record.format, record.precision), ())
+
+
+def candidate_key(record: ArtifactRecord) -> str:
+    """The name of one (artifact, backend) candidate: the file on its own backend, ``file@backend``
+    on an alternate runtime (the choice's cache entries and reports are keyed by it)."""
+    return f"{record.file}@{record.backend}" if alternate_runtime(record) else record.file
+
+
+def runtime_candidates(artifacts: Sequence[ArtifactRecord]) -> list[ArtifactRecord]:
+    """``artifacts`` (manifest order), each on its kind's own backend followed by a copy per
+    :data:`ALTERNATE_RUNTIMES` backend (the same file, sha256 and gate; ``backend`` replaced)."""
+    out: list[ArtifactRecord] = []
+    for record in artifacts:
+        out.append(record)
+        if any(k.backend == record.backend for k in KINDS.values() if k.format == record.format):
+            out += [replace(record, backend=b) for b in ALTERNATE_RUNTIMES.get((record.format, record.precision), ())]
+    return out
 
 
 def _found(module: str) -> bool:
@@ -256,7 +321,9 @@ def formats_help() -> str:
     """The ``bcedge benchmark --formats`` help: formats, precisions and FORMAT/PRECISION pairs."""
     return (
         f"Artifacts to measure, comma-separated: a format ({', '.join(FORMATS)}), a precision "
-        f"({', '.join(PRECISIONS)}) or both (tflite/int8, tflite-int8). Default: every artifact."
+        f"({', '.join(PRECISIONS)}) or both (tflite/int8, tflite-int8); an alternate runtime "
+        f"({', '.join(alternate_backends())}) adds the artifacts "
+        "it also reads, run on it. Default: every artifact on its own backend."
     )
 
 
@@ -291,6 +358,8 @@ AUTO_PREFERENCE: tuple[tuple[str, str, str], ...] = (
     ("tflite", "tflite", "fp16"),
     ("tflite", "tflite", "fp32"),
     ("tflite", "tflite", "dynamic"),
+    ("openvino", "openvino", "fp16"),
+    ("openvino", "openvino", "fp32"),
     ("onnx", "onnx", "fp32"),
     ("onnx", "onnx", "dynamic"),
     ("onnx", "onnx", "int8"),
@@ -361,7 +430,7 @@ def _best(bundle: Bundle, usable: AbstractSet[str], rank: Ranking, allow_unmeasu
     """The first of ``rank``'s order among the gated artifacts; BundleError saying why each was skipped."""
     gates = ("passed", "not-measured") if allow_unmeasured else ("passed",)
     artifacts = bundle.manifest.artifacts
-    ranked = rank([a for a in artifacts if a.gate in gates], usable)
+    ranked = rank(runtime_candidates([a for a in artifacts if a.gate in gates]), usable)
     if ranked:
         return ranked[0]
     skipped = "; ".join(
@@ -388,7 +457,8 @@ def choose_artifact(
 ) -> Choice:
     """The artifact of ``bundle`` to run for ``--backend backend`` (the one chooser).
 
-    * ``artifact`` given: that record, or the one whose ``file`` it names.
+    * ``artifact`` given: that record, or the one it names (:func:`candidate_key`: the file, or
+      ``file@backend`` for an :data:`ALTERNATE_RUNTIMES` one).
     * ``auto``: the best-ranked artifact whose accuracy gate passed, among those a usable
       backend runs (``available`` is probed for GPU providers only when the bundle holds an
       onnx artifact).
@@ -413,8 +483,8 @@ def choose_artifact(
     if artifact is not None:
         if not isinstance(artifact, str):
             return Choice(artifact)
-        for record in bundle.manifest.artifacts:
-            if record.file == artifact:
+        for record in runtime_candidates(bundle.manifest.artifacts):
+            if candidate_key(record) == artifact:
                 return Choice(record)
         raise BundleError(f"bundle {bundle.dir} has no artifact {artifact!r}; it holds {_holds(bundle)}")
     if not isinstance(backend, str):
@@ -443,7 +513,9 @@ def choose_artifact(
 
 
 __all__ = [
+    "ALTERNATE_RUNTIMES",
     "AUTO_PREFERENCE",
+    "COMPUTE_SPECS",
     "EXPORT_KINDS",
     "FORMATS",
     "KINDS",
@@ -456,11 +528,16 @@ __all__ = [
     "PrecisionSpec",
     "Ranking",
     "RefusedError",
+    "acceptance_spec",
+    "alternate_backends",
+    "alternate_runtime",
     "backend_formats",
     "build_availability",
+    "candidate_key",
     "choose_artifact",
     "export_formats_help",
     "formats_help",
     "parse_filter",
     "preference_rank",
+    "runtime_candidates",
 ]

@@ -213,7 +213,7 @@ class Segmenter:
         bundle: a loaded :class:`~bcedge.bundle.Bundle` or its directory.
         backend: ``auto`` (the bundle's best artifact whose accuracy gate passed, on the
             fastest backend available here: see :func:`bcedge.formats.choose_artifact`) or a
-            backend name (``tflite``, ``onnx``, ``tensorrt``, ``keras``): the bundle's best
+            backend name (``tflite``, ``openvino``, ``onnx``, ``tensorrt``, ``keras``): the bundle's best
             artifact for that backend (gate passed first, else one not measured, with a warning).
         threads: CPU threads for the backend (None: the library's default).
         threshold: probability threshold in (0, 1); None: the bundle's.
@@ -221,8 +221,12 @@ class Segmenter:
             :data:`~bcedge.postprocess.DEFAULT_MIN_AREA_MM2`); without a pixel spacing
             ``min_area_px`` (or a default of a few model pixels) applies instead.
         min_area_px: minimum area in original pixels for scans without a pixel spacing.
-        artifact: run this artifact (a record or its ``file``) instead of choosing one.
+        artifact: run this artifact (a record, its ``file``, or ``file@backend`` for an alternate
+            runtime: :func:`bcedge.formats.candidate_key`) instead of choosing one.
         verify: check the artifact's size and SHA-256 against the manifest before loading (default).
+        scans: how many scans this Segmenter will run, when known (``bcedge infer``): ``auto`` then
+            counts each candidate's start-up (a runtime that compiles slowly wins only long jobs);
+            None: the fastest per call (:func:`bcedge.choice.ranking_for`).
         **backend_options: passed to the backend (``providers`` for onnx, ``xnnpack`` for tflite...).
 
     Attributes:
@@ -251,6 +255,7 @@ class Segmenter:
         min_area_px: float | None = None,
         artifact: ArtifactRecord | str | None = None,
         verify: bool = True,
+        scans: int | None = None,
         **backend_options: Any,
     ) -> None:
         from bcedge.bundle import Bundle, load_bundle
@@ -276,7 +281,7 @@ class Segmenter:
         #: model call. ``bcedge serve`` checks there that a SEG can reference the scan
         #: (:func:`bcedge.seg_source.check_source_header`); None: no check.
         self.check_source: Callable[[Mammogram, str], None] | None = None
-        self.artifact: ArtifactRecord = self._choose(backend, artifact, threads)
+        self.artifact: ArtifactRecord = self._choose(backend, artifact, threads, scans)
         self.backend_name: str = self.artifact.backend
         self.backend: Backend = self._open(threads, verify, backend_options)
         _warm_up()
@@ -289,7 +294,7 @@ class Segmenter:
 
     # ----------------------------------------------------------------- opening
     def _choose(
-        self, backend: str, artifact: ArtifactRecord | str | None, threads: int | None = None
+        self, backend: str, artifact: ArtifactRecord | str | None, threads: int | None = None, scans: int | None = None
     ) -> ArtifactRecord:
         """The artifact to run (:func:`bcedge.formats.choose_artifact` with the measured ranking of
         :func:`bcedge.choice.ranking_for`: acceptance check, then timing for ``auto``); its warnings
@@ -300,7 +305,7 @@ class Segmenter:
         from bcedge.formats import choose_artifact, preference_rank
 
         if artifact is None:
-            rank, report = ranking_for(self.bundle, backend, threads=threads)
+            rank, report = ranking_for(self.bundle, backend, threads=threads, scans=scans)
         else:
             rank, report = preference_rank, None
         choice = choose_artifact(self.bundle, backend, auto_backend_names, known=BACKENDS, artifact=artifact, rank=rank)

@@ -429,8 +429,9 @@ def bench_cold(scan: Path, artifact: Path, threads: int, threshold: float, out: 
 
 
 def naive_artifact(seg: Any) -> Path:
-    """The LiteRT artifact the naive script runs: bcedge's own, else the one ``--backend tflite`` picks."""
-    if seg.artifact.format == "tflite":
+    """The LiteRT artifact the naive script runs: bcedge's own when LiteRT runs it, else the one
+    ``--backend tflite`` picks (OpenVINO runs a ``.tflite`` file too: its file is not LiteRT's best)."""
+    if seg.artifact.backend == "tflite":
         return seg.bundle.dir / seg.artifact.file
     from bcedge.backends import BACKENDS, auto_backend_names
     from bcedge.formats import choose_artifact

@@ -216,6 +216,11 @@ def test_options_and_formats_checked(tiny_bundle: Path) -> None:
     assert select_artifacts(b, ["tflite/int8"]) == []
     with pytest.raises(ConfigError, match="format 'tflit'"):
         select_artifacts(b, ["tflit"])
+    # An alternate runtime is measured only when named: the FP32 .tflite on OpenVINO, after its own row.
+    both = select_artifacts(b, ["tflite", "openvino"])
+    assert [(r.file, r.backend) for r in both] == [("model_fp32.tflite", "tflite"), ("model_fp32.tflite", "openvino")]
+    assert [(r.file, r.backend) for r in select_artifacts(b, ["OpenVINO"])] == [("model_fp32.tflite", "openvino")]
+    assert all(r.backend != "openvino" for r in select_artifacts(b, ["fp32"]))
 
 
 def test_bench_data(tmp_path: Path, sample: BenchData) -> None:

@@ -374,9 +374,10 @@ def test_preference_table_is_consistent() -> None:
     assert {p for _, _, p in AUTO_PREFERENCE} <= set(PRECISIONS)
     assert len(set(AUTO_PREFERENCE)) == len(AUTO_PREFERENCE)
     assert {f for spec in BACKENDS.values() for f in spec.formats} == set(FORMATS)
-    # The documented order: tensorrt > onnx on GPU > tflite int8 > fp16 > fp32 > dynamic > onnx on CPU > keras.
+    # The documented order: tensorrt > onnx on GPU > tflite int8 > fp16 > fp32 > dynamic > openvino > onnx on
+    # CPU > keras.
     firsts = list(dict.fromkeys((k, b) if b != "tflite" else (k, p) for k, b, p in AUTO_PREFERENCE))
     assert firsts == [
         ("tensorrt", "tensorrt"), (ONNX_GPU, "onnx"), ("tflite", "int8"), ("tflite", "fp16"),
-        ("tflite", "fp32"), ("tflite", "dynamic"), ("onnx", "onnx"), ("keras", "keras"),
+        ("tflite", "fp32"), ("tflite", "dynamic"), ("openvino", "openvino"), ("onnx", "onnx"), ("keras", "keras"),
     ]  # fmt: skip

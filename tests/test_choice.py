@@ -48,7 +48,9 @@ class FakeBackend(Backend):
     ``right`` returns the input itself as the probability map (the reference model below),
     ``wrong`` its negative (the masks disagree everywhere), ``crash`` raises on every call.
     Optional ``cold_s`` / ``cold_delay_ms``: calls within ``cold_s`` seconds of the artifact's first
-    call in the process take ``cold_delay_ms`` instead (a cold start, per file across openings).
+    call in the process take ``cold_delay_ms`` instead (a cold start, per file across openings);
+    ``open_delay_ms``: opening takes that long. :class:`FakeAlternate` reads ``alt`` (the same keys)
+    from the same file: a second runtime of the same artifact.
     """
 
     name = "fake"
@@ -56,13 +58,17 @@ class FakeBackend(Backend):
     first_call: ClassVar[dict[str, float]] = {}
 
     def _open(self) -> tuple[int | None, int, int, int]:
-        spec = json.loads((self.content or self.path.read_bytes()).decode())
+        spec = self._spec(json.loads((self.content or self.path.read_bytes()).decode()))
         self.delay = float(spec["delay_ms"]) / 1000.0
         self.mode = spec["mode"]
         self.cold_s = float(spec.get("cold_s", 0.0))
         self.cold_delay = float(spec.get("cold_delay_ms", 0.0)) / 1000.0
+        time.sleep(float(spec.get("open_delay_ms", 0.0)) / 1000.0)  # a runtime that compiles at open
         FakeBackend.opened.append(self.path.name)
         return None, SIZE, SIZE, 1
+
+    def _spec(self, spec: dict) -> dict:
+        return spec
 
     def _predict(self, batch: np.ndarray) -> np.ndarray:
         if self.mode == "crash":
@@ -71,6 +77,15 @@ class FakeBackend(Backend):
         cold = time.monotonic() - first < self.cold_s
         time.sleep((self.cold_delay if cold else self.delay) * batch.shape[0])
         return batch.copy() if self.mode == "right" else 1.0 - batch
+
+
+class FakeAlternate(FakeBackend):
+    """The same fake artifact on a second runtime: its file's ``alt`` entry describes how it runs."""
+
+    name = "fake-alt"
+
+    def _spec(self, spec: dict) -> dict:
+        return spec["alt"]
 
 
 @pytest.fixture(autouse=True)
@@ -342,6 +357,8 @@ def test_the_keras_reference_is_timed_only_when_nothing_exported_is_accepted(
     # As in a real bundle: TFLite artifacts first in the static order, the Keras reference last (both fakes here).
     monkeypatch.setitem(backends_mod.BACKENDS, "keras", backends_mod.BACKENDS["fake"])
     monkeypatch.setitem(backends_mod.BACKENDS, "tflite", backends_mod.BACKENDS["fake"])
+    # The fakes' files are no .tflite models: no OpenVINO copies of them (bcedge.formats.ALTERNATE_RUNTIMES).
+    monkeypatch.delitem(backends_mod.BACKENDS, "openvino")
     artifacts = [("fast.bin", 1.0, "right"), ("slow.bin", 25.0, "right")]
     folder = make_bundle(tmp_path / "b", artifacts, backend="tflite")
     (folder / "reference.bin").write_text(json.dumps({"delay_ms": 0.0, "mode": "right"}))
@@ -590,3 +607,99 @@ def test_cli_shows_the_choice_and_refuses_an_artifact_that_disagrees_here(
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith("error: every") and "was refused on this machine (" in err[-1]
         assert "model_int8.tflite: mask Dice 0.0" in err[-1]
+
+
+# --------------------------------------------------------------------------- start-up and alternate runtimes
+
+
+def test_a_job_of_known_length_counts_each_candidates_start_up(tmp_path: Path) -> None:
+    """A runtime that opens slowly but calls fast wins long jobs only: ``scans`` counts the start-up."""
+    artifacts = [("quick_start.bin", 25.0, "right"), ("slow_start.bin", 2.0, "right")]
+    bundle = make_bundle(tmp_path / "b", artifacts, extra={"slow_start.bin": {"open_delay_ms": 400.0}})
+    with Segmenter(bundle, "auto", threads=1, scans=1) as seg:
+        one = seg.choice
+    assert one["chosen"] == "quick_start.bin" and one["scans"] == 1
+    starts = {c["key"]: c["start_ms"] for c in one["candidates"]}
+    assert starts["slow_start.bin"] >= 400.0 > starts["quick_start.bin"]
+    assert "for 1 scan(s) with start-up" in one["why"]
+    # The same measurements (cached, nothing measured again) decide a long job and an open-ended one.
+    with Segmenter(bundle, "auto", threads=1, scans=100) as seg:
+        assert seg.choice["chosen"] == "slow_start.bin" and seg.choice["seconds"] == 0.0
+    with Segmenter(bundle, "auto", threads=1) as seg:
+        assert seg.choice["chosen"] == "slow_start.bin" and seg.choice["scans"] is None
+        assert "start-up" not in seg.choice["why"]
+
+
+def test_job_cost_is_start_up_plus_the_remaining_calls() -> None:
+    entry = {"ms": 20.0, "start_ms": 500.0}
+    assert choice_mod._job_ms(entry, None) == 20.0
+    assert choice_mod._job_ms(entry, 1) == 500.0
+    assert choice_mod._job_ms(entry, 11) == 700.0
+    assert choice_mod._job_ms({"ms": 20.0}, 3) == 60.0  # start-up not measured: the calls alone
+
+
+@pytest.fixture
+def alternate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``tflite``/fp32 artifacts run on the fake backend, and on ``fake-alt`` as an alternate runtime."""
+    import bcedge.formats as formats_mod
+
+    monkeypatch.setitem(backends_mod.BACKENDS, "tflite", backends_mod.BACKENDS["fake"])
+    monkeypatch.setitem(
+        backends_mod.BACKENDS,
+        "fake-alt",
+        BackendSpec(
+            name="fake-alt",
+            target=f"{__name__}:FakeAlternate",
+            formats=("tflite",),
+            description="test alternate runtime",
+            requirement="dev",
+            modules=("numpy",),
+        ),
+    )
+    monkeypatch.setattr(formats_mod, "ALTERNATE_RUNTIMES", {("tflite", "fp32"): ("fake-alt",)})
+
+
+def test_an_alternate_runtime_is_a_candidate_of_its_own(tmp_path: Path, alternate: None) -> None:
+    """The same file on a second runtime is measured, cached and chosen under its own key."""
+    extra = {"model.bin": {"alt": {"delay_ms": 1.0, "mode": "right"}}}
+    bundle = make_bundle(tmp_path / "b", [("model.bin", 25.0, "right")], backend="tflite", extra=extra)
+    with Segmenter(bundle, "auto", threads=1) as seg:
+        assert seg.backend_name == "fake-alt" and seg.artifact.file == "model.bin"
+        choice = seg.model_info["choice"]
+    assert choice["chosen"] == "model.bin@fake-alt"
+    keys = {c["key"]: c["backend"] for c in choice["candidates"]}
+    assert keys == {"model.bin": "tflite", "model.bin@fake-alt": "fake-alt"}
+    cached = json.loads(Path(choice["cache"]).read_text())["artifacts"]
+    assert set(cached) == {"model.bin", "model.bin@fake-alt"}
+    # Named: --backend tflite runs the file on its own runtime; the key names the pair.
+    with Segmenter(bundle, "tflite", threads=1) as seg:
+        assert seg.backend_name == "tflite" and seg.choice["chosen"] == "model.bin"
+    with Segmenter(bundle, "auto", threads=1, artifact="model.bin@fake-alt") as seg:
+        assert seg.backend_name == "fake-alt"
+    with pytest.raises(BundleError, match=r"no artifact 'model\.bin@nope'"):
+        Segmenter(bundle, "auto", threads=1, artifact="model.bin@nope")
+
+
+def test_a_wrong_alternate_runtime_is_refused_and_the_file_runs_on_its_own(tmp_path: Path, alternate: None) -> None:
+    extra = {"model.bin": {"alt": {"delay_ms": 1.0, "mode": "wrong"}}}
+    bundle = make_bundle(tmp_path / "b", [("model.bin", 25.0, "right")], backend="tflite", extra=extra)
+    with Segmenter(bundle, "auto", threads=1) as seg:
+        assert seg.backend_name == "tflite" and seg.choice["chosen"] == "model.bin"
+        refusals = [w for w in seg.warnings if w.startswith("refused")]
+    assert len(refusals) == 1 and "on fake-alt (model.bin)" in refusals[0]
+    with pytest.raises(RefusedError, match=r"every fake-alt artifact .* was refused"):
+        Segmenter(bundle, "fake-alt", threads=1)
+
+
+def test_the_acceptance_tolerance_follows_the_arithmetic_that_ran() -> None:
+    """An FP16 file computed in BF16 is held to BF16's tolerance; otherwise the file's precision decides."""
+    from bcedge.formats import COMPUTE_SPECS, PRECISION_SPECS, acceptance_spec
+
+    assert acceptance_spec("fp16") is PRECISION_SPECS["fp16"]
+    assert acceptance_spec("fp16", None) is PRECISION_SPECS["fp16"]
+    assert acceptance_spec("fp16", "fp16") is PRECISION_SPECS["fp16"]
+    assert acceptance_spec("fp16", "bf16") is COMPUTE_SPECS["bf16"]
+    # BF16 keeps 8 significant bits to FP16's 11: its probability tolerances are FP16's times 8.
+    assert COMPUTE_SPECS["bf16"].output_tolerance == pytest.approx(
+        tuple(8 * t for t in PRECISION_SPECS["fp16"].output_tolerance)
+    )

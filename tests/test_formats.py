@@ -255,7 +255,8 @@ def test_segmenter_uses_the_chooser(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(backends_mod, "auto_backend_names", lambda probe_gpu=True: {"keras"})
     with pytest.raises(BundleError, match="no usable artifact"):
         Segmenter._choose(Probe(), "auto", None)  # type: ignore[arg-type]
-    with pytest.raises(BackendError, match="unknown backend 'nope'; expected one of keras, tflite, onnx, tensorrt"):
+    expected = "unknown backend 'nope'; expected one of keras, tflite, openvino, onnx, tensorrt"
+    with pytest.raises(BackendError, match=expected):
         Segmenter._choose(Probe(), "nope", None)  # type: ignore[arg-type]
     assert Segmenter._choose(Probe(), "auto", "model_dynamic.tflite").precision == "dynamic"  # type: ignore[arg-type]
 

@@ -6,6 +6,8 @@ name       runs                              extra                notes
 keras      ``.keras`` (the reference)        ``bcedge[train]``    desktop only; Keras 3 on its backend
 tflite     ``.tflite`` fp32/fp16/dyn/int8    ``bcedge[tflite]``   LiteRT, else tflite-runtime, else TF;
                                                                   XNNPACK is the default CPU delegate
+openvino   ``.tflite`` fp16/fp32             ``bcedge[openvino]`` OpenVINO's CPU plugin; BF16 on AMX /
+                                                                  AVX-512 BF16 CPUs (alternate runtime)
 onnx       ``.onnx``                         ``bcedge[onnx]``     onnxruntime: TensorRT, CUDA, CPU EPs
 tensorrt   ``.engine`` / ``.plan``           ``bcedge[tensorrt]`` NVIDIA GPU (Jetson, desktop)
 =========  ================================  ===================  =====================================
@@ -90,6 +92,15 @@ BACKENDS: dict[str, BackendSpec] = {
             # tensorflow last: its bundled interpreter is a desktop fallback only.
             modules=("ai_edge_litert", "tflite_runtime", "tensorflow"),
             hardware="CPU (XNNPACK)",
+        ),
+        BackendSpec(
+            name="openvino",
+            target="bcedge.backends.openvino:OpenVINOBackend",
+            formats=backend_formats("openvino"),
+            description="OpenVINO CPU plugin on the float .tflite artifacts (BF16 where the CPU has it)",
+            requirement="openvino",
+            modules=("openvino",),
+            hardware="CPU (x86-64; ARM not measured)",
         ),
         BackendSpec(
             name="onnx",

@@ -120,11 +120,13 @@ def measure_row(job: RowJob, *, items: list[BenchItem] | None = None, isolated: 
         The row dict (``status`` ``error`` with a ``reason`` when the artifact could not be run).
     """
     from bcedge.bundle import load_bundle
+    from bcedge.formats import runtime_candidates
 
     bundle = load_bundle(job.bundle)
-    record = next((a for a in bundle.manifest.artifacts if a.file == job.file), None)
+    candidates = runtime_candidates(bundle.manifest.artifacts)
+    record = next((a for a in candidates if a.file == job.file and a.backend == job.backend), None)
     if record is None:
-        raise InputError(f"bundle {job.bundle} has no artifact {job.file}")
+        raise InputError(f"bundle {job.bundle} has no artifact {job.file} for the {job.backend} backend")
     row = base_row(bundle, record, job.threads)
     if items is None:
         items = BenchData.from_dict(job.data).items()

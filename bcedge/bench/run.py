@@ -70,21 +70,29 @@ class BenchOptions:
 
 def select_artifacts(bundle: Bundle, formats: Sequence[str] | None) -> list[ArtifactRecord]:
     """The bundle's artifacts matching any of ``formats`` (``tflite``, ``tflite/int8``, ``int8``...;
-    :func:`bcedge.formats.parse_filter`).
+    :func:`bcedge.formats.parse_filter`). A token naming an alternate runtime (``openvino``) selects
+    the artifacts that runtime also reads, on it (:func:`bcedge.formats.runtime_candidates`); without
+    one, only the bundle's artifacts on their own backends are measured (the default).
 
     Raises:
-        ConfigError: a token matching nothing the bcedge formats/precisions know.
+        ConfigError: a token matching nothing the bcedge formats/precisions/runtimes know.
     """
-    from bcedge.formats import parse_filter
+    from bcedge.formats import alternate_backends, alternate_runtime, parse_filter, runtime_candidates
 
     records = list(bundle.manifest.artifacts)
     if not formats:
         return records
-    chosen = []
+    alternates = alternate_backends()
+    candidates = runtime_candidates(records)
+    chosen: list[ArtifactRecord] = []
     for token in formats:
+        name = token.strip().lower()
+        if name in alternates:
+            chosen += [r for r in candidates if alternate_runtime(r) and r.backend == name]
+            continue
         fmt, prec = parse_filter(token)
         chosen += [r for r in records if (not fmt or r.format == fmt) and (not prec or r.precision == prec)]
-    return [r for r in records if r in chosen]
+    return [r for r in candidates if any(r is c for c in chosen)]
 
 
 def run_benchmark(

@@ -2,7 +2,7 @@
 
 ::
 
-    bcedge infer scan.dcm [more.dcm ...] [--model BUNDLE] [--backend auto|tflite|onnx|tensorrt|keras]
+    bcedge infer scan.dcm [more.dcm ...] [--model BUNDLE] [--backend auto|tflite|openvino|onnx|tensorrt|keras]
                  [--threads N] [--out DIR] [--threshold T] [--outputs mask,overlay,json,seg] [--json]
     bcedge demo                                   # the bundled demo model on the bundled phantom scan
 
@@ -155,8 +155,16 @@ def run_infer(
         options["providers"] = providers
     # No --threads: every usable CPU (the backend libraries' own defaults differ: LiteRT's is one).
     threads = default_threads(threads)
+    # scans: the choice counts each candidate's start-up against this job's length (a one-scan infer
+    # must not pay a runtime's compile to save milliseconds per call).
     with Segmenter(
-        bundle_path, backend, threads=threads, threshold=threshold, min_area_mm2=min_area_mm2, **options
+        bundle_path,
+        backend,
+        threads=threads,
+        threshold=threshold,
+        min_area_mm2=min_area_mm2,
+        scans=len(scans),
+        **options,
     ) as seg:
         for note in seg.warnings:
             typer.echo(f"warning: {note}", err=True)
@@ -255,7 +263,7 @@ BackendOpt = Annotated[
     typer.Option(
         "--backend",
         "-b",
-        help="auto (the bundle's fastest gated artifact here), or tflite, onnx, tensorrt, keras.",
+        help="auto (the bundle's fastest gated artifact here), or tflite, openvino, onnx, tensorrt, keras.",
     ),
 ]
 ThreadsOpt = Annotated[
