@@ -4,8 +4,8 @@ The scan is the FFDM phantom of ``bench_infer.py`` (``bcedge.phantom`` seed 21, 
 12 bits, MONOCHROME2, cropped to 2944x1920), uncompressed; the model is ``bcedge infer``'s default
 (the bundled real-data model, ``--backend auto``, every usable CPU, the default threshold and
 ``--batch-size``); the naive script (``benchmarks/naive_infer.py``: pydicom + OpenCV + LiteRT)
-runs the artifact bcedge picked (its LiteRT artifact when bcedge picked another runtime) at the
-same thread count. Targets (issue #14, "Done when"):
+runs the artifact bcedge picked (when bcedge picked another runtime, the LiteRT artifact its measured
+choice timed fastest here) at the same thread count. Targets (issue #14, "Done when"):
 
 1. ``warm_end_to_end``: ``bcedge infer --outputs json,mask`` on a warm process (the scan job,
    :func:`bcedge.scanjob.run_scan`, wall time around it) <= 0.5x the naive script's
@@ -24,6 +24,11 @@ same thread count. Targets (issue #14, "Done when"):
 5. ``cold_start``: a fresh ``bcedge infer SCAN --outputs json,mask`` process vs a fresh naive
    script process (median wall of alternating runs, after an untimed one of each:
    ``bench_cold_start.run_once``) <= 1.0.
+
+The Segmenter of targets 1, 2 and 4 is opened like ``bcedge serve`` and ``bcedge batch`` open theirs (no
+``scans``: the choice ranks time per call); a one-scan ``bcedge infer`` counts each candidate's start-up too
+and may run another artifact (LiteRT where OpenVINO's compile does not pay for one scan): target 5 runs
+that, and when it differs, ``warm_one_scan_choice`` repeats target 1 with it (not judged).
 
 Beside the targets (context, not judged): targets 1 and 2 again on a **real-content** scan of the same
 size (:func:`make_real_content_scan`: a real low-energy CDD-CESM mammogram with a mass, upscaled from
@@ -429,10 +434,18 @@ def bench_cold(scan: Path, artifact: Path, threads: int, threshold: float, out: 
 
 
 def naive_artifact(seg: Any) -> Path:
-    """The LiteRT artifact the naive script runs: bcedge's own when LiteRT runs it, else the one
-    ``--backend tflite`` picks (OpenVINO runs a ``.tflite`` file too: its file is not LiteRT's best)."""
+    """The LiteRT artifact the naive script runs: bcedge's own when LiteRT runs it; else the LiteRT
+    artifact bcedge's measured choice timed fastest here (OpenVINO runs a ``.tflite`` file too, and
+    the file it runs, FP16, is not LiteRT's fastest); else the one ``--backend tflite`` picks."""
     if seg.artifact.backend == "tflite":
         return seg.bundle.dir / seg.artifact.file
+    timed = [
+        c
+        for c in seg.choice.get("candidates", [])
+        if c["backend"] == "tflite" and c["status"] == "accepted" and c.get("ms") is not None
+    ]
+    if timed:
+        return seg.bundle.dir / min(timed, key=lambda c: c["ms"])["file"]
     from bcedge.backends import BACKENDS, auto_backend_names
     from bcedge.formats import choose_artifact
 
@@ -478,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     from bcedge.bench.machine import library_versions, machine_info, source_state
     from bcedge.cli.infer import infer_command
     from bcedge.cpus import default_threads
+    from bcedge.formats import candidate_key
     from bcedge.pipeline import Segmenter, default_bundle_path
 
     threads = default_threads()  # bcedge infer's default: every usable CPU
@@ -506,6 +520,15 @@ def main(argv: list[str] | None = None) -> int:
                 "warm end to end and the floor",
                 lambda: bench_warm(seg, interpreter, files["plain"], folder, args.runs, args.warmup),
             )
+            # What a one-scan `bcedge infer` process runs: the choice then counts each candidate's start-up
+            # (bcedge.choice, scans=1), so a runtime that compiles slowly (OpenVINO) may lose to LiteRT there.
+            with Segmenter(default_bundle_path(), "auto", threads=threads, scans=1) as one:
+                doc["one_scan_model"] = one.model_info
+                if candidate_key(one.artifact) != candidate_key(seg.artifact):
+                    doc["sections"]["warm_one_scan_choice"] = measured(
+                        "warm end to end, the artifact a one-scan bcedge infer runs (not judged)",
+                        lambda: bench_warm(one, interpreter, files["plain"], folder, args.runs, args.warmup),
+                    )
             real = make_real_content_scan(folder, args.data)
             doc["sections"]["warm_real_content"] = (
                 measured(
@@ -561,6 +584,13 @@ def print_report(doc: dict[str, Any]) -> None:
         f"{w['bcedge']['stages_ms_median']}), naive {w['naive']['wall_ms_median']} ms (model "
         f"{w['naive']['model_ms_median']}), floor {w['floor']['wall_ms_median']} ms"
     )
+    o = s.get("warm_one_scan_choice", {})
+    if "bcedge" in o:
+        print(
+            f"warm, what a one-scan bcedge infer runs ({doc['one_scan_model']['choice']['chosen']}; not judged): "
+            f"bcedge {o['bcedge']['wall_ms_median']} ms (non-model {o['bcedge']['non_model_ms_median']}), naive "
+            f"{o['naive']['wall_ms_median']} ms; ratio {o['ratio_warm']}"
+        )
     r = s.get("warm_real_content", {})
     if "bcedge" in r:
         print(
