@@ -13,7 +13,13 @@ goes through :func:`ranking_for`, the ranking it hands to :func:`bcedge.formats.
    (:data:`DEFAULT_BUDGET_S` seconds for all candidates together); then the candidates accepted
    in this run are timed again side by side, interleaved (:data:`INTERLEAVED_ROUNDS`), and those
    medians replace the one-after-the-other ones;
-3. the fastest accepted artifact (median milliseconds per image at the thread count in use) runs.
+3. the fastest accepted artifact (median milliseconds per image at the thread count in use) runs;
+   for a job of known length (``bcedge infer`` of n files: ``scans``) the one with the lowest
+   start-up (open plus first call, timed too) plus n - 1 calls.
+
+A candidate is an (artifact, backend) pair: an artifact on its own backend, or on an alternate
+runtime that reads its file (:data:`bcedge.formats.ALTERNATE_RUNTIMES`: the FP16 ``.tflite`` on
+OpenVINO), keyed :func:`bcedge.formats.candidate_key`.
 
 ``--backend NAME`` skips the timing: the first artifact of that backend (static order) that
 passes the acceptance check runs; when every one is refused the command stops with exit code 3
@@ -111,22 +117,6 @@ RUNTIME_DISTRIBUTIONS = (
     "keras",
     "numpy",
 )
-#: CPU flags named in messages (all flags enter the fingerprint, through their hash).
-_SIMD_FLAGS = (
-    "avx2",
-    "fma",
-    "avx512f",
-    "avx512_vnni",
-    "avx_vnni",
-    "amx_int8",
-    "avx512_bf16",
-    "amx_bf16",
-    "asimd",
-    "asimddp",
-    "i8mm",
-    "bf16",
-    "sve",
-)
 #: The reference model's backend: timed only when nothing exported was accepted (see :func:`_evaluate`).
 REFERENCE_BACKEND = "keras"
 #: Backends that run on a GPU: only bundles with such a candidate pay for asking ``nvidia-smi``.
@@ -209,7 +199,7 @@ def cache_root() -> Path:
 
 def cpu_identity() -> dict[str, Any]:
     """``{"model", "arch", "flags_sha256", "simd"}``: the CPU model, its flags (hashed), the SIMD ones named."""
-    from bcedge.cpus import cpu_model_and_flags
+    from bcedge.cpus import SIMD_FLAGS, cpu_model_and_flags
 
     model, flag_set = cpu_model_and_flags()
     flags = sorted(flag_set)
@@ -217,7 +207,8 @@ def cpu_identity() -> dict[str, Any]:
         "model": model or platform.processor() or platform.machine(),
         "arch": platform.machine(),
         "flags_sha256": hashlib.sha256(" ".join(flags).encode()).hexdigest(),
-        "simd": [f for f in _SIMD_FLAGS if f in flags],
+        # Named in messages; all flags enter the fingerprint, through their hash.
+        "simd": [f for f in SIMD_FLAGS if f in flags],
     }
 
 
@@ -288,8 +279,9 @@ def describe_machine(fingerprint: dict[str, Any]) -> str:
 class ChoiceCache:
     """One JSON file per (bundle, machine): the verdict and timings of each artifact.
 
-    ``{"version", "key", "artifacts": {file: {"sha256", "status", "acceptance", "reason", "ms": {threads: ms},
-    "runs": {threads: n}}}}``.
+    ``{"version", "key", "artifacts": {candidate key: {"sha256", "status", "acceptance", "reason", "ms": {threads:
+    ms}, "runs": {threads: n}, "start_ms": {threads: ms}, ...}}}`` (the candidate key is the file, or
+    ``file@backend`` for an alternate runtime: :func:`bcedge.formats.candidate_key`).
     """
 
     def __init__(self, root: Path, key: dict[str, Any]) -> None:

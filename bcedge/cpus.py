@@ -18,6 +18,27 @@ from pathlib import Path
 
 #: cgroup v2 CPU quota of this process's cgroup ("max 100000" or "200000 100000").
 _CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+#: CPU flags that decide which kernels a runtime can use (x86: AVX-512, VNNI, AMX, BF16, FP16; ARM:
+#: dot product, FP16, i8mm, SVE), named in benchmark records and in the artifact choice's machine.
+SIMD_FLAGS = (
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512_vnni",
+    "avx_vnni",
+    "amx_int8",
+    "avx512_bf16",
+    "amx_bf16",
+    "avx512_fp16",
+    "asimd",
+    "asimddp",
+    "asimdhp",
+    "i8mm",
+    "bf16",
+    "sve",
+)
 
 
 def _cgroup_cpu_limit(path: Path = _CGROUP_CPU_MAX) -> int | None:

@@ -31,6 +31,11 @@ knows about formats reads this table:
   on this machine); :func:`preference_rank` (:data:`AUTO_PREFERENCE`) is only the order in which
   candidates are measured, the tie-break, and the whole ranking under ``BCEDGE_CHOICE=static``.
 
+Some runtimes also read another backend's files (:data:`ALTERNATE_RUNTIMES`: OpenVINO reads the
+float ``.tflite``). Each such (artifact, runtime) pair is a candidate of its own for the chooser
+(:func:`runtime_candidates`, named by :func:`candidate_key`: ``model_fp16.tflite@openvino``), with
+the tolerance of the arithmetic it ran in when that is below the file's (:data:`COMPUTE_SPECS`).
+
 Adding a format is one row here plus one builder: append an :class:`ArtifactKind` to
 :data:`KINDS` (a new ``format`` or ``precision`` value becomes valid in manifests at once)
 and write ``builder(kind, context) -> (file, details)`` in the module its ``builder`` names

@@ -584,21 +584,20 @@ def print_report(doc: dict[str, Any]) -> None:
         f"{w['bcedge']['stages_ms_median']}), naive {w['naive']['wall_ms_median']} ms (model "
         f"{w['naive']['model_ms_median']}), floor {w['floor']['wall_ms_median']} ms"
     )
-    o = s.get("warm_one_scan_choice", {})
-    if "bcedge" in o:
-        print(
-            f"warm, what a one-scan bcedge infer runs ({doc['one_scan_model']['choice']['chosen']}; not judged): "
-            f"bcedge {o['bcedge']['wall_ms_median']} ms (non-model {o['bcedge']['non_model_ms_median']}), naive "
-            f"{o['naive']['wall_ms_median']} ms; ratio {o['ratio_warm']}"
-        )
-    r = s.get("warm_real_content", {})
-    if "bcedge" in r:
-        print(
-            f"warm, real-content scan (not judged): bcedge {r['bcedge']['wall_ms_median']} ms (non-model "
-            f"{r['bcedge']['non_model_ms_median']}, stages {r['bcedge']['stages_ms_median']}), naive "
-            f"{r['naive']['wall_ms_median']} ms; ratio {r['ratio_warm']}, "
-            f"non-model / floor {r['ratio_non_model_floor']}"
-        )
+    one_scan = doc.get("one_scan_model", {}).get("artifact")
+    extras = (
+        ("warm_one_scan_choice", f"what a one-scan bcedge infer runs ({one_scan})"),
+        ("warm_real_content", "real-content scan"),
+    )
+    for key, what in extras:
+        r = s.get(key, {})
+        if "bcedge" in r:
+            print(
+                f"warm, {what} (not judged): bcedge {r['bcedge']['wall_ms_median']} ms (non-model "
+                f"{r['bcedge']['non_model_ms_median']}, stages {r['bcedge']['stages_ms_median']}), naive "
+                f"{r['naive']['wall_ms_median']} ms; ratio {r['ratio_warm']}, "
+                f"non-model / floor {r['ratio_non_model_floor']}"
+            )
     if "ratio_decode" in s["jpeg_ls"]:
         print(f"JPEG-LS ({s['jpeg_ls']['plugin']}): {s['jpeg_ls']['wall_ms_median']}")
     t = s["throughput"]

@@ -122,3 +122,17 @@ def test_named_and_keyed_choice_runs_the_file_on_openvino(bundle: Bundle) -> Non
     assert candidate_key(seg.artifact) == f"{FP16}@openvino"
     with Segmenter(bundle, threads=2, artifact=f"{FP16}@openvino") as seg:
         assert seg.backend_name == "openvino"
+
+
+def test_a_batch_run_hands_its_workers_the_runtime_too(tmp_path: Path) -> None:
+    """The driver's choice reaches the workers as the (file, runtime) key, not the file alone."""
+    from bcedge.batch.run import BatchOptions, choose_model, worker_options
+    from bcedge.batch.worker import ScanWorker
+
+    run_model = choose_model(default_bundle_path(), "openvino", 1, None, None)
+    assert run_model.artifact == f"{FP16}@openvino" and run_model.backend == "openvino"
+    options = worker_options(
+        BatchOptions(source=str(tmp_path), out=tmp_path / "out"), default_bundle_path(), run_model, tmp_path
+    )
+    worker = ScanWorker(options.to_dict())
+    assert worker.seg is not None and worker.seg.backend_name == "openvino" and worker.seg.artifact.file == FP16

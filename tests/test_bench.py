@@ -460,6 +460,21 @@ def test_pareto_front() -> None:
     assert pareto_front([]) == []
 
 
+def test_the_terminal_table_names_a_second_runtime() -> None:
+    """A row whose backend is not its format's says which runs it (rich must not eat "[openvino]" as markup)."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from bcedge.bench.report import print_table
+
+    doc = _doc()
+    doc["rows"][0].update(backend="openvino", precision="fp16")
+    out = StringIO()
+    print_table(doc, Console(file=out, width=250))
+    assert "tflite/fp16 [openvino]" in out.getvalue()
+
+
 def test_markdown_and_plot(tmp_path: Path) -> None:
     from bcedge.bench.report import plot_pareto, write_json, write_markdown
 

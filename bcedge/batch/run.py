@@ -92,7 +92,8 @@ class RunModel:
     """The model of a run, chosen once by the driver and run by every worker.
 
     Attributes:
-        artifact: the artifact's file in the bundle.
+        artifact: the artifact's key (:func:`bcedge.formats.candidate_key`: its file in the bundle, or
+            ``file@backend`` when an alternate runtime such as OpenVINO runs it).
         backend: its backend.
         sha256: its SHA-256 (the run's fingerprint is made from it).
         threshold, min_area_mm2: the run's post-processing settings (resolved).
@@ -127,11 +128,13 @@ def choose_model(
     the run's fingerprint and table name. A missing or tampered bundle, or a backend missing,
     fails here, before Ray starts (exit code 3).
     """
+    from bcedge.formats import candidate_key
     from bcedge.pipeline import Segmenter
 
     with Segmenter(bundle, backend, threads=threads, threshold=threshold, min_area_mm2=min_area_mm2) as seg:
         return RunModel(
-            artifact=seg.artifact.file,
+            # The key, not the file: the workers must open the same (file, runtime) pair.
+            artifact=candidate_key(seg.artifact),
             backend=seg.backend_name,
             sha256=seg.artifact.sha256,
             threshold=seg.threshold,

@@ -40,7 +40,7 @@ class WorkerOptions:
     Attributes:
         bundle: bundle folder (absolute; on a cluster, the same path must exist on every node).
         backend: the backend of ``artifact`` (a backend name, not ``auto``: the driver chose).
-        artifact: the run's artifact (its ``file`` in the bundle), chosen once by the driver.
+        artifact: the run's artifact (its key, :func:`bcedge.formats.candidate_key`), chosen once by the driver.
         artifact_sha256: its SHA-256 as the driver's bundle records it; an actor whose bundle copy
             holds another file under that name fails its scans.
         model: the driver's ``Segmenter.model_info`` (the failed rows of an actor that could not

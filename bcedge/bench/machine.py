@@ -26,33 +26,13 @@ def usable_cpus() -> int:
     return cpus.usable_cpus()
 
 
-_CPU_FLAGS = (
-    "avx",
-    "avx2",
-    "fma",
-    "f16c",
-    "avx512f",
-    "avx512_vnni",
-    "avx_vnni",
-    "amx_int8",
-    "avx512_bf16",
-    "amx_bf16",
-    "avx512_fp16",
-    "asimd",
-    "asimddp",
-    "asimdhp",
-    "i8mm",
-    "sve",
-)
-
-
 def machine_info(threads: Sequence[int] = ()) -> dict[str, Any]:
     """CPU model, core counts, SIMD flags that matter for inference, GPU if any, OS and load.
 
     Args:
         threads: the thread counts the benchmark used (recorded as ``threads_used``).
     """
-    from bcedge.cpus import cpu_model_and_flags
+    from bcedge.cpus import SIMD_FLAGS, cpu_model_and_flags
 
     cpu_model, flags = cpu_model_and_flags()
     device_model = None
@@ -65,7 +45,7 @@ def machine_info(threads: Sequence[int] = ()) -> dict[str, Any]:
         "logical_cpus": os.cpu_count(),
         "usable_cpus": usable_cpus(),
         "threads_used": sorted(set(threads)),
-        "cpu_flags": [f for f in _CPU_FLAGS if f in flags],
+        "cpu_flags": [f for f in SIMD_FLAGS if f in flags],
         "memory_gb": _memory_gb(),
         "os": f"{platform.system()} {platform.release()}",
         "gpu": gpu_info(),

@@ -391,6 +391,7 @@ TERMINAL_COLUMNS = (
 def print_table(doc: dict[str, Any], console: Any = None) -> None:
     """Print the report as a rich table, then the summary lines and why rows were not measured."""
     from rich.console import Console
+    from rich.markup import escape as markup_escape
     from rich.table import Table
 
     console = console or Console()
@@ -401,8 +402,9 @@ def print_table(doc: dict[str, Any], console: Any = None) -> None:
     for col in TERMINAL_COLUMNS:
         table.add_column(col, justify="left" if col in ("model", "artifact", "status") else "right")
     for row, cells in zip(doc["rows"], table_rows(doc), strict=True):
-        artifact = f"{row['format']}/{row['precision']}" + (
-            f" [{row['backend']}]" if row["backend"] != row["format"] else ""
+        # Escaped: rich would read "[openvino]" as a markup tag and drop it.
+        artifact = markup_escape(
+            f"{row['format']}/{row['precision']}" + (f" [{row['backend']}]" if row["backend"] != row["format"] else "")
         )
         e2e = row.get("e2e_ms")
         short = [
